@@ -1,0 +1,180 @@
+"""The Host protocol: the questions a dumper asks a machine, and what a restorer needs of one.
+
+This is the one seam between portable logic (select, dump, restore, verify) and a machine.
+``ModelHost`` (dumper.model) answers from the executable model; ``LinuxHost`` (dumper.linux)
+answers from the real kernel through /proc. Both answer in the kernel's own encodings: maps
+text, raw pagemap words, mincore vectors, lseek offsets; the dumper decodes them, it never
+reads a host's internals.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from dumper.kabi import PROT_EXEC, PROT_READ, PROT_WRITE
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One task of the tree, as /proc/PID/stat and status show it."""
+
+    pid: int
+    ppid: int
+    comm: str
+    pgid: int = 0
+    sid: int = 0
+
+
+@dataclass(frozen=True)
+class MapEntry:
+    """One /proc/PID/maps line, parsed (fs/proc/task_mmu.c show_map_vma)."""
+
+    start: int
+    end: int
+    prot: int
+    shared: bool
+    pgoff: int  # in bytes, as maps prints it
+    dev_major: int
+    dev_minor: int
+    ino: int
+    path: str
+
+    @property
+    def npages(self) -> int:
+        return (self.end - self.start) >> 12
+
+    @property
+    def perms(self) -> str:
+        return (
+            ("r" if self.prot & PROT_READ else "-")
+            + ("w" if self.prot & PROT_WRITE else "-")
+            + ("x" if self.prot & PROT_EXEC else "-")
+            + ("s" if self.shared else "p")
+        )
+
+    @property
+    def map_files_name(self) -> str:
+        """The entry's name under /proc/PID/map_files (proc_map_files_readdir: %lx-%lx)."""
+        return f"{self.start:x}-{self.end:x}"
+
+    @property
+    def shmem_kind(self) -> str | None:
+        """Which shared object backs a MAP_SHARED mapping, judged from the name as CRIU does
+        (criu/proc_parse.c handle_vma): 'shmem-anon', 'memfd', 'sysv', or None."""
+        if not self.shared:
+            return None
+        if self.path.startswith("/dev/zero"):
+            return "shmem-anon"
+        if self.path.startswith("/memfd:"):
+            return "memfd"
+        if self.path.startswith("/SYSV"):
+            return "sysv"
+        return None
+
+
+_MAPS_RE = re.compile(
+    r"^([0-9a-f]+)-([0-9a-f]+) ([r-])([w-])([x-])([ps]) ([0-9a-f]+) "
+    r"([0-9a-f]+):([0-9a-f]+) (\d+)\s?(.*)$"
+)
+
+
+def parse_maps_line(line: str) -> MapEntry:
+    """Parse one /proc/PID/maps line; ValueError names what is wrong."""
+    m = _MAPS_RE.match(line.rstrip("\n"))
+    if not m:
+        raise ValueError(f"malformed maps line: {line.rstrip()!r}")
+    start, end = int(m.group(1), 16), int(m.group(2), 16)
+    prot = (
+        (PROT_READ if m.group(3) == "r" else 0)
+        | (PROT_WRITE if m.group(4) == "w" else 0)
+        | (PROT_EXEC if m.group(5) == "x" else 0)
+    )
+    return MapEntry(
+        start=start,
+        end=end,
+        prot=prot,
+        shared=m.group(6) == "s",
+        pgoff=int(m.group(7), 16),
+        dev_major=int(m.group(8), 16),
+        dev_minor=int(m.group(9), 16),
+        ino=int(m.group(10)),
+        path=m.group(11).lstrip(),
+    )
+
+
+def parse_maps(text: str) -> list[MapEntry]:
+    """Parse the whole of /proc/PID/maps."""
+    return [parse_maps_line(line) for line in text.splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    """fstat() of a map_files fd: the shared object's identity and size."""
+
+    dev: int
+    ino: int
+    size: int
+
+
+class ObjectHandle(Protocol):
+    """An open /proc/PID/map_files entry: the shared object behind a mapping."""
+
+    def stat(self) -> ObjectStat: ...
+
+    def lseek(self, offset: int, whence: int) -> int:
+        """lseek(2) with SEEK_DATA/SEEK_HOLE; raises OSError(ENXIO) past the data/size."""
+        ...
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Read through the fd (shmem_file_read_iter, SGP_READ): holes read as zeros."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Host(Protocol):
+    """What the dump pipeline asks of a machine, and what the restorer needs of one."""
+
+    kind: str  # "model" or "linux"
+
+    # -- questions a dumper asks ------------------------------------------------------------
+    def tasks(self, root: int) -> list[TaskInfo]:
+        """The tree under root (root first, then in fork order)."""
+        ...
+
+    def maps(self, pid: int) -> str:
+        """The text of /proc/PID/maps."""
+        ...
+
+    def pagemap(self, pid: int, start: int, end: int) -> bytes:
+        """Raw little-endian u64 pagemap words for [start, end)."""
+        ...
+
+    def pagemap_scan(
+        self, pid: int, start: int, end: int, anyof: int, return_mask: int
+    ) -> list[tuple[int, int, int]] | None:
+        """PAGEMAP_SCAN regions (start, end, categories), or None if the host lacks it."""
+        ...
+
+    def open_object(self, pid: int, start: int, end: int) -> ObjectHandle:
+        """Open /proc/PID/map_files/START-END."""
+        ...
+
+    def mincore(self, pid: int, start: int, end: int) -> bytes:
+        """mincore() over [start, end) from pid's point of view: one byte per page."""
+        ...
+
+    def read_memory(self, pid: int, start: int, end: int) -> bytes:
+        """The bytes of a private range (process_vm_readv); never populates the target."""
+        ...
+
+    def freeze(self, pids: list[int]) -> AbstractContextManager[None]:
+        """Stop the tree for the duration of the context; always thawed on the way out."""
+        ...
+
+    def show_pfn(self) -> bool:
+        """Whether pagemap frames are visible to us (CAP_SYS_ADMIN at open)."""
+        ...
