@@ -1,0 +1,131 @@
+"""madvise() and its relatives (mm/madvise.c), userfaultfd write-protect and poison markers
+(mm/userfaultfd.c), and the split of a huge PMD that zaps one task's PTEs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dumper.kabi import (
+    PAGE_SHIFT,
+    PROT_WRITE,
+    PTE_MARKER_GUARD,
+    PTE_MARKER_POISONED,
+    PTE_MARKER_UFFD_WP,
+)
+from dumper.model import pte
+from dumper.model.fault import handle_mm_fault
+from dumper.model.mm import vma_range, zap_pte_range
+from dumper.model.shmem import shmem_fallocate
+from dumper.model.state import F_ANON, PFN_BASE, ZERO_PFN, Inode, Kernel, ModelError, Task
+from dumper.model.vmscan import shrink_folio_list
+
+U64 = np.uint64
+
+
+def madvise_dontneed(k: Kernel, pid: int, start: int, length: int) -> None:
+    """MADV_DONTNEED: zap_page_range_single over the caller's PTEs only; shared pages stay in
+    the page cache, guard and uffd-wp markers stay (no ZAP_FLAG_DROP_MARKER)."""
+    for vma, lo, hi in vma_range(k.task(pid), start, start + length):
+        zap_pte_range(k, vma, lo, hi, drop_markers=False)
+
+
+def split_huge_pmd(k: Kernel, pid: int, start: int, length: int) -> None:
+    """__split_huge_pmd_locked on a file/shmem VMA: the PMD is cleared and no PTEs are
+    installed (kernel.md §3, verified (m)) — any zap of one task's PTEs looks the same."""
+    madvise_dontneed(k, pid, start, length)
+
+
+def madvise_remove(k: Kernel, pid: int, start: int, length: int) -> None:
+    """MADV_REMOVE: needs a shared writable mapping (vma_is_shared_maywrite, else EACCES);
+    punches the object's pages (vfs_fallocate PUNCH_HOLE|KEEP_SIZE), zapping every mapper."""
+    for vma, lo, hi in vma_range(k.task(pid), start, start + length):
+        if not (vma.shared and vma.prot & PROT_WRITE) or vma.obj is None:
+            raise ModelError("EACCES", f"MADV_REMOVE on a non-shared-writable VMA {vma.start:#x}")
+        shmem_fallocate(k, vma.obj, (vma.pgoff + lo) << PAGE_SHIFT, (hi - lo) << PAGE_SHIFT,
+                        punch=True, keep_size=True)
+
+
+def can_do_file_pageout(task: Task, obj: Inode) -> bool:
+    """can_do_file_pageout: the inode's owner, a capable caller, or one who may write it."""
+    return task.uid == 0 or obj.owner_uid == task.uid or bool(obj.mode & 0o002)
+
+
+def madvise_pageout(k: Kernel, pid: int, start: int, length: int) -> None:
+    """MADV_PAGEOUT (madvise_cold_or_pageout_pte_range + reclaim_pages): only pages the
+    caller maps (pte_none skipped), only folios mapped exactly once (others are skipped), and
+    of a file/shmem mapping only if can_do_file_pageout (else silently nothing)."""
+    task = k.task(pid)
+    chosen = []
+    for vma, lo, hi in vma_range(task, start, start + length):
+        ptes = vma.ptes[lo:hi]
+        present = pte.kinds(ptes) == pte.PRESENT
+        pfns = pte.values(ptes[present])
+        pfns = pfns[pfns != U64(ZERO_PFN)]
+        fi = pfns.astype(np.int64) - PFN_BASE
+        pfns = pfns[k.frames.mapcount.a[fi] == 1]
+        if vma.obj is not None and not can_do_file_pageout(task, vma.obj):
+            if vma.shared:
+                continue
+            anon = (k.frames.flags.a[pfns.astype(np.int64) - PFN_BASE] & F_ANON) != 0
+            pfns = pfns[anon]  # pageout_anon_only_filter
+        chosen.append(pfns)
+    if chosen:
+        shrink_folio_list(k, np.concatenate(chosen))
+
+
+def madvise_populate(k: Kernel, pid: int, start: int, length: int, write: bool) -> None:
+    """MADV_POPULATE_READ/WRITE: fault in every page as GUP would (faultin_page), without
+    changing contents; read faults on file pages do fault-around."""
+    task = k.task(pid)
+    for vma, lo, hi in vma_range(task, start, start + length):
+        for i in range(lo, hi):
+            word = int(vma.ptes[i])
+            if pte.kind_of(word) == pte.PRESENT and (not write or word & pte.WRITE):
+                continue
+            handle_mm_fault(k, task, vma, i, write)
+
+
+def madvise_guard_install(k: Kernel, pid: int, start: int, length: int) -> None:
+    """MADV_GUARD_INSTALL (6.13+): anon_vma_prepare on the VMA (so fork copies its PTEs, even
+    on shmem, until 6.19), zap the range, install PTE_MARKER_GUARD in every PTE."""
+    if not k.profile.guard_regions:
+        raise ModelError("EINVAL", f"{k.profile.name} has no MADV_GUARD_INSTALL")
+    for vma, lo, hi in vma_range(k.task(pid), start, start + length):
+        if k.profile.guard_install_anon_vma or vma.obj is None:
+            vma.anon_vma = True
+        zap_pte_range(k, vma, lo, hi, drop_markers=True)
+        vma.ptes[lo:hi] = U64(pte.make(pte.MARKER, PTE_MARKER_GUARD))
+
+
+def madvise_guard_remove(k: Kernel, pid: int, start: int, length: int) -> None:
+    """MADV_GUARD_REMOVE: guard markers become none."""
+    if not k.profile.guard_regions:
+        raise ModelError("EINVAL", f"{k.profile.name} has no MADV_GUARD_REMOVE")
+    guard = U64(pte.make(pte.MARKER, PTE_MARKER_GUARD))
+    for vma, lo, hi in vma_range(k.task(pid), start, start + length):
+        ptes = vma.ptes[lo:hi]
+        ptes[ptes == guard] = 0
+
+
+def uffd_writeprotect(k: Kernel, pid: int, start: int, length: int) -> None:
+    """UFFDIO_REGISTER(WP) with WP_ASYNC|WP_UNPOPULATED, then UFFDIO_WRITEPROTECT: present and
+    swap PTEs get the uffd-wp bit, none PTEs a PTE_MARKER_UFFD_WP (6.7+)."""
+    if not k.profile.uffd_wp_markers:
+        raise ModelError("EINVAL", f"{k.profile.name} has no uffd-wp markers")
+    for vma, lo, hi in vma_range(k.task(pid), start, start + length):
+        vma.uffd_wp = True
+        ptes = vma.ptes[lo:hi]
+        kinds = pte.kinds(ptes)
+        live = (kinds == pte.PRESENT) | (kinds == pte.SWAP)
+        ptes[live] = (ptes[live] | U64(pte.UFFD_WP)) & ~U64(pte.WRITE)
+        ptes[ptes == 0] = U64(pte.make(pte.MARKER, PTE_MARKER_UFFD_WP))
+
+
+def uffd_poison(k: Kernel, pid: int, start: int, length: int) -> None:
+    """UFFDIO_POISON (6.6+): a PTE_MARKER_POISONED in each none PTE (EEXIST otherwise)."""
+    if not k.profile.uffd_wp_markers:
+        raise ModelError("EINVAL", f"{k.profile.name} has no poison markers")
+    for vma, lo, hi in vma_range(k.task(pid), start, start + length):
+        if vma.ptes[lo:hi].any():
+            raise ModelError("EEXIST", f"UFFDIO_POISON over populated PTEs at {vma.start:#x}")
+        vma.ptes[lo:hi] = U64(pte.make(pte.MARKER, PTE_MARKER_POISONED))

@@ -1,0 +1,276 @@
+"""Address spaces: mmap, munmap, mremap, and the PTE bookkeeping under them (zap_pte_range).
+
+Every PTE that maps a frame holds one mapcount on it; a swap PTE holds one swap_map count on
+its slot. The helpers here keep those counts exact, as mm/memory.c and mm/swapfile.c do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dumper.kabi import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PTE_MARKER_PAGEOUT,
+    PTE_MARKER_UFFD_WP,
+)
+from dumper.model import pte
+from dumper.model.state import (
+    F_ANON,
+    PFN_BASE,
+    ZERO_PFN,
+    Inode,
+    Kernel,
+    ModelError,
+    Task,
+    Vma,
+)
+
+
+def page_align(n: int) -> int:
+    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def _fidx(pfns: np.ndarray) -> np.ndarray:
+    return pfns.astype(np.int64) - PFN_BASE
+
+
+def put_anon_frames(k: Kernel, pfns: np.ndarray) -> None:
+    """folio_put for anonymous frames: free those no longer mapped nor in the swap cache."""
+    if not len(pfns):
+        return
+    i = _fidx(np.unique(pfns))
+    dead = (k.frames.mapcount.a[i] <= 0) & (k.frames.swapslot.a[i] == 0)
+    anon = (k.frames.flags.a[i] & F_ANON) != 0
+    k.frames.free(i[dead & anon] + PFN_BASE)
+
+
+def unmap_frames(k: Kernel, pfns: np.ndarray) -> None:
+    """page_remove_rmap for present PTEs being torn down: drop mapcounts, free dead anon pages."""
+    pfns = pfns[pfns != np.uint64(ZERO_PFN)]
+    if not len(pfns):
+        return
+    np.subtract.at(k.frames.mapcount.a, _fidx(pfns), 1)
+    put_anon_frames(k, pfns)
+
+
+def map_frames(k: Kernel, pfns: np.ndarray) -> None:
+    """page_add_*_rmap: one more mapcount per PTE installed."""
+    pfns = pfns[pfns != np.uint64(ZERO_PFN)]
+    if len(pfns):
+        np.add.at(k.frames.mapcount.a, _fidx(pfns), 1)
+
+
+def swap_free(k: Kernel, slots: np.ndarray) -> None:
+    """swap_free / free_swap_and_cache: drop one swap_map count per entry; a slot whose count
+    reaches 0 is freed, and its swap-cache page too if nothing maps it."""
+    if not len(slots):
+        return
+    s = slots.astype(np.int64)
+    np.subtract.at(k.swap.count.a, s, 1)
+    u = np.unique(s)
+    dead = u[k.swap.count.a[u] <= 0]
+    if len(dead):
+        k.swap.in_use -= len(dead)
+        cached = k.swap.cache.a[dead]
+        k.swap.cache.a[dead] = 0
+        cached = cached[cached != 0]
+        if len(cached):
+            # A swap-cache folio whose slot is gone and that nothing maps is garbage.
+            ci = cached - PFN_BASE
+            k.frames.swapslot.a[ci] = 0
+            k.frames.free(cached[k.frames.mapcount.a[ci] <= 0].astype(np.uint64))
+
+
+def swap_duplicate(k: Kernel, slots: np.ndarray) -> None:
+    """swap_duplicate: one more reference to each slot (fork copying a swap PTE)."""
+    if len(slots):
+        np.add.at(k.swap.count.a, slots.astype(np.int64), 1)
+
+
+def zap_pte_range(k: Kernel, vma: Vma, lo: int, hi: int, drop_markers: bool) -> None:
+    """zap_pte_range over page indices [lo, hi) of one VMA: present pages lose a mapcount,
+    swap entries a swap count; markers survive unless drop_markers (ZAP_FLAG_DROP_MARKER, as
+    munmap and exit pass). The RFC's PAGEOUT hint is dropped by any zap (best effort)."""
+    ptes = vma.ptes[lo:hi]
+    kinds = pte.kinds(ptes)
+    vals = pte.values(ptes)
+    unmap_frames(k, vals[kinds == pte.PRESENT])
+    swap_free(k, vals[kinds == pte.SWAP])
+    clear = kinds != pte.MARKER
+    if drop_markers:
+        clear[:] = True
+    else:
+        clear |= (kinds == pte.MARKER) & (vals == np.uint64(PTE_MARKER_PAGEOUT))
+    # zap_install_uffd_wp_if_needed: in a file VMA a write-protected PTE leaves a uffd-wp
+    # marker behind, so the protection survives the zap.
+    keep_wp = (
+        (vma.obj is not None) & (not drop_markers) & (kinds != pte.MARKER) & pte.uffd(ptes)
+    )
+    ptes[clear] = 0
+    ptes[keep_wp] = np.uint64(pte.make(pte.MARKER, PTE_MARKER_UFFD_WP))
+
+
+def get_unmapped_area(k: Kernel, task: Task, length: int) -> int:
+    """arch_get_unmapped_area_topdown: the highest gap below mmap_base that fits."""
+    top = k.mmap_base
+    for vma in sorted(task.vmas, key=lambda v: -v.start):
+        if vma.end <= top - length:
+            break
+        top = min(top, vma.start)
+    return top - length
+
+
+def do_mmap(
+    k: Kernel,
+    pid: int,
+    length: int,
+    prot: int,
+    flags: int,
+    obj: Inode | None = None,
+    pgoff: int = 0,
+    addr: int | None = None,
+    name: str = "",
+) -> int:
+    """do_mmap: a new VMA; MAP_SHARED|MAP_ANONYMOUS gets its own shmem inode
+    (shmem_zero_setup, "/dev/zero (deleted)"). Returns the address."""
+    task = k.task(pid)
+    length = page_align(length)
+    if length <= 0:
+        raise ModelError("EINVAL", "mmap of length 0")
+    shared = bool(flags & MAP_SHARED)
+    if not (flags & (MAP_SHARED | MAP_PRIVATE)):
+        raise ModelError("EINVAL", "mmap needs MAP_SHARED or MAP_PRIVATE")
+    if flags & MAP_ANONYMOUS:
+        if obj is not None:
+            raise ModelError("EINVAL", "MAP_ANONYMOUS with a file")
+        if shared:
+            obj = k.new_inode("shmem-anon", length)
+            pgoff = 0
+    elif obj is None:
+        raise ModelError("EBADF", "mmap of a file needs an fd")
+    if addr is None:
+        addr = get_unmapped_area(k, task, length)
+    elif addr & (PAGE_SIZE - 1):
+        raise ModelError("EINVAL", f"address {addr:#x} is not page aligned")
+    else:
+        do_munmap(k, pid, addr, length)  # MAP_FIXED replaces what was there
+    vma = Vma(
+        start=addr,
+        end=addr + length,
+        prot=prot,
+        shared=shared,
+        obj=obj,
+        pgoff=pgoff,
+        ptes=np.zeros(length >> PAGE_SHIFT, dtype=np.uint64),
+        name=name,
+    )
+    if obj is not None:
+        obj.refs += 1
+    task.insert_vma(vma)
+    return addr
+
+
+def split_vma(task: Task, vma: Vma, addr: int) -> Vma:
+    """__split_vma: cut vma at addr; returns the upper part (already in the task's list)."""
+    cut = vma.index(addr)
+    upper = Vma(
+        start=addr,
+        end=vma.end,
+        prot=vma.prot,
+        shared=vma.shared,
+        obj=vma.obj,
+        pgoff=vma.pgoff + cut,
+        ptes=vma.ptes[cut:].copy(),
+        anon_vma=vma.anon_vma,
+        uffd_wp=vma.uffd_wp,
+        name=vma.name,
+    )
+    vma.ptes = vma.ptes[:cut].copy()
+    vma.end = addr
+    if vma.obj is not None:
+        vma.obj.refs += 1
+    task.insert_vma(upper)
+    return upper
+
+
+def isolate_range(task: Task, start: int, end: int) -> list[Vma]:
+    """Split VMAs so [start, end) is covered by whole VMAs; return those."""
+    for vma in task.vmas_in(start, end):
+        if vma.start < start:
+            split_vma(task, vma, start)
+    for vma in task.vmas_in(start, end):
+        if vma.end > end:
+            split_vma(task, vma, end)
+    return task.vmas_in(start, end)
+
+
+def release_vma(k: Kernel, vma: Vma) -> None:
+    """remove_vma: drop the file reference; an unreferenced shmem inode is evicted."""
+    if vma.obj is not None:
+        put_inode(k, vma.obj)
+
+
+def put_inode(k: Kernel, obj: Inode) -> None:
+    """iput: the last reference gone, shmem_evict_inode frees pages and swap."""
+    obj.refs -= 1
+    if obj.refs <= 0 and obj.is_shmem:
+        from dumper.model.shmem import shmem_truncate_range
+
+        shmem_truncate_range(k, obj, 0, len(obj.cache))
+        if obj in k.inodes:
+            k.inodes.remove(obj)
+
+
+def do_munmap(k: Kernel, pid: int, start: int, length: int) -> None:
+    """do_vmi_munmap: remove [start, start+length); PTEs and markers are dropped
+    (unmap_vmas with ZAP_FLAG_DROP_MARKER|ZAP_FLAG_UNMAP)."""
+    task = k.task(pid)
+    if start & (PAGE_SIZE - 1):
+        raise ModelError("EINVAL", f"munmap address {start:#x} is not page aligned")
+    end = start + page_align(length)
+    for vma in isolate_range(task, start, end):
+        zap_pte_range(k, vma, 0, vma.npages, drop_markers=True)
+        task.vmas.remove(vma)
+        release_vma(k, vma)
+
+
+def do_mremap(k: Kernel, pid: int, old: int, old_len: int, new_addr: int | None = None) -> int:
+    """mremap(MREMAP_MAYMOVE|MREMAP_FIXED) of a whole range: move_vma with move_page_tables,
+    which carries every PTE (swap entries and markers included) to the new address."""
+    task = k.task(pid)
+    old_len = page_align(old_len)
+    vmas = isolate_range(task, old, old + old_len)
+    if not vmas or vmas[0].start != old or sum(v.npages for v in vmas) << PAGE_SHIFT != old_len:
+        raise ModelError("EFAULT", f"mremap of {old:#x}+{old_len:#x}: not one mapped range")
+    if new_addr is None:
+        new_addr = get_unmapped_area(k, task, old_len)
+    else:
+        do_munmap(k, pid, new_addr, old_len)
+    for vma in vmas:
+        task.vmas.remove(vma)
+    for vma in vmas:
+        delta = vma.start - old
+        vma.end = new_addr + delta + (vma.end - vma.start)
+        vma.start = new_addr + delta
+        task.insert_vma(vma)
+    return new_addr
+
+
+def vma_range(task: Task, start: int, end: int) -> list[tuple[Vma, int, int]]:
+    """The (vma, lo, hi) page-index slices covering [start, end); ENOMEM on a gap."""
+    out = []
+    addr = start
+    for vma in task.vmas_in(start, end):
+        if vma.start > addr:
+            raise ModelError("ENOMEM", f"{addr:#x} is not mapped in pid {task.pid}")
+        lo = vma.index(max(start, vma.start))
+        hi = vma.index(min(end, vma.end))
+        out.append((vma, lo, hi))
+        addr = vma.end
+    if addr < end:
+        raise ModelError("ENOMEM", f"{addr:#x} is not mapped in pid {task.pid}")
+    return out
