@@ -167,6 +167,10 @@ class Model:
         cids = shmem.shmem_file_read(self.k, obj, lo, lo + (length >> PAGE_SHIFT))
         return self.k.contents.pages_bytes(cids)
 
+    def open_map_files(self, pid: int, target: int, addr: int) -> int:
+        """open(/proc/TARGET/map_files/...) by pid: an fd on the object mapped at addr."""
+        return shmem.install_fd(self.k, pid, self.object_at(target, addr))
+
     def send_fd(self, from_pid: int, fd: int, to_pid: int) -> int:
         return shmem.send_fd(self.k, from_pid, fd, to_pid)
 
