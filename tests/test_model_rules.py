@@ -1,0 +1,427 @@
+"""One test per kernel rule the model claims, named after it and citing its source.
+
+Rules already pinned by the probe table live in test_model_kernel_table.py; these cover the
+profile differences (../shared/thread/SCENARIOS.md; docs/thread.md for the messages) and the
+rules the table does not reach.
+"""
+
+from __future__ import annotations
+
+import pytest
+from modelsupport import PAGE, flags, frames, ls, mc, pm
+
+from dumper.kabi import (
+    MADV_DONTNEED,
+    MADV_GUARD_INSTALL,
+    MADV_PAGEOUT,
+    PROT_READ,
+    PTE_MARKER_PAGEOUT,
+    SEEK_DATA,
+    SEEK_HOLE,
+    SWP_MIGRATION_READ,
+    SWP_MIGRATION_WRITE,
+    SWP_PTE_MARKER,
+)
+from dumper.model import Model, ModelError, load_profile
+from dumper.model.observe import shmem_file_llseek
+
+PROFILES = ["linux-5.14", "pte-marker-rfc", "pagecache-lookup", "linux-6.18"]
+
+
+def shared_written(profile: str, n: int = 8, **kw) -> tuple[Model, int, int]:
+    m = Model(profile, **kw)
+    a = m.spawn("A")
+    r = m.mmap(a, n * PAGE, shared=True)
+    m.write(a, r, n * PAGE)
+    return m, a, r
+
+
+@pytest.mark.parametrize("profile", ["linux-5.14", "pagecache-lookup", "linux-6.18"])
+def test_try_to_unmap_clears_shmem_ptes(profile):
+    """try_to_unmap on a shmem folio leaves pte_none in every mapper (5.14 and all merged
+    kernels; kernel.md §7 (c): swapped-out shmem reads 0)."""
+    m, a, r = shared_written(profile, 4)
+    m.reclaim(a, r, 4 * PAGE)
+    assert m.k.task(a).vmas[0].ptes.tolist() == [0, 0, 0, 0]
+    assert ls(m, a, r, 4) == "DDDD"
+
+
+def test_rfc_pageout_marker_left_in_present_ptes_only():
+    """The RFC (Peter Xu, 2021-08-06): reclaim leaves PTE_MARKER_PAGEOUT where a PTE was
+    present; PTEs already none stay none — Peter's first accuracy example (scenario 3)."""
+    m, a, r = shared_written("pte-marker-rfc", 2)
+    b = m.fork(a)
+    m.read(b, r, 2 * PAGE)
+    m.zap(a, r, PAGE)  # A's PTE for page 0 is zapped (a THP split)
+    m.reclaim(b, r, 2 * PAGE)
+    assert pm(m, a, r, 2) == "-S"
+    assert pm(m, b, r, 2) == "SS"
+    assert frames(m, b, r, 1) == [SWP_PTE_MARKER | PTE_MARKER_PAGEOUT << 5]
+    assert flags(m, b, r, 2) == "S S"
+
+
+def test_rfc_marker_not_copied_on_fork():
+    """copy_pte_marker under the RFC: the PAGEOUT hint is not copied (and a shmem VMA without
+    anon_vma is not copied at all) — Peter's second example (scenario 4)."""
+    m, a, r = shared_written("pte-marker-rfc", 4)
+    m.reclaim(a, r, 4 * PAGE)
+    b = m.fork(a)
+    assert (pm(m, a, r, 4), pm(m, b, r, 4)) == ("SSSS", "----")
+
+
+def test_rfc_marker_dropped_by_zap():
+    """zap_pte_range drops the RFC's hint ("best effort"): after MADV_DONTNEED pagemap is 0."""
+    m, a, r = shared_written("pte-marker-rfc", 2)
+    m.reclaim(a, r, 2 * PAGE)
+    m.madvise(a, r, 2 * PAGE, MADV_DONTNEED)
+    assert pm(m, a, r, 2) == "--"
+
+
+@pytest.mark.parametrize(
+    "profile,expect", [("linux-5.14", "00"), ("pte-marker-rfc", "11"), ("linux-6.18", "00")]
+)
+def test_mincore_pte_range_on_markers(profile, expect):
+    """mincore_pte_range: under 5.14 and the RFC a marker is a non-swap entry, read as 1
+    (Tiberiu: with the RFC mincore reads 1 for every marker, scenario 10); 6.18's
+    pte_none_mostly() sends it to the page-cache lookup: swapped out, 0."""
+    m, a, r = shared_written(profile, 2)
+    m.reclaim(a, r, 2 * PAGE)
+    assert mc(m, a, r, 2) == expect
+
+
+def test_pagecache_lookup_reports_swap_for_none_ptes():
+    """Tiberiu's series: pagemap looks every none shmem PTE up in the page cache and reports
+    a swap entry as PM_SWAP with its type/offset — for a fork child too (scenario 1) — at the
+    cost of one lookup per none PTE."""
+    m, a, r = shared_written("pagecache-lookup", 4)
+    m.reclaim(a, r, 2 * PAGE)
+    b = m.fork(a)
+    before = m.k.counters.snapshot()
+    assert pm(m, b, r, 4) == "SS--"  # resident-but-unmapped pages still read 0
+    assert m.k.counters.since(before).pagecache_lookups == 4
+    assert m.k.counters.since(before).ptes_walked == 4
+    assert [f >> 5 for f in frames(m, b, r, 2)] == [1, 2]
+
+
+def test_linux_6_18_pagemap_does_no_pagecache_lookup():
+    """pte_to_pagemap_entry on 6.18: a none PTE reads 0 and costs no page-cache lookup."""
+    m, a, r = shared_written("linux-6.18", 4)
+    m.reclaim(a, r, 4 * PAGE)
+    before = m.k.counters.snapshot()
+    assert pm(m, a, r, 4) == "----"
+    assert m.k.counters.since(before).pagecache_lookups == 0
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_migration_entries_read_pm_swap(shared):
+    """try_to_migrate leaves pfn swap entries: pagemap PM_SWAP, type 30 (write) or 28 (read),
+    offset = PFN, PM_FILE for shmem folios (Peter in the thread; task_mmu.c
+    is_pfn_swap_entry); mincore reads 1; remove_migration_ptes maps a new PFN, same bytes."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, 2 * PAGE, shared=shared)
+    m.write(a, r, 2 * PAGE)
+    before = m.peek(a, r, 2 * PAGE)
+    old = frames(m, a, r, 2)
+    m.migrate(a, r, 2 * PAGE, finish=False)
+    assert pm(m, a, r, 2) == "SS"
+    assert flags(m, a, r, 2) == ("SF SF" if shared else "S S")
+    assert frames(m, a, r, 2) == [SWP_MIGRATION_WRITE | p << 5 for p in old]
+    assert mc(m, a, r, 2) == "11"
+    assert m.peek(a, r, 2 * PAGE) == before
+    m.migrate_finish()
+    assert pm(m, a, r, 2) == "PP"
+    assert set(frames(m, a, r, 2)).isdisjoint(old)
+    assert m.peek(a, r, 2 * PAGE) == before
+
+
+def test_copy_page_range_makes_writable_migration_entries_readable():
+    """copy_nonpresent_pte: a WRITE migration entry in a COW mapping becomes READ in both."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, PAGE)
+    m.write(a, r, PAGE)
+    m.migrate(a, r, PAGE, finish=False)
+    b = m.fork(a)
+    assert frames(m, a, r, 1)[0] & 31 == frames(m, b, r, 1)[0] & 31 == SWP_MIGRATION_READ
+    m.migrate_finish()
+    assert flags(m, a, r, 1) == flags(m, b, r, 1) == "P"
+
+
+def test_do_fault_around_window_is_16_aligned_pages():
+    """do_fault_around: fault_around_bytes = 64 KiB, aligned down: a read of page 20 of a
+    fork child maps pages 16..31 that are in the page cache, nothing else."""
+    m, a, r = shared_written("linux-6.18", 64)
+    b = m.fork(a)
+    m.read(b, r + 20 * PAGE, PAGE)
+    assert pm(m, b, r, 64) == "-" * 16 + "P" * 16 + "-" * 32
+
+
+def test_do_fault_around_clipped_to_vma():
+    """do_fault_around clips the window to the VMA (and the page table): a 4-page mapping at
+    a non-aligned offset maps at most its own pages."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    fd = m.memfd_create(a, "f", 32 * PAGE)
+    m.pwrite(a, fd, 0, 32 * PAGE)
+    r = m.mmap(a, 4 * PAGE, shared=True, fd=fd, offset=5 * PAGE)
+    m.read(a, r + PAGE, PAGE)
+    assert pm(m, a, r, 4) == "PPPP"
+    assert m.k.task(a).vmas[0].npages == 4
+
+
+def test_filemap_map_pages_skips_swapped_and_not_uptodate():
+    """filemap_map_pages maps only uptodate page-cache folios: swapped and fallocated pages
+    are left to their own faults (no swap-in by fault-around)."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    fd = m.memfd_create(a, "f", 8 * PAGE)
+    m.pwrite(a, fd, 0, 4 * PAGE)
+    m.fallocate(a, fd, 4 * PAGE, 2 * PAGE)
+    r = m.mmap(a, 8 * PAGE, shared=True, fd=fd)
+    m.reclaim(a, r, 2 * PAGE)
+    m.read(a, r + 3 * PAGE, PAGE)
+    assert pm(m, a, r) == "--PP----"
+    assert ls(m, a, r) == "DDDD...."
+
+
+def test_do_shared_fault_maps_only_the_faulting_page():
+    """A write fault on shmem (do_shared_fault) does no fault-around."""
+    m, a, r = shared_written("linux-6.18", 8)
+    b = m.fork(a)
+    m.write(b, r + 3 * PAGE, PAGE)
+    assert pm(m, b, r) == "---P----"
+
+
+def test_shmem_fault_allocates_holes_but_fd_read_does_not():
+    """shmem_fault uses SGP_CACHE (a read fault allocates a zeroed page that lseek then
+    counts as data); read(2) uses SGP_READ and leaves holes alone (kernel.md §5, §6)."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    fd = m.memfd_create(a, "f", 4 * PAGE)
+    assert m.pread(a, fd, 0, 4 * PAGE) == bytes(4 * PAGE)
+    r = m.mmap(a, 4 * PAGE, shared=True, fd=fd)
+    assert ls(m, a, r, 4) == "...."
+    m.read(a, r + 2 * PAGE, PAGE)
+    assert ls(m, a, r, 4) == "..D."
+
+
+def test_shmem_file_read_swaps_in_without_ptes():
+    """Reading through the fd (map_files) swaps a page into the page cache but creates no PTE
+    in any mapper (kernel.md §6, verified (j))."""
+    m, a, r = shared_written("linux-6.18", 2)
+    b = m.fork(a)
+    m.reclaim(a, r, 2 * PAGE)
+    fd = m.open_map_files(a, b, r)
+    data = m.pread(a, fd, 0, PAGE)
+    assert data == m.peek(b, r, PAGE)
+    assert (pm(m, b, r, 2), mc(m, b, r, 2)) == ("--", "10")
+    assert m.smaps(b)[0].swap_kb == 4
+
+
+def test_shmem_file_llseek_does_not_swap_in():
+    """mapping_seek_hole_data: a swap value entry is data, and nothing is swapped in
+    (Tiberiu tested it; kernel.md §5: smaps Swap unchanged)."""
+    m, a, r = shared_written("linux-6.18", 4)
+    m.reclaim(a, r, 2 * PAGE)
+    obj = m.object_at(a, r)
+    assert shmem_file_llseek(m.k, obj, 0, SEEK_DATA) == 0
+    assert shmem_file_llseek(m.k, obj, 0, SEEK_HOLE) == 4 * PAGE
+    assert m.smaps(a)[0].swap_kb == 8
+    with pytest.raises(ModelError, match="ENXIO"):
+        shmem_file_llseek(m.k, obj, 4 * PAGE, SEEK_DATA)
+
+
+def test_do_anonymous_page_zero_page_is_not_copied_on_fork():
+    """A read-only touched anonymous VMA maps the zero page without anon_vma_prepare, so
+    vma_needs_copy is false and the child's PTEs start none."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, 2 * PAGE)
+    m.read(a, r, 2 * PAGE)
+    b = m.fork(a)
+    assert (pm(m, a, r, 2), pm(m, b, r, 2)) == ("PP", "--")
+    assert m.peek(b, r, 2 * PAGE) == bytes(2 * PAGE)
+
+
+def test_vma_needs_copy_private_file_mapping_with_anon_vma_copies_file_ptes():
+    """kernel.md §3: a MAP_PRIVATE file mapping with one COWed page has an anon_vma, so fork
+    copies all its PTEs, the page-cache ones too (PF in the child)."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    fd = m.memfd_create(a, "f", 4 * PAGE)
+    m.pwrite(a, fd, 0, 4 * PAGE)
+    r = m.mmap(a, 4 * PAGE, shared=False, fd=fd)
+    m.read(a, r, 4 * PAGE)
+    m.write(a, r, PAGE)
+    b = m.fork(a)
+    assert flags(m, b, r, 4) == "P PF PF PF"
+    assert m.peek(b, r, 4 * PAGE) == m.peek(a, r, 4 * PAGE)
+
+
+@pytest.mark.parametrize("profile", ["linux-5.14", "pte-marker-rfc", "pagecache-lookup"])
+def test_guard_regions_absent_before_6_13(profile):
+    """MADV_GUARD_INSTALL arrived in 6.13 (kernel.md §8): older profiles refuse it."""
+    m = Model(profile)
+    a = m.spawn("A")
+    r = m.mmap(a, PAGE)
+    with pytest.raises(ModelError, match="EINVAL"):
+        m.madvise(a, r, PAGE, MADV_GUARD_INSTALL)
+
+
+def test_guard_page_read_faults():
+    """A guard marker makes the access fault with SIGSEGV and the read leaves it in place."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, PAGE)
+    m.madvise(a, r, PAGE, MADV_GUARD_INSTALL)
+    with pytest.raises(ModelError, match="SIGSEGV"):
+        m.read(a, r, PAGE)
+    assert flags(m, a, r, 1) == "SG"
+
+
+def test_move_page_tables_carries_swap_entries_and_markers():
+    """mremap's move_page_tables moves every PTE, swap entries and markers included."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, 4 * PAGE)
+    m.write(a, r, 3 * PAGE)
+    data = m.peek(a, r, 4 * PAGE)
+    m.madvise(a, r, PAGE, MADV_PAGEOUT)
+    m.madvise(a, r + 3 * PAGE, PAGE, MADV_GUARD_INSTALL)
+    before = flags(m, a, r, 4)
+    n = m.mremap(a, r, 4 * PAGE)
+    assert n != r and flags(m, a, n, 4) == before == "S PX PX SG"
+    assert m.peek(a, n, 3 * PAGE) == data[: 3 * PAGE]
+    with pytest.raises(ModelError, match="ENOMEM"):
+        m.mincore(a, r, PAGE)
+
+
+def test_do_exit_frees_private_pages_and_reparents():
+    """exit_mmap drops every PTE (private frames and swap slots freed); the shared object
+    lives on in other mappers; children go to the exiting task's parent."""
+    m = Model("linux-6.18")
+    root = m.spawn("init")
+    a = m.fork(root, "A")
+    p = m.mmap(a, 4 * PAGE)
+    s = m.mmap(a, 4 * PAGE, shared=True)
+    m.write(a, p, 4 * PAGE)
+    m.write(a, s, 4 * PAGE)
+    m.madvise(a, p, 2 * PAGE, MADV_PAGEOUT)
+    c = m.fork(a, "C")
+    shared = m.peek(c, s, 4 * PAGE)
+    frames_before = m.k.frames.allocated
+    m.exit(a)
+    assert m.k.tasks[c].ppid == root
+    assert m.peek(c, s, 4 * PAGE) == shared
+    m.exit(c)
+    assert m.k.frames.allocated < frames_before
+    assert m.k.frames.allocated == 0 and m.k.swap.in_use == 0
+
+
+def test_show_map_vma_line_format():
+    """show_map_vma: anonymous lines end "0 " and named ones pad the name to column 73 (as
+    /proc/self/maps on this machine)."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, 2 * PAGE, shared=True)
+    p = m.mmap(a, PAGE, prot=PROT_READ)
+    lines = m.maps(a).splitlines()
+    assert lines[0] == f"{p:x}-{p + PAGE:x} r--p 00000000 00:00 0 "
+    assert lines[1].startswith(f"{r:x}-{r + 2 * PAGE:x} rw-s 00000000 00:01 ")
+    assert lines[1].index("/dev/zero (deleted)") == 73
+    seg = m.shmget(0x1234, PAGE)
+    m.shmat(a, seg)
+    assert "/SYSV00001234 (deleted)" in m.maps(a)
+
+
+def test_pagemap_read_hides_frames_without_cap_sys_admin():
+    """pagemap_read: pm.show_pfn is false without CAP_SYS_ADMIN: flags stay, the whole frame
+    field (PFN and swap type/offset) is 0 (kernel.md §1, verified (k))."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, 2 * PAGE)
+    m.write(a, r, 2 * PAGE)
+    m.madvise(a, r + PAGE, PAGE, MADV_PAGEOUT)
+    words = [int(w) for w in m.pagemap(a, r, 2 * PAGE, show_pfn=False)]
+    assert words == [0x8100000000000000, 0x4000000000000000]
+
+
+def test_system_reclaim_unmaps_every_mapper_but_pageout_skips_shared():
+    """kswapd reclaims through the rmap from every mapper; MADV_PAGEOUT skips folios mapped
+    more than once (folio_likely_mapped_shared) — the model needs both (SCENARIOS.md)."""
+    m, a, r = shared_written("linux-6.18", 2)
+    b = m.fork(a)
+    m.read(b, r, 2 * PAGE)
+    m.madvise(a, r, 2 * PAGE, MADV_PAGEOUT)
+    assert pm(m, a, r, 2) == pm(m, b, r, 2) == "PP"
+    m.reclaim(a, r, 2 * PAGE)
+    assert pm(m, a, r, 2) == pm(m, b, r, 2) == "--"
+    assert ls(m, b, r, 2) == "DD"
+
+
+def test_swap_cache_stage_is_observable():
+    """shrink_folio_list then __remove_mapping: between the two the folio is in the swap cache
+    (mincore 1 with none PTEs: Tiberiu, scenario 9); afterwards mincore reads 0."""
+    m, a, r = shared_written("linux-5.14", 2)
+    m.reclaim(a, r, 2 * PAGE, free=False)
+    assert (pm(m, a, r, 2), mc(m, a, r, 2), ls(m, a, r, 2)) == ("--", "11", "DD")
+    m.swapcache_drop()
+    assert (pm(m, a, r, 2), mc(m, a, r, 2), ls(m, a, r, 2)) == ("--", "00", "DD")
+
+
+def test_shmem_setattr_shrink_zaps_and_sigbus_past_eof():
+    """ftruncate shrinking a memfd zaps every mapper past the new end (unmap_mapping_range
+    with even_cows) and frees the pages; a fault past EOF is SIGBUS."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    fd = m.memfd_create(a, "t", 4 * PAGE)
+    r = m.mmap(a, 4 * PAGE, shared=True, fd=fd)
+    m.write(a, r, 4 * PAGE)
+    m.ftruncate(a, fd, 2 * PAGE)
+    assert pm(m, a, r, 4) == "PP--"
+    with pytest.raises(ModelError, match="SIGBUS"):
+        m.read(a, r + 3 * PAGE, PAGE)
+
+
+def test_madvise_remove_needs_shared_writable_mapping():
+    """MADV_REMOVE: vma_is_shared_maywrite or -EACCES (kernel.md §3)."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, PAGE)
+    with pytest.raises(ModelError, match="EACCES"):
+        m.madvise(a, r, PAGE, 9)
+
+
+def test_load_profile_from_a_users_file(tmp_path):
+    """A user's own profile is a Python file defining PROFILE; the operations need no edit."""
+    f = tmp_path / "myk.py"
+    f.write_text(
+        "from dataclasses import replace\n"
+        "from dumper.model.kernels import LINUX_6_18\n"
+        "PROFILE = replace(LINUX_6_18, name='my-kernel', shmem_pageout_marker=True)\n"
+    )
+    prof = load_profile(str(f))
+    m, a, r = shared_written(prof, 2)
+    m.reclaim(a, r, 2 * PAGE)
+    assert pm(m, a, r, 2) == "SS"
+    bad = tmp_path / "bad.py"
+    bad.write_text("PROFILE = 3\n")
+    with pytest.raises(ValueError, match="defines no PROFILE"):
+        load_profile(str(bad))
+    with pytest.raises(ValueError, match="not a kernel profile"):
+        load_profile("linux-9.99")
+
+
+def test_observation_costs_are_counted():
+    """pagemap walks one PTE per page; lseek SEEK_HOLE steps through data entries while
+    SEEK_DATA skips empty slots: the costs the replay reports."""
+    m, a, r = shared_written("linux-6.18", 8)
+    obj = m.object_at(a, r)
+    before = m.k.counters.snapshot()
+    m.pagemap(a, r, 8 * PAGE)
+    assert m.k.counters.since(before).ptes_walked == 8
+    before = m.k.counters.snapshot()
+    shmem_file_llseek(m.k, obj, 0, SEEK_HOLE)
+    cost = m.k.counters.since(before)
+    assert (cost.syscalls, cost.pagecache_lookups) == (1, 8)
