@@ -1,0 +1,61 @@
+"""Magic numbers and file names of an image set (criu.md §3.2-3.3, plus dumper's own).
+
+CRIU's values come from its magic.h; dumper's are four ASCII letters on disk ("DUMP", "DOBJ",
+"DTRU", "DCOW"), none of them a CRIU magic, so crit reports them as unknown.
+"""
+
+from __future__ import annotations
+
+IMG_COMMON_MAGIC = 0x54564319
+IMG_SERVICE_MAGIC = 0x55105940
+RAW_IMAGE_MAGIC = 0
+
+INVENTORY_MAGIC = 0x58313116
+PSTREE_MAGIC = 0x50273030
+CORE_MAGIC = 0x55053847
+IDS_MAGIC = 0x54432030
+MM_MAGIC = 0x57492820
+PAGEMAP_MAGIC = 0x56084025  # SHMEM_PAGEMAP_MAGIC too
+FILES_MAGIC = 0x56303138
+MEMFD_INODE_MAGIC = 0x48453499
+
+DUMPER_MAGIC = 0x504D5544  # b"DUMP"
+OBJECTS_MAGIC = 0x4A424F44  # b"DOBJ"
+TRUTH_MAGIC = 0x55525444  # b"DTRU"
+COW_MAGIC = 0x574F4344  # b"DCOW"
+
+# Fixed names; per-id names are built by the functions below.
+INVENTORY = "inventory.img"
+PSTREE = "pstree.img"
+FILES = "files.img"
+MEMFD = "memfd.img"
+DUMPER = "dumper.img"
+OBJECTS = "objects.img"
+
+
+def core(tid: int) -> str:
+    return f"core-{tid}.img"
+
+
+def mm(pid: int) -> str:
+    return f"mm-{pid}.img"
+
+
+def pagemap(pid: int) -> str:
+    return f"pagemap-{pid}.img"
+
+
+def pagemap_shmem(shmid: int) -> str:
+    return f"pagemap-shmem-{shmid}.img"
+
+
+def pages(pages_id: int) -> str:
+    return f"pages-{pages_id}.img"
+
+
+def truth(pid: int) -> str:
+    return f"truth-{pid}.img"
+
+
+def cow(pid: int) -> str:
+    return f"cow-{pid}.img"

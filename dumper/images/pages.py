@@ -1,0 +1,261 @@
+"""Page stores: pages-N.img, raw (CRIU's format) or zstd frames, streamed both ways.
+
+A raw store is the pages themselves, in pagemap order. A zstd store is a run of independent
+zstd frames of `frame_size` raw bytes each (the last may be shorter), every frame carrying
+its content size and an xxhash content checksum; dumper.img's PagesImageEntry lists the
+frames' stored sizes, which makes random access cost one frame's decompression. Either way
+the sha256 of the stored bytes goes to PagesImageEntry and is checked on read.
+
+PagesWriter takes byte chunks of any size and never holds more than one frame; PagesReader
+reads any raw byte range, decompressing at most the frames it spans (keeping the last one),
+and refuses a frame whose header disagrees with the index or whose data would decompress
+beyond the size it declares.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import zstandard
+
+from dumper.images.checksums import STORED_ALGO, stored_hash
+from dumper.images.errors import ImageError
+from dumper.images.proto import dumper_images_pb2 as own
+
+NONE = "none"
+ZSTD = "zstd"
+COMPRESSIONS = {NONE: own.COMPRESSION_NONE, ZSTD: own.COMPRESSION_ZSTD}
+DEFAULT_FRAME_SIZE = 4 << 20
+_READ_BLOCK = 1 << 20
+
+
+class PagesWriter:
+    """Writes one pages image to an open binary file; close() returns its PagesImageEntry."""
+
+    def __init__(
+        self,
+        f: BinaryIO,
+        pages_id: int,
+        page_size: int,
+        compress: str = NONE,
+        level: int = 3,
+        threads: int = 0,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+    ):
+        if compress not in COMPRESSIONS:
+            raise ValueError(f"unknown compression {compress!r}: none or zstd")
+        if frame_size <= 0 or frame_size % page_size:
+            raise ValueError("frame_size must be a positive multiple of the page size")
+        self.f = f
+        self.pages_id = pages_id
+        self.page_size = page_size
+        self.compress = compress
+        self.level = level
+        self.frame_size = frame_size
+        self.raw_size = 0
+        self.stored_size = 0
+        self.frames: list[int] = []
+        self._hash = stored_hash()
+        self._buf = bytearray()
+        self._cctx = (
+            zstandard.ZstdCompressor(
+                level=level, threads=threads, write_checksum=True, write_content_size=True
+            )
+            if compress == ZSTD
+            else None
+        )
+
+    def _store(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self._hash.update(data)
+        self.stored_size += len(data)
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        self.raw_size += len(chunk)
+        if self._cctx is None:
+            self._store(chunk)
+            return
+        self._buf += chunk
+        while len(self._buf) >= self.frame_size:
+            self._frame(memoryview(self._buf)[: self.frame_size])
+            del self._buf[: self.frame_size]
+
+    def _frame(self, raw: memoryview) -> None:
+        assert self._cctx is not None
+        data = self._cctx.compress(raw)
+        self.frames.append(len(data))
+        self._store(data)
+
+    def close(self) -> own.PagesImageEntry:
+        if self._buf:
+            self._frame(memoryview(self._buf))
+            self._buf = bytearray()
+        if self.raw_size % self.page_size:
+            raise ValueError(
+                f"pages-{self.pages_id}.img: {self.raw_size} bytes is not a whole number of pages"
+            )
+        meta = own.PagesImageEntry(
+            pages_id=self.pages_id,
+            compression=COMPRESSIONS[self.compress],
+            nr_pages=self.raw_size // self.page_size,
+            raw_size=self.raw_size,
+            stored_size=self.stored_size,
+            checksum_algo=STORED_ALGO,
+            checksum=self._hash.digest(),
+        )
+        if self._cctx is not None:
+            meta.level = self.level
+            meta.frame_raw_size = self.frame_size
+            meta.frame_sizes.extend(self.frames)
+        return meta
+
+
+class PagesReader:
+    """Random and sequential access to one pages image's raw bytes.
+
+    meta is the image's PagesImageEntry, or None for a CRIU set: raw, no checksum.
+    """
+
+    def __init__(self, path: str, meta: own.PagesImageEntry | None):
+        self.path = path
+        self.meta = meta
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise ImageError(path, e.strerror or str(e)) from None
+        self.file_size = os.fstat(self._fd).st_size
+        self.zstd = meta is not None and meta.compression == own.COMPRESSION_ZSTD
+        if meta is not None and meta.stored_size != self.file_size:
+            raise ImageError(
+                path,
+                f"holds {self.file_size} bytes, dumper.img records {meta.stored_size}",
+                min(self.file_size, meta.stored_size),
+            )
+        self.raw_size = meta.raw_size if meta is not None else self.file_size
+        self._starts: list[int] = []
+        self._cache: tuple[int, bytes] | None = None
+        if self.zstd:
+            self._index()
+
+    def _index(self) -> None:
+        meta = self.meta
+        assert meta is not None
+        fsz = meta.frame_raw_size
+        want = -(-meta.raw_size // fsz) if fsz else -1
+        if fsz <= 0 or len(meta.frame_sizes) != want:
+            raise ImageError(
+                self.path,
+                f"dumper.img lists {len(meta.frame_sizes)} zstd frames of {fsz} bytes "
+                f"for {meta.raw_size} raw bytes",
+            )
+        pos = 0
+        for size in meta.frame_sizes:
+            self._starts.append(pos)
+            pos += size
+        if pos != self.file_size:
+            raise ImageError(
+                self.path, f"zstd frames add up to {pos} bytes, the file holds {self.file_size}"
+            )
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def verify(self) -> None:
+        """Hash the stored bytes and compare with dumper.img (no-op without a checksum)."""
+        if self.meta is None:
+            return
+        if self.meta.checksum_algo != STORED_ALGO:
+            raise ImageError(self.path, f"unknown checksum algorithm {self.meta.checksum_algo!r}")
+        h = stored_hash()
+        off = 0
+        while off < self.file_size:
+            block = os.pread(self._fd, _READ_BLOCK, off)
+            if not block:
+                break
+            h.update(block)
+            off += len(block)
+        if h.digest() != self.meta.checksum:
+            raise ImageError(
+                self.path,
+                f"checksum mismatch: {STORED_ALGO} {h.hexdigest()}, "
+                f"dumper.img records {self.meta.checksum.hex()}",
+            )
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise ImageError(
+                self.path,
+                f"truncated: wanted {length} bytes, file ends at {self.file_size}",
+                offset,
+            )
+        return data
+
+    def _frame(self, i: int) -> bytes:
+        if self._cache is not None and self._cache[0] == i:
+            return self._cache[1]
+        meta = self.meta
+        assert meta is not None
+        start = self._starts[i]
+        expect = min(meta.frame_raw_size, meta.raw_size - i * meta.frame_raw_size)
+        data = self._pread(start, meta.frame_sizes[i])
+        try:
+            declared = zstandard.get_frame_parameters(data).content_size
+        except zstandard.ZstdError as e:
+            raise ImageError(self.path, f"zstd frame {i}: bad header: {e}", start) from None
+        if declared != expect:
+            shown = "no size" if declared == zstandard.CONTENTSIZE_UNKNOWN else f"{declared} bytes"
+            raise ImageError(
+                self.path, f"zstd frame {i} declares {shown}, the index {expect} bytes", start
+            )
+        try:  # read one byte more than declared: a frame must not hold more than it says
+            reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
+            raw = reader.read(expect + 1)
+        except zstandard.ZstdError as e:
+            raise ImageError(
+                self.path,
+                f"zstd frame {i} does not decompress to its declared {expect} bytes: {e}",
+                start,
+            ) from None
+        if len(raw) != expect:
+            how = "beyond" if len(raw) > expect else "short of"
+            raise ImageError(
+                self.path, f"zstd frame {i} decompresses {how} its declared {expect} bytes", start
+            )
+        self._cache = (i, raw)
+        return raw
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Raw bytes [offset, offset + length)."""
+        if offset < 0 or offset + length > self.raw_size:
+            raise ImageError(
+                self.path,
+                f"read of {length} bytes at raw offset {offset} is past the end of the "
+                f"page data ({self.raw_size} bytes)",
+            )
+        if not self.zstd:
+            return self._pread(offset, length)
+        assert self.meta is not None
+        fsz = self.meta.frame_raw_size
+        out = bytearray()
+        pos = offset
+        while pos < offset + length:
+            i = pos // fsz
+            frame = self._frame(i)
+            lo = pos - i * fsz
+            hi = min(len(frame), lo + (offset + length - pos))
+            out += frame[lo:hi]
+            pos += hi - lo
+        return bytes(out)
+
+    def iter_range(self, offset: int, length: int, chunk: int) -> Iterator[bytes]:
+        """Raw bytes [offset, offset + length) in pieces of at most chunk bytes."""
+        end = offset + length
+        while offset < end:
+            n = min(chunk, end - offset)
+            yield self.read(offset, n)
+            offset += n

@@ -1,0 +1,541 @@
+"""ImageSetWriter: writes an image set directory, atomically.
+
+    with ImageSetWriter("out/set", compress="zstd", strategy="pagemap",
+                        profile="linux-6.18", host_kind="model") as w:
+        w.add_shared_object(SharedObject(shmid=77, kind="memfd", size=8192, name="buf"),
+                            runs=[(0, 1)], chunks=[page])
+        w.add_task(100, 0, "parent", [Vma(0x400000, 0x402000, 3, MAP_PRIVATE | MAP_ANONYMOUS),
+                                      Vma(0x800000, 0x802000, 3, MAP_SHARED, obj=77)])
+        w.add_private_pages(100, runs=[(0x400000, 2)], chunks=iter_chunks())
+        w.add_truth(100, [(0x400000, digests)])
+    # commit() ran on leaving the block; an exception aborts instead.
+
+Everything is written into a temporary sibling directory (mode 0700, files 0600: they hold
+process memory). Pages stream straight to their files while the small metadata (tasks, VMAs,
+objects) waits in memory; commit() writes pstree, core, mm, files, memfd, objects and
+dumper.img, then inventory.img last, reads the whole set back through ImageSet's validation,
+fsyncs every file and the directory, and renames it into place. An existing set is replaced
+only with force=True, by an atomic exchange where the filesystem has renameat2, and a
+directory that is not an image set is never replaced.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from google.protobuf.message import Message
+
+from dumper import __version__
+from dumper.images import codec
+from dumper.images import flags as F
+from dumper.images import magic as M
+from dumper.images.checksums import PAGE_DIGEST_ALGO, TaskDigest
+from dumper.images.errors import ImageError
+from dumper.images.pages import DEFAULT_FRAME_SIZE, NONE, PagesWriter
+from dumper.images.proto import criu_images_pb2 as criu
+from dumper.images.proto import dumper_images_pb2 as own
+from dumper.images.records import SHARED_KINDS, CowRun, PageRun, SharedObject, Vma
+from dumper.kabi import MAP_SHARED, PAGE_SIZE
+
+FORMAT_VERSION = 1
+TRUTH_RUN_MAX = 1 << 16  # digests per TruthRun entry: 512 KiB
+_U32_MAX = (1 << 32) - 1
+_ARCH = {"x86_64": criu.X86_64, "aarch64": criu.AARCH64, "arm64": criu.AARCH64}
+_MM_FIELDS = [f.name for f in criu.MmEntry.DESCRIPTOR.fields if f.name.startswith("mm_")]
+_MM_FIELDS.remove("mm_saved_auxv")
+
+RunLike = PageRun | tuple[int, int] | tuple[int, int, int]
+
+
+class ImageSetExists(FileExistsError):
+    """The target directory exists and force was not given (or it is not an image set)."""
+
+
+def _fown() -> criu.FownEntry:
+    return criu.FownEntry(uid=0, euid=0, signum=0, pid_type=0, pid=0)
+
+
+def _runs(runs: Iterable[RunLike], page_size: int, what: str) -> list[PageRun]:
+    """Normalise and check runs: sorted, not overlapping, not empty."""
+    out: list[PageRun] = []
+    for r in runs:
+        run = r if isinstance(r, PageRun) else PageRun(*r)
+        if run.nr_pages <= 0 or run.vaddr % page_size:
+            raise ValueError(f"{what}: bad run {run}")
+        if out and run.vaddr < out[-1].end(page_size):
+            raise ValueError(f"{what}: runs unsorted or overlapping at {run.vaddr:#x}")
+        out.append(run)
+    return out
+
+
+def _pagemap_entries(runs: list[PageRun]) -> Iterable[criu.PagemapEntry]:
+    for run in runs:
+        vaddr, left = run.vaddr, run.nr_pages
+        while left:  # field 2 is a u32: split the (theoretical) longer runs
+            n = min(left, _U32_MAX)
+            yield criu.PagemapEntry(vaddr=vaddr, compat_nr_pages=n, nr_pages=n, flags=run.flags)
+            vaddr += n * PAGE_SIZE
+            left -= n
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths; False when the system cannot."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_image_set(path: Path) -> bool:
+    return (path / M.INVENTORY).is_file()
+
+
+class ImageSetWriter:
+    """Builds one image set; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        force: bool = False,
+        compress: str | None = None,
+        level: int = 3,
+        threads: int = 0,
+        *,
+        strategy: str = "unknown",
+        profile: str = "unknown",
+        host_kind: str = "model",
+        page_size: int = PAGE_SIZE,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+        root_pid: int | None = None,
+        arch: str | None = None,
+    ):
+        self.path = Path(path)
+        self.force = force
+        self.compress = compress or NONE
+        self.level = level
+        self.threads = threads
+        self.page_size = page_size
+        self.frame_size = frame_size
+        self.strategy, self.profile, self.host_kind = strategy, profile, host_kind
+        self.root_pid = root_pid
+        self.mtype = _ARCH.get(arch or platform.machine(), criu.UNKNOWN)
+        if page_size != PAGE_SIZE:
+            raise ValueError(f"page size {page_size}: only {PAGE_SIZE} is supported")
+        self._check_target()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        os.chmod(self.tmp, 0o700)
+        self._tasks: dict[int, dict[str, Any]] = {}
+        self._objects: dict[int, SharedObject] = {}
+        self._object_pages: dict[int, int] = {}
+        self._task_pages: dict[int, int] = {}
+        self._pages: list[own.PagesImageEntry] = []
+        self._files: list[criu.FileEntry] = []
+        self._exe_ids: dict[str, int] = {}
+        self._object_file: dict[int, int] = {}
+        self._memfds: list[criu.MemfdInodeEntry] = []
+        self._truth: set[int] = set()
+        self._cow: set[int] = set()
+        self._done = False
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _check_target(self) -> None:
+        p = self.path
+        if not p.exists() and not p.is_symlink():
+            return
+        if not self.force:
+            raise ImageSetExists(f"{p}: exists; pass force=True (--force) to replace it")
+        if p.is_symlink() or not p.is_dir() or (any(p.iterdir()) and not is_image_set(p)):
+            raise ImageSetExists(f"{p}: exists and is not an image set; refusing to replace it")
+
+    def _open(self, name: str) -> BinaryIO:
+        fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return os.fdopen(fd, "wb")
+
+    @staticmethod
+    def _close(f: BinaryIO) -> None:
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+
+    def _write_image(self, name: str, kind: codec.Kind, msgs: Iterable[Message]) -> None:
+        f = self._open(name)
+        try:
+            f.write(codec.header(kind))
+            for m in msgs:
+                f.write(codec.frame(m))
+        finally:
+            self._close(f)
+
+    def _write_pages(self, chunks: Iterable[bytes | bytearray | memoryview]) -> own.PagesImageEntry:
+        pages_id = len(self._pages) + 1  # CRIU's page_ids start at 1
+        f = self._open(M.pages(pages_id))
+        try:
+            pw = PagesWriter(
+                f,
+                pages_id,
+                self.page_size,
+                self.compress,
+                self.level,
+                self.threads,
+                self.frame_size,
+            )
+            for chunk in chunks:
+                pw.write(chunk)
+            meta = pw.close()
+        finally:
+            self._close(f)
+        self._pages.append(meta)
+        return meta
+
+    def _pagemap(
+        self, name: str, runs: list[PageRun], chunks: Iterable[bytes | bytearray | memoryview]
+    ) -> int:
+        meta = self._write_pages(chunks)
+        want = sum(r.nr_pages for r in runs if r.present)
+        if meta.nr_pages != want or meta.raw_size % self.page_size:
+            raise ValueError(
+                f"{name}: chunks hold {meta.raw_size} bytes, the present runs {want} pages"
+            )
+        head = criu.PagemapHead(pages_id=meta.pages_id)
+        self._write_image(name, codec.BY_NAME["PAGEMAP"], [head, *_pagemap_entries(runs)])
+        return meta.pages_id
+
+    # -- adding -----------------------------------------------------------------------------
+
+    def add_task(
+        self,
+        pid: int,
+        ppid: int,
+        comm: str,
+        vmas: Sequence[Vma],
+        *,
+        pgid: int | None = None,
+        sid: int | None = None,
+        threads: Sequence[int] | None = None,
+        state: int = F.TASK_ALIVE,
+        exe: str = "",
+        mm: dict[str, int] | None = None,
+    ) -> None:
+        """A task: pstree entry, core-TID.img per thread, mm-PID.img (written on commit).
+
+        ppid 0 marks the root. mm holds MmEntry's mm_* fields (0 when left out).
+        """
+        if pid in self._tasks:
+            raise ValueError(f"task {pid} added twice")
+        unknown = set(mm or ()) - set(_MM_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown mm fields {sorted(unknown)}")
+        self._tasks[pid] = dict(
+            pid=pid,
+            ppid=ppid,
+            comm=comm,
+            vmas=list(vmas),
+            pgid=pid if pgid is None else pgid,
+            sid=pid if sid is None else sid,
+            threads=list(threads or [pid]),
+            state=state,
+            exe=exe,
+            mm=dict(mm or {}),
+        )
+
+    def add_private_pages(
+        self, pid: int, runs: Iterable[RunLike], chunks: Iterable[bytes | bytearray | memoryview]
+    ) -> int:
+        """A task's pagemap-PID.img and its pages image; returns the pages_id.
+
+        runs: PageRun or (vaddr, nr_pages[, flags]) in address order, flags PE_PRESENT by
+        default; chunks: the present pages' bytes in run order, in pieces of any size.
+        """
+        if pid in self._task_pages:
+            raise ValueError(f"pages of task {pid} added twice")
+        runs_ = _runs(runs, self.page_size, f"task {pid}")
+        self._task_pages[pid] = self._pagemap(M.pagemap(pid), runs_, chunks)
+        return self._task_pages[pid]
+
+    def add_shared_object(
+        self,
+        obj: SharedObject,
+        runs: Iterable[RunLike] = (),
+        chunks: Iterable[bytes | bytearray | memoryview] = (),
+    ) -> int:
+        """A shared object: its objects.img record, pagemap-shmem-SHMID.img (runs are offsets
+        inside the object) and pages; for a memfd, its memfd.img inode and files.img file.
+        Returns the pages_id."""
+        if obj.kind not in SHARED_KINDS:
+            raise ValueError(f"shared object {obj.shmid}: kind {obj.kind!r} not in {SHARED_KINDS}")
+        if obj.shmid in self._objects:
+            raise ValueError(f"shared object {obj.shmid} added twice")
+        runs_ = _runs(runs, self.page_size, f"object {obj.shmid}")
+        if (
+            runs_
+            and runs_[-1].end(self.page_size) > -(-obj.size // self.page_size) * self.page_size
+        ):
+            raise ValueError(f"object {obj.shmid}: runs go past its size {obj.size}")
+        pages_id = self._pagemap(M.pagemap_shmem(obj.shmid), runs_, chunks)
+        self._objects[obj.shmid] = obj
+        self._object_pages[obj.shmid] = pages_id
+        if obj.kind == "memfd":
+            inode_id = len(self._memfds) + 1
+            self._memfds.append(
+                criu.MemfdInodeEntry(
+                    name=obj.name,
+                    uid=obj.uid,
+                    gid=obj.gid,
+                    size=obj.size,
+                    shmid=obj.shmid,
+                    seals=obj.seals,
+                    inode_id=inode_id,
+                )
+            )
+            fid = self._add_file(criu.MEMFD)
+            self._files[-1].memfd.CopyFrom(
+                criu.MemfdFileEntry(id=fid, flags=os.O_RDWR, pos=0, fown=_fown(), inode_id=inode_id)
+            )
+            self._object_file[obj.shmid] = fid
+        elif obj.kind == "tmpfs":
+            self._object_file[obj.shmid] = self._add_reg(obj.name, os.O_RDWR)
+        return pages_id
+
+    def add_truth(
+        self, pid: int, runs: Iterable[tuple[int, Sequence[int]]], algo: str = PAGE_DIGEST_ALGO
+    ) -> bytes:
+        """truth-PID.img: per-page u64 digests of every mapped page, runs in VMA order.
+
+        The task digest and page count are computed here; returns the task digest."""
+        if pid in self._truth:
+            raise ValueError(f"truth of task {pid} added twice")
+        self._truth.add(pid)
+        td = TaskDigest(self.page_size)
+        spool = self._open(f".truth-{pid}.spool")
+        try:
+            for vaddr, digests in runs:
+                ds = list(digests) if not hasattr(digests, "tolist") else digests.tolist()
+                td.update(vaddr, ds)
+                for i in range(0, len(ds), TRUTH_RUN_MAX):
+                    run = own.TruthRun(vaddr=vaddr + i * self.page_size)
+                    run.digests.extend(ds[i : i + TRUTH_RUN_MAX])
+                    spool.write(codec.frame(run))
+        finally:
+            spool.close()
+        head = own.TruthHead(pid=pid, algo=algo, task_digest=td.digest(), nr_pages=td.nr_pages)
+        spool_path = self.tmp / f".truth-{pid}.spool"
+        f = self._open(M.truth(pid))
+        try:
+            f.write(codec.header(codec.BY_NAME["TRUTH"]) + codec.frame(head))
+            with open(spool_path, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+        finally:
+            self._close(f)
+            spool_path.unlink()
+        return head.task_digest
+
+    def add_cow(self, pid: int, records: Iterable[CowRun]) -> None:
+        """cow-PID.img: runs of pid's private pages stored once, in another task's pagemap."""
+        if pid in self._cow:
+            raise ValueError(f"COW records of task {pid} added twice")
+        self._cow.add(pid)
+        msgs = []
+        for r in records:
+            if r.pid != pid:
+                raise ValueError(f"COW record {r} is not task {pid}'s")
+            msgs.append(own.CowEntry(**vars(r)))
+        self._write_image(M.cow(pid), codec.BY_NAME["COW"], msgs)
+
+    # -- commit -----------------------------------------------------------------------------
+
+    def _add_file(self, ftype: int) -> int:
+        fid = len(self._files) + 1
+        self._files.append(criu.FileEntry(type=ftype, id=fid))
+        return fid
+
+    def _add_reg(self, name: str, flags: int = os.O_RDONLY) -> int:
+        fid = self._add_file(criu.REG)
+        self._files[-1].reg.CopyFrom(
+            criu.RegFileEntry(id=fid, flags=flags, pos=0, fown=_fown(), name=name)
+        )
+        return fid
+
+    def _vma_entry(self, pid: int, v: Vma) -> criu.VmaEntry:
+        status, shmid = v.status, v.shmid
+        if v.obj is not None:
+            obj = self._objects.get(v.obj)
+            if obj is None:
+                raise ValueError(f"task {pid}: VMA {v.start:#x} maps unknown object {v.obj}")
+            shared = bool(v.flags & MAP_SHARED)
+            if obj.kind in ("memfd", "tmpfs"):
+                shmid = self._object_file[obj.shmid]
+                derived = F.VMA_FILE_SHARED if shared else F.VMA_FILE_PRIVATE
+                if obj.kind == "memfd":
+                    derived |= F.VMA_AREA_MEMFD
+            else:
+                shmid = obj.shmid
+                derived = F.VMA_ANON_SHARED | (F.VMA_AREA_SYSVIPC if obj.kind == "sysv" else 0)
+            status = status or F.VMA_AREA_REGULAR | derived
+        elif not status:
+            if v.flags & MAP_SHARED:
+                raise ValueError(f"task {pid}: MAP_SHARED VMA {v.start:#x} names no object")
+            status = F.VMA_AREA_REGULAR | F.VMA_ANON_PRIVATE
+        e = criu.VmaEntry(
+            start=v.start,
+            end=v.end,
+            pgoff=v.pgoff,
+            shmid=shmid,
+            prot=v.prot,
+            flags=v.flags,
+            status=status,
+            fd=-1,
+        )
+        if v.madv:
+            e.madv = v.madv
+        return e
+
+    def _write_task(self, t: dict[str, Any]) -> criu.PstreeEntry:
+        pid = t["pid"]
+        for tid in t["threads"]:
+            core = criu.CoreEntry(mtype=self.mtype)
+            core.thread_core.CopyFrom(
+                criu.ThreadCoreEntry(futex_rla=0, futex_rla_len=0, comm=t["comm"])
+            )
+            if tid == pid:
+                core.tc.CopyFrom(
+                    criu.TaskCoreEntry(
+                        task_state=t["state"],
+                        exit_code=0,
+                        personality=0,
+                        flags=0,
+                        blk_sigset=0,
+                        comm=t["comm"],
+                    )
+                )
+            self._write_image(M.core(tid), codec.BY_NAME["CORE"], [core])
+        exe_id = self._exe_ids.get(t["exe"])
+        if exe_id is None:
+            exe_id = self._exe_ids[t["exe"]] = self._add_reg(t["exe"])
+        mm = criu.MmEntry(exe_file_id=exe_id, **{k: t["mm"].get(k, 0) for k in _MM_FIELDS})
+        mm.vmas.extend(self._vma_entry(pid, v) for v in t["vmas"])
+        self._write_image(M.mm(pid), codec.BY_NAME["MM"], [mm])
+        if pid not in self._task_pages:  # crit x rss opens every task's pagemap
+            self.add_private_pages(pid, [], [])
+        return criu.PstreeEntry(
+            pid=pid, ppid=t["ppid"], pgid=t["pgid"], sid=t["sid"], threads=t["threads"]
+        )
+
+    def _dump_entry(self) -> own.DumpEntry:
+        roots = [p for p, t in self._tasks.items() if t["ppid"] == 0]
+        root = self.root_pid if self.root_pid is not None else (roots[0] if roots else 0)
+        d = own.DumpEntry(
+            format_version=FORMAT_VERSION,
+            tool_version=__version__,
+            strategy=self.strategy,
+            profile=self.profile,
+            host_kind=self.host_kind,
+            page_size=self.page_size,
+            compression=own.COMPRESSION_ZSTD if self.compress != NONE else own.COMPRESSION_NONE,
+            root_pid=root,
+        )
+        if self.compress != NONE:
+            d.level, d.threads = self.level, self.threads
+        d.pages.extend(self._pages)
+        return d
+
+    def _objects_img(self) -> list[own.SharedObjectEntry]:
+        out = []
+        for shmid, o in self._objects.items():
+            e = own.SharedObjectEntry(
+                shmid=shmid,
+                kind=o.kind,
+                dev=o.dev,
+                ino=o.ino,
+                size=o.size,
+                name=o.name,
+                pages_id=self._object_pages[shmid],
+            )
+            if shmid in self._object_file:
+                e.file_id = self._object_file[shmid]
+            out.append(e)
+        return out
+
+    def commit(self) -> Path:
+        """Write the remaining images, validate, and move the set into place."""
+        if self._done:
+            raise ValueError("image set already committed or aborted")
+        try:
+            pstree = [self._write_task(t) for t in self._tasks.values()]
+            self._write_image(M.PSTREE, codec.BY_NAME["PSTREE"], pstree)
+            self._write_image(M.FILES, codec.BY_NAME["FILES"], self._files)
+            if self._memfds:
+                self._write_image(M.MEMFD, codec.BY_NAME["MEMFD_INODE"], self._memfds)
+            self._write_image(M.OBJECTS, codec.BY_NAME["OBJECTS"], self._objects_img())
+            self._write_image(M.DUMPER, codec.BY_NAME["DUMPER"], [self._dump_entry()])
+            inv = criu.InventoryEntry(img_version=2, fdinfo_per_id=True, ns_per_id=True)
+            self._write_image(M.INVENTORY, codec.BY_NAME["INVENTORY"], [inv])
+            self._validate()
+            _fsync_dir(self.tmp)
+            self._install()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return self.path
+
+    def _validate(self) -> None:
+        from dumper.images.reader import ImageSet  # the reader imports records, not us
+
+        try:
+            ImageSet.open(self.tmp, verify=False).close()
+        except ImageError as e:
+            raise ValueError(f"refusing to commit an invalid image set: {e}") from None
+
+    def _install(self) -> None:
+        self._check_target()  # again: something may have appeared meanwhile
+        if self.path.exists():
+            if not _renameat2_exchange(self.tmp, self.path):
+                old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old.", dir=self.path.parent))
+                os.rename(self.path, old / "set")
+                os.rename(self.tmp, self.path)
+                self.tmp = old
+            shutil.rmtree(self.tmp)  # now holds the replaced set
+        else:
+            os.rename(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Drop the temporary directory; nothing at path changes."""
+        self._done = True
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> ImageSetWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self._done:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
