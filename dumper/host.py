@@ -14,6 +14,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from dumper.kabi import PROT_EXEC, PROT_READ, PROT_WRITE
 
 
@@ -117,6 +119,7 @@ class ObjectStat:
     dev: int
     ino: int
     size: int
+    shmem: bool = True  # on shmem/tmpfs (TMPFS_MAGIC): its pages are the dump's to save
 
 
 class ObjectHandle(Protocol):
@@ -177,4 +180,15 @@ class Host(Protocol):
 
     def show_pfn(self) -> bool:
         """Whether pagemap frames are visible to us (CAP_SYS_ADMIN at open)."""
+        ...
+
+    def zero_pfn(self) -> int | None:
+        """The shared zero page's PFN (as CRIU's kerndat finds it), or None if hidden."""
+        ...
+
+    truth_algo: str  # how truth() digests a page
+
+    def truth(self, pid: int) -> list[tuple[int, np.ndarray]]:
+        """Ground truth: for every VMA of pid, (start, u64 digest of each page a read of it
+        returns now). Used to record a dump's truth and to verify a restore."""
         ...

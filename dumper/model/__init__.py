@@ -51,11 +51,11 @@ class Model:
         return self.k.profile
 
     # -- tasks ------------------------------------------------------------------------------
-    def spawn(self, comm: str = "init", uid: int = 0) -> int:
-        return task.spawn(self.k, comm, uid=uid)
+    def spawn(self, comm: str = "init", uid: int = 0, pid: int | None = None) -> int:
+        return task.spawn(self.k, comm, uid=uid, pid=pid)
 
-    def fork(self, pid: int, comm: str | None = None) -> int:
-        return task.do_fork(self.k, pid, comm)
+    def fork(self, pid: int, comm: str | None = None, child_pid: int | None = None) -> int:
+        return task.do_fork(self.k, pid, comm, child_pid)
 
     def exit(self, pid: int) -> None:
         task.do_exit(self.k, pid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,6 +26,7 @@ from dumper.kabi import (
     PM_UFFD_WP,
 )
 from dumper.model import Model, observe
+from dumper.model.content import UNREADABLE
 from dumper.model.shmem import shmem_file_read
 from dumper.model.state import ZERO_PFN, Inode, ModelError
 
@@ -40,7 +42,8 @@ class ModelObject:
 
     def stat(self) -> ObjectStat:
         dev = (self.obj.dev[0] << 8) | self.obj.dev[1]
-        return ObjectStat(dev=dev, ino=self.obj.ino, size=self.obj.size)
+        return ObjectStat(dev=dev, ino=self.obj.ino, size=self.obj.size,
+                          shmem=self.obj.is_shmem)
 
     def lseek(self, offset: int, whence: int) -> int:
         try:
@@ -62,14 +65,21 @@ class ModelObject:
             put_inode(self.model.k, self.obj)
 
 
-def _oserror(e: ModelError) -> OSError:
-    import errno
+def cid_digest(cids: np.ndarray) -> np.ndarray:
+    """splitmix64 of content ids: a well-spread u64 per page, cheap for 16 Mi pages."""
+    z = np.asarray(cids, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
+
+def _oserror(e: ModelError) -> OSError:
     return OSError(getattr(errno, e.errno_name, errno.EIO), str(e))
 
 
 class ModelHost:
-    """The model seen through /proc: what the dump pipeline may ask of it."""
+    """The model seen through /proc: what the dump pipeline may ask of it, and (below,
+    ModelRestoreMixin) what a restorer does to it."""
 
     kind = "model"
 
@@ -152,8 +162,24 @@ class ModelHost:
 
     def read_memory(self, pid: int, start: int, end: int) -> bytes:
         """The bytes of [start, end) as the task would read them, without faulting anything
-        in (the model's process_vm_readv never changes the target)."""
-        return self.model.peek(pid, start, end - start)
+        in (the model's process_vm_readv never changes the target); EFAULT where a read
+        would fault (a guard or poison marker), as process_vm_readv stops there."""
+        cids = self.model.observable_cids(pid, start, end - start)
+        bad = np.nonzero(cids == np.uint64(UNREADABLE))[0]
+        if len(bad):
+            raise OSError(errno.EFAULT, f"pid {pid}: {start + int(bad[0]) * PAGE_SIZE:#x} "
+                          "is not readable")
+        return self.k.contents.pages_bytes(cids)
+
+    truth_algo = "model-cid-64"
+
+    def truth(self, pid: int) -> list[tuple[int, np.ndarray]]:
+        """observable_memory digested: a 64-bit mix of each page's content id (content ids
+        are canonical, so equal digests mean equal bytes)."""
+        return [(start, cid_digest(cids)) for start, cids in observe.observable_memory(self.k, pid)]
+
+    def zero_pfn(self) -> int | None:
+        return ZERO_PFN if self.privileged else None
 
     @contextmanager
     def freeze(self, pids: list[int]) -> Iterator[None]:
@@ -164,3 +190,79 @@ class ModelHost:
 
     def show_pfn(self) -> bool:
         return self.privileged
+
+
+class ModelNewObject:
+    """A shared object a restorer re-creates: written through its fd, holes left alone."""
+
+    def __init__(self, model: Model, obj: Inode) -> None:
+        self.model = model
+        self.obj = obj
+
+    def write(self, offset: int, data: bytes) -> None:
+        from dumper.model.shmem import shmem_write
+
+        cids = self.model.k.contents.intern_pages(data)
+        shmem_write(self.model.k, self.obj, offset >> PAGE_SHIFT, cids)
+        self.obj.size = max(self.obj.size, offset + len(data))
+
+
+class ModelRestoreMixin:
+    """What a restorer needs of the model: tasks with chosen pids in fork order, objects,
+    mappings and bytes — each a system call a restorer would make."""
+
+    model: Model
+
+    def create_task(self, pid: int, ppid: int, comm: str) -> None:
+        """clone3 with set_tid: a child of an already restored parent inherits its mm."""
+        if ppid and ppid in self.model.k.tasks:
+            self.model.fork(ppid, comm, child_pid=pid)
+        else:
+            self.model.spawn(comm, pid=pid)
+
+    def create_object(self, kind: str, size: int, name: str = "", key: int = 0) -> ModelNewObject:
+        """memfd_create / shmget / open(O_CREAT) on tmpfs / a MAP_SHARED|MAP_ANONYMOUS inode."""
+        from dumper.model.shmem import shmget
+
+        k = self.model.k
+        if kind == "sysv":
+            obj = shmget(k, key, size)
+        elif kind == "tmpfs":
+            obj = k.new_inode("tmpfs", size, name=name, dev=(0, 0x2A))
+        else:
+            obj = k.new_inode(kind, size, name=name)
+        obj.refs += 1  # the restorer's fd, until the tree is restored
+        return ModelNewObject(self.model, obj)
+
+    def map(self, pid: int, start: int, end: int, prot: int, shared: bool,
+            obj: ModelNewObject | None, pgoff: int) -> None:
+        from dumper.kabi import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED
+        from dumper.model.mm import do_mmap
+
+        flags = (MAP_SHARED if shared else MAP_PRIVATE) | (MAP_ANONYMOUS if obj is None else 0)
+        do_mmap(self.model.k, pid, end - start, prot, flags, obj=None if obj is None else obj.obj,
+                pgoff=pgoff >> PAGE_SHIFT, addr=start)
+
+    def unmap(self, pid: int, start: int, end: int) -> None:
+        self.model.munmap(pid, start, end - start)
+
+    def write_memory(self, pid: int, addr: int, data: bytes) -> None:
+        """Write pages into a task (the restorer's own writes, breaking COW where shared)."""
+        self.model.write(pid, addr, len(data), data)
+
+    def discard(self, pid: int, start: int, end: int) -> None:
+        """MADV_DONTNEED: anonymous pages read zeros again, file pages the file's."""
+        from dumper.kabi import MADV_DONTNEED
+
+        self.model.madvise(pid, start, end - start, MADV_DONTNEED)
+
+    def release_objects(self, objs: list[ModelNewObject]) -> None:
+        """close() the restorer's fds once every mapping is in place."""
+        from dumper.model.mm import put_inode
+
+        for o in objs:
+            put_inode(self.model.k, o.obj)
+
+
+class ModelTarget(ModelRestoreMixin, ModelHost):
+    """A model to restore into (and to ask, afterwards, what it holds)."""

@@ -13,10 +13,19 @@ from dumper.model.state import Kernel, ModelError, Task, Vma
 U64 = np.uint64
 
 
-def spawn(k: Kernel, comm: str, ppid: int = 0, uid: int = 0) -> int:
+def alloc_pid(k: Kernel, pid: int | None = None) -> int:
+    """alloc_pid: the next free pid, or the one asked for (as a restorer's clone3 set_tid)."""
+    if pid is None:
+        pid = k.next_pid
+    elif pid in k.tasks:
+        raise ModelError("EEXIST", f"pid {pid} is in use")
+    k.next_pid = max(k.next_pid, pid + 1)
+    return pid
+
+
+def spawn(k: Kernel, comm: str, ppid: int = 0, uid: int = 0, pid: int | None = None) -> int:
     """A new task with an empty mm (what exec leaves once the model ignores the binary)."""
-    pid = k.next_pid
-    k.next_pid += 1
+    pid = alloc_pid(k, pid)
     k.tasks[pid] = Task(pid=pid, ppid=ppid, comm=comm, uid=uid)
     return pid
 
@@ -78,10 +87,10 @@ def dup_mmap(k: Kernel, parent: Task, child: Task) -> None:
         child.vmas.append(dst)
 
 
-def do_fork(k: Kernel, pid: int, comm: str | None = None) -> int:
+def do_fork(k: Kernel, pid: int, comm: str | None = None, child_pid: int | None = None) -> int:
     """kernel_clone: a child with a copy of the mm (dup_mmap) and of the file table."""
     parent = k.task(pid)
-    child_pid = spawn(k, comm or parent.comm, ppid=pid, uid=parent.uid)
+    child_pid = spawn(k, comm or parent.comm, ppid=pid, uid=parent.uid, pid=child_pid)
     child = k.tasks[child_pid]
     dup_mmap(k, parent, child)
     for fd, obj in parent.fds.items():

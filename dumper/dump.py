@@ -1,0 +1,332 @@
+"""The dump pipeline: tree -> VMAs -> shared-object grouping -> selection -> images.
+
+Written once against the Host protocol: it never asks whether it runs on the model or on
+Linux. Shared objects are grouped across all sharers by device/inode and dumped once
+(pagemap-shmem with offsets); private pages shared copy-on-write between tasks (the same
+PFN, or the same swap slot) are stored once, in the first task that holds them, and recorded
+as COW runs in the others (CRIU stores them once per process: its issue #2386).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dumper.host import Host, MapEntry, ObjectHandle, TaskInfo, parse_maps
+from dumper.images.records import CowRun, SharedObject, Vma
+from dumper.images.writer import ImageSetWriter
+from dumper.kabi import (
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PM_PFRAME_MASK,
+    PM_PRESENT,
+    PM_SWAP,
+    SWP_TYPE_MASK,
+)
+from dumper.select import (
+    STRATEGIES,
+    Owner,
+    private_selection,
+    read_pagemap,
+    runs_of,
+    shared_selection,
+)
+
+CHUNK = 8 << 20  # bytes per read of target memory or object
+U64 = np.uint64
+
+
+class DumpError(Exception):
+    """A dump that cannot go on; the message names the pid or object."""
+
+
+@dataclass
+class SharedInfo:
+    """One shared object found behind the tree's mappings."""
+
+    shmid: int
+    kind: str
+    name: str
+    dev: int
+    ino: int
+    size: int
+    handle: ObjectHandle
+    owners: list[Owner] = field(default_factory=list)  # MAP_SHARED mappers
+    selected: np.ndarray | None = None
+
+
+@dataclass
+class PrivateVma:
+    """One private VMA of a task: its pagemap words and which pages the strategy keeps."""
+
+    vma: MapEntry
+    words: np.ndarray
+    selected: np.ndarray
+    stored: np.ndarray | None = None  # selected and not a COW copy of an earlier task's page
+
+
+@dataclass
+class TaskDump:
+    info: TaskInfo
+    maps: list[MapEntry]
+    private: list[PrivateVma] = field(default_factory=list)
+    cow: list[CowRun] = field(default_factory=list)
+    objects: dict[int, SharedInfo] = field(default_factory=dict)  # VMA start -> its object
+
+
+@dataclass
+class DumpSummary:
+    path: str
+    strategy: str
+    profile: str
+    tasks: int
+    vmas: int
+    private_pages: int
+    cow_pages: int
+    shared_objects: int
+    shared_pages: int
+    bytes_written: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        mib = self.bytes_written / (1 << 20)
+        return (
+            f"dumped {self.tasks} tasks, {self.vmas} VMAs: {self.private_pages} private pages "
+            f"({self.cow_pages} COW-shared stored once), {self.shared_pages} pages of "
+            f"{self.shared_objects} shared objects; {mib:.1f} MiB written in "
+            f"{self.seconds:.2f} s [{self.strategy}, {self.profile}] -> {self.path}"
+        )
+
+
+def object_kind(entry: MapEntry) -> str:
+    """shmem-anon / memfd / sysv from the maps name; any other shmem file is tmpfs."""
+    return entry.shmem_kind or "tmpfs"
+
+
+def cow_keys(words: np.ndarray, show_pfn: bool, zero_pfn: int | None) -> np.ndarray:
+    """A key per page naming the physical page behind it: PFN (bit 63 clear) or swap slot
+    (bit 63 set); 0 where there is none to share (PFNs hidden, the zero page, markers)."""
+    keys = np.zeros(len(words), dtype=U64)
+    if not show_pfn:
+        return keys
+    frame = words & U64(PM_PFRAME_MASK)
+    present = (words & U64(PM_PRESENT)) != 0
+    if zero_pfn is not None:
+        present &= frame != U64(zero_pfn)
+    swp = ((words & U64(PM_SWAP)) != 0) & ~present & ((frame & U64(SWP_TYPE_MASK)) < U64(28))
+    keys[present] = frame[present]
+    keys[swp] = frame[swp] | U64(1 << 63)
+    return keys
+
+
+def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int:
+    """Mark which selected private pages are copies of an earlier task's (same key): those
+    become COW runs pointing at the first holder. Returns the number of such pages."""
+    keys, owner, addr = [], [], []
+    for ti, t in enumerate(tasks):
+        for pv in t.private:
+            k = cow_keys(pv.words, show_pfn, zero_pfn)
+            sel = pv.selected & (k != 0)
+            idx = np.nonzero(sel)[0]
+            keys.append(k[idx])
+            owner.append(np.full(len(idx), ti, dtype=np.int32))
+            addr.append(pv.vma.start + (idx.astype(np.int64) << PAGE_SHIFT))
+            pv.stored = pv.selected.copy()
+    if not keys:
+        return 0
+    keys_a, owner_a, addr_a = np.concatenate(keys), np.concatenate(owner), np.concatenate(addr)
+    if not len(keys_a):
+        return 0
+    order = np.lexsort((addr_a, owner_a, keys_a))  # by key, then fork order
+    ks = keys_a[order]
+    first = np.concatenate([[True], ks[1:] != ks[:-1]])
+    src_of = np.maximum.accumulate(np.where(first, np.arange(len(ks)), 0))
+    dup = ~first
+    n = int(dup.sum())
+    if not n:
+        return 0
+    by_task: dict[int, list[tuple[int, int, int]]] = {}
+    for i in np.nonzero(dup)[0]:
+        j, s = order[i], order[src_of[i]]
+        by_task.setdefault(int(owner_a[j]), []).append(
+            (int(addr_a[j]), tasks[owner_a[s]].info.pid, int(addr_a[s]))
+        )
+    for ti, entries in by_task.items():
+        t = tasks[ti]
+        entries.sort()
+        for pv in t.private:
+            for a, _, _ in entries:
+                if pv.vma.start <= a < pv.vma.end:
+                    pv.stored[(a - pv.vma.start) >> PAGE_SHIFT] = False
+        t.cow = merge_cow(t.info.pid, entries)
+    return n
+
+
+def merge_cow(pid: int, entries: list[tuple[int, int, int]]) -> list[CowRun]:
+    """Join page-wise (vaddr, src pid, src vaddr) into runs."""
+    runs: list[CowRun] = []
+    for a, sp, sa in entries:
+        last = runs[-1] if runs else None
+        if (last and last.src_pid == sp and a == last.vaddr + last.nr_pages * PAGE_SIZE
+                and sa == last.src_vaddr + last.nr_pages * PAGE_SIZE):
+            runs[-1] = CowRun(pid, last.vaddr, last.nr_pages + 1, sp, last.src_vaddr)
+        else:
+            runs.append(CowRun(pid, a, 1, sp, sa))
+    return runs
+
+
+def read_runs(read: Callable[[int, int], bytes], runs: list[tuple[int, int]],
+              warn: Callable[[str], None]) -> Iterator[bytes]:
+    """Bytes of (address, pages) runs, read in CHUNK pieces; a piece that faults (EFAULT:
+    a guard page a naive strategy selected) is read page by page, zeros where it faults."""
+    for start, npages in runs:
+        end = start + npages * PAGE_SIZE
+        for a in range(start, end, CHUNK):
+            b = min(end, a + CHUNK)
+            try:
+                yield read(a, b)
+            except OSError:
+                for p in range(a, b, PAGE_SIZE):
+                    try:
+                        yield read(p, p + PAGE_SIZE)
+                    except OSError as e:
+                        warn(f"{p:#x}: unreadable, saved as zeros ({e.strerror or e})")
+                        yield bytes(PAGE_SIZE)
+
+
+def collect(host: Host, root: int, strategy: str, warn: Callable[[str], None]
+            ) -> tuple[list[TaskDump], dict[tuple[int, int], SharedInfo]]:
+    """Everything the dump needs from a frozen tree: maps, selections, shared objects."""
+    show_pfn, zero_pfn = host.show_pfn(), host.zero_pfn()
+    tasks = [TaskDump(info=t, maps=parse_maps(host.maps(t.pid))) for t in host.tasks(root)]
+    objects: dict[tuple[int, int], SharedInfo] = {}
+    for t in tasks:
+        for e in t.maps:
+            if e.ino == 0 and not e.shared:
+                continue
+            handle = host.open_object(t.info.pid, e.start, e.end)
+            st = handle.stat()
+            key = (st.dev, st.ino)
+            if not st.shmem:
+                handle.close()
+                if e.shared:
+                    warn(f"pid {t.info.pid}: {e.start:#x}-{e.end:#x} maps {e.path or 'a file'} "
+                         "MAP_SHARED: a regular file is referenced, not copied")
+                continue
+            info = objects.get(key)
+            if info is None:
+                info = objects[key] = SharedInfo(st.ino, object_kind(e), _object_name(e),
+                                                 st.dev, st.ino, st.size, handle)
+            else:
+                handle.close()
+            t.objects[e.start] = info
+            if e.shared:
+                info.owners.append(Owner(t.info.pid, e))
+    for t in tasks:
+        for e in t.maps:
+            if e.shared:
+                continue
+            words = read_pagemap(host, t.info.pid, e)
+            backed = e.start in t.objects
+            t.private.append(PrivateVma(e, words, private_selection(
+                strategy, words, show_pfn, zero_pfn, file_backed=backed)))
+    for info in objects.values():
+        info.selected = shared_selection(strategy, host, info.owners, info.handle, info.size)
+    return tasks, objects
+
+
+def _object_name(e: MapEntry) -> str:
+    name = e.path.removesuffix(" (deleted)")
+    return name.removeprefix("/memfd:") if e.shmem_kind == "memfd" else name
+
+
+def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: str = "",
+         compress: str | None = None, level: int = 3, threads: int = 0, force: bool = False,
+         warn: Callable[[str], None] | None = None) -> DumpSummary:
+    """Dump the tree rooted at root into the image set directory out."""
+    if strategy not in STRATEGIES:
+        raise DumpError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
+    t0 = time.perf_counter()
+    warnings: list[str] = []
+
+    def note(msg: str) -> None:
+        warnings.append(msg)
+        if warn:
+            warn(msg)
+
+    pids = [t.pid for t in host.tasks(root)]
+    with host.freeze(pids):
+        tasks, objects = collect(host, root, strategy, note)
+        try:
+            cow_pages = find_cow(tasks, host.show_pfn(), host.zero_pfn())
+            writer = ImageSetWriter(out, force=force, compress=compress, level=level,
+                                    threads=threads, strategy=strategy, profile=profile,
+                                    host_kind=host.kind, root_pid=root)
+            with writer:
+                shared_pages = _write_objects(writer, objects, note)
+                private_pages = _write_tasks(host, writer, tasks, note)
+            written = _dir_bytes(out)
+        finally:
+            for info in objects.values():
+                info.handle.close()
+    return DumpSummary(
+        path=out, strategy=strategy, profile=profile or host.kind, tasks=len(tasks),
+        vmas=sum(len(t.maps) for t in tasks), private_pages=private_pages, cow_pages=cow_pages,
+        shared_objects=len(objects), shared_pages=shared_pages, bytes_written=written,
+        seconds=time.perf_counter() - t0, warnings=warnings,
+    )
+
+
+def _write_objects(writer: ImageSetWriter, objects: dict[tuple[int, int], SharedInfo],
+                   warn: Callable[[str], None]) -> int:
+    total = 0
+    for info in objects.values():
+        runs = [(a << PAGE_SHIFT, n) for a, n in runs_of(info.selected)]
+        total += sum(n for _, n in runs)
+        writer.add_shared_object(
+            SharedObject(shmid=info.shmid, kind=info.kind, size=info.size, dev=info.dev,
+                         ino=info.ino, name=info.name),
+            runs, read_runs(lambda a, b, h=info.handle: h.pread(a, b - a), runs, warn),
+        )
+    return total
+
+
+def _vma_record(e: MapEntry, info: SharedInfo | None) -> Vma:
+    flags = (MAP_SHARED if e.shared else MAP_PRIVATE) | (MAP_ANONYMOUS if info is None or
+                                                        info.kind == "shmem-anon" else 0)
+    return Vma(e.start, e.end, e.prot, flags, pgoff=e.pgoff,
+               obj=info.shmid if info is not None else None)
+
+
+def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
+                 warn: Callable[[str], None]) -> int:
+    total = 0
+    for t in tasks:
+        pid = t.info.pid
+        writer.add_task(pid, t.info.ppid, t.info.comm,
+                        [_vma_record(e, t.objects.get(e.start)) for e in t.maps],
+                        pgid=t.info.pgid or None, sid=t.info.sid or None)
+        runs = []
+        for pv in t.private:
+            mask = pv.stored if pv.stored is not None else pv.selected
+            runs += [(pv.vma.start + (a << PAGE_SHIFT), n) for a, n in runs_of(mask)]
+        total += sum(n for _, n in runs)
+        writer.add_private_pages(
+            pid, runs, read_runs(lambda a, b, p=pid: host.read_memory(p, a, b), runs, warn))
+        if t.cow:
+            writer.add_cow(pid, t.cow)
+        writer.add_truth(pid, host.truth(pid), algo=host.truth_algo)
+    return total
+
+
+def _dir_bytes(path: str) -> int:
+    import os
+
+    return sum(e.stat().st_size for e in os.scandir(path) if e.is_file())

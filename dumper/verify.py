@@ -1,0 +1,116 @@
+"""Verify: the observable memory recorded at dump time (truth-PID.img) against what a host
+shows now (after a restore, or a live tree that is still frozen).
+
+A page is lost when some task of the tree, reading that address, would get other bytes than
+at dump time (SCENARIOS.md "What lost means"). Losses are counted per object page for
+shared memory (a page of an object counts once, however many tasks map it) and per task
+page for private memory; the report names pid, address, object and offset, and the expected
+and found digests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dumper.images.reader import ImageSet
+from dumper.kabi import PAGE_SHIFT, PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class LostPage:
+    pid: int
+    addr: int
+    expected: int
+    found: int | None  # None: the address is not mapped any more
+    shmid: int | None = None  # the shared object, for shared pages
+    offset: int | None = None  # offset in the object
+
+    def describe(self) -> str:
+        where = (f"object {self.shmid} offset {self.offset:#x}" if self.shmid is not None
+                 else "private")
+        found = "unmapped" if self.found is None else f"{self.found:016x}"
+        return (f"pid {self.pid} {self.addr:#x} ({where}): expected {self.expected:016x}, "
+                f"found {found}")
+
+
+@dataclass
+class VerifyReport:
+    pages_checked: int = 0
+    lost: list[LostPage] = field(default_factory=list)  # one per lost unit (see below)
+
+    @property
+    def private_lost(self) -> int:
+        return sum(1 for p in self.lost if p.shmid is None)
+
+    @property
+    def shared_lost(self) -> int:
+        return sum(1 for p in self.lost if p.shmid is not None)
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost
+
+    def line(self) -> str:
+        if self.ok:
+            return f"verified {self.pages_checked} pages: nothing lost"
+        return (f"LOST {len(self.lost)} pages ({self.private_lost} private, "
+                f"{self.shared_lost} shared-object pages) of {self.pages_checked} checked")
+
+
+def verify(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None) -> VerifyReport:
+    """Compare the set's truth with host.truth() for every task (pid_map: image pid -> host
+    pid when they differ)."""
+    algo = {t.algo for t in images.truth.values()} if hasattr(images, "truth") else set()
+    if algo and host.truth_algo not in algo:
+        raise ValueError(f"{images.path}: truth digests are {sorted(algo)}, but this host "
+                         f"digests with {host.truth_algo}")
+    report = VerifyReport()
+    seen_obj: set[tuple[int, int]] = set()
+    for t in images.tasks.values():
+        hpid = (pid_map or {}).get(t.pid, t.pid)
+        try:
+            now = dict(host.truth(hpid))
+        except Exception:  # the task is gone: everything it had is lost
+            now = {}
+        for vaddr, digests in images.iter_truth(t.pid):
+            exp = np.asarray(digests, dtype=np.uint64)
+            found = _find(now, vaddr, len(exp))
+            bad = np.nonzero(exp != found[0])[0] if found is not None else np.arange(len(exp))
+            report.pages_checked += len(exp)
+            for i in bad:
+                addr = vaddr + (int(i) << PAGE_SHIFT)
+                vma = next((v for v in t.vmas if v.start <= addr < v.end), None)
+                shmid = offset = None
+                if vma is not None and not vma.private and vma.obj is not None:
+                    shmid, offset = vma.obj, vma.pgoff + addr - vma.start
+                    if (shmid, offset) in seen_obj:
+                        continue
+                    seen_obj.add((shmid, offset))
+                report.lost.append(LostPage(
+                    t.pid, addr, int(exp[i]),
+                    None if found is None or not found[1][i] else int(found[0][i]),
+                    shmid, offset))
+    return report
+
+
+def _find(now: dict[int, np.ndarray], vaddr: int, n: int
+          ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The host's digests for [vaddr, vaddr + n pages) and which of them are mapped."""
+    out = np.zeros(n, dtype=np.uint64)
+    mapped = np.zeros(n, dtype=bool)
+    end = vaddr + n * PAGE_SIZE
+    for start, d in now.items():
+        stop = start + len(d) * PAGE_SIZE
+        a, b = max(start, vaddr), min(stop, end)
+        if a < b:
+            i, j = (a - vaddr) >> PAGE_SHIFT, (b - vaddr) >> PAGE_SHIFT
+            k = (a - start) >> PAGE_SHIFT
+            out[i:j] = d[k : k + j - i]
+            mapped[i:j] = True
+    if not mapped.any():
+        return None
+    out[~mapped] = ~np.uint64(0) ^ np.uint64(1)  # never equal to a recorded digest by chance
+    return out, mapped
