@@ -60,7 +60,7 @@ MMAP_FLAGS = {
     kabi.MAP_SHARED: "MAP_SHARED",
     kabi.MAP_PRIVATE: "MAP_PRIVATE",
     0x8: "MAP_DROPPABLE",
-    kabi.MAP_ANONYMOUS: "MAP_ANONYMOUS",
+    kabi.MAP_ANONYMOUS: "MAP_ANON",  # crit's spelling, so its encode takes our JSON
     kabi.MAP_GROWSDOWN: "MAP_GROWSDOWN",
     kabi.MAP_LOCKED: "MAP_LOCKED",
     kabi.MAP_NORESERVE: "MAP_NORESERVE",
@@ -94,6 +94,9 @@ TASK_STATES = {
 }
 
 
+_ALIASES = {"MAP_ANONYMOUS": kabi.MAP_ANONYMOUS}
+
+
 def names(value: int, table: dict[int, str]) -> str:
     """`A | B`, unknown bits as one trailing hex number, `0` for none."""
     parts = [name for bit, name in table.items() if value & bit]
@@ -107,7 +110,7 @@ def parse(text: str | int, table: dict[int, str]) -> int:
     """The inverse of names(); ValueError on an unknown name."""
     if isinstance(text, int):
         return text
-    by_name = {n: b for b, n in table.items()}
+    by_name = {n: b for b, n in table.items()} | _ALIASES
     value = 0
     for part in (p.strip() for p in text.split("|")):
         if part in by_name:
