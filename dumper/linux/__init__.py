@@ -1,0 +1,15 @@
+"""The real-kernel side: LinuxHost and the /proc, ptrace and syscall pieces it is built from.
+
+procfs    tree discovery, maps, smaps, stat
+pagemap   pagemap words in batches; the PAGEMAP_SCAN ioctl
+mapfiles  /proc/PID/map_files: identity, SEEK_DATA/SEEK_HOLE, pread, mincore via own mapping
+memread   process_vm_readv of private memory, only of pages that hold data
+freeze    PTRACE_SEIZE/INTERRUPT freezing that always thaws
+check     what this kernel offers (`dumper check`)
+host      LinuxHost
+"""
+
+from dumper.linux.errors import ProcError, UnreadableMemory, Unsupported
+from dumper.linux.host import LinuxHost
+
+__all__ = ["LinuxHost", "ProcError", "UnreadableMemory", "Unsupported"]

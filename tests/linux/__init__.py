@@ -1,0 +1,1 @@
+"""Tests of dumper.linux against the running kernel (root; CI runs them)."""

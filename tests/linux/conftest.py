@@ -1,0 +1,58 @@
+"""Fixtures for the real-kernel tests: helper processes and a swap device, both always
+cleaned up; every test here is skipped (with the reason) when not running as root."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from .procs import ProcSet
+
+SWAP_MB = 256
+
+
+@pytest.fixture(autouse=True)
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (ptrace, /proc/PID/map_files, swapon); CI runs as root")
+
+
+@pytest.fixture
+def procs() -> Iterator[ProcSet]:
+    ps = ProcSet()
+    try:
+        yield ps
+    finally:
+        ps.end_all()
+
+
+def _active_swaps() -> list[str]:
+    with open("/proc/swaps") as f:
+        return [line.split()[0] for line in f.read().splitlines()[1:] if line.strip()]
+
+
+@pytest.fixture
+def swap() -> Iterator[str]:
+    """A 256 MiB swapfile on the root filesystem (not tmpfs: it cannot hold swap), at the
+    highest priority so our pageouts land in it even if other swap is active; swapped off
+    and removed on the way out whatever happens."""
+    path = f"/var/tmp/dumper-test-swap-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, SWAP_MB << 20)  # unwritten extents: ext4 swaps on them
+        finally:
+            os.close(fd)
+        subprocess.run(["mkswap", path], check=True, capture_output=True)
+        subprocess.run(["swapon", "--priority", "32767", path], check=True, capture_output=True)
+        assert path in _active_swaps()
+        yield path
+    finally:
+        if path in _active_swaps():
+            subprocess.run(["swapoff", path], check=True, capture_output=True)
+        if os.path.exists(path):
+            os.unlink(path)

@@ -1,0 +1,100 @@
+"""Private memory: pagemap after fork (COW), and process_vm_readv reads that never populate."""
+
+from __future__ import annotations
+
+import pytest
+
+from dumper.kabi import (
+    MADV_GUARD_INSTALL,
+    PM_FILE,
+    PM_GUARD_REGION,
+    PM_MMAP_EXCLUSIVE,
+    PM_PFRAME_MASK,
+    PM_PRESENT,
+    PM_SWAP,
+    PROT_NONE,
+)
+from dumper.linux import LinuxHost, UnreadableMemory, memread
+
+from .procs import PAGE, page_pattern
+from .test_shared import words
+
+pytestmark = pytest.mark.linux
+
+
+def pattern_range(tag: int, npages: int, written) -> bytes:
+    return b"".join(page_pattern(tag, p) if p in written else bytes(PAGE) for p in range(npages))
+
+
+def test_cow_after_fork_shares_pfns(procs):
+    """copy_page_range write-protects both sides: same PFNs, PM_MMAP_EXCLUSIVE gone in both;
+    the child's write gives it a new PFN and makes both pages exclusive again."""
+    host = LinuxHost()
+    assert host.show_pfn()
+    parent = procs.start(children=1)
+    addr = parent.mmap("priv", 8)
+    parent.write("priv", range(4), tag=9)
+    parent.call("read", name="priv", pages=[4])  # zero page
+    child = procs.fork(parent)
+    pw, cw = words(host, parent.pid, addr, 8), words(host, child.pid, addr, 8)
+    assert [w & PM_PFRAME_MASK for w in pw[:5]] == [w & PM_PFRAME_MASK for w in cw[:5]]
+    assert all(w & PM_PFRAME_MASK for w in cw[:5])
+    flags = PM_PRESENT | PM_SWAP | PM_FILE | PM_MMAP_EXCLUSIVE
+    assert [w & flags for w in cw] == [PM_PRESENT] * 5 + [0] * 3
+    assert [w & flags for w in pw] == [PM_PRESENT] * 5 + [0] * 3
+
+    child.write("priv", [1], tag=10)
+    pw, cw = words(host, parent.pid, addr, 8), words(host, child.pid, addr, 8)
+    assert pw[1] & PM_PFRAME_MASK != cw[1] & PM_PFRAME_MASK
+    assert pw[1] & PM_MMAP_EXCLUSIVE and cw[1] & PM_MMAP_EXCLUSIVE
+    assert [pw[i] == cw[i] for i in (0, 2, 3, 4)] == [True] * 4
+
+    got = host.read_memory(child.pid, addr, addr + 8 * PAGE)
+    assert got == b"".join([page_pattern(9, 0), page_pattern(10, 1), page_pattern(9, 2),
+                            page_pattern(9, 3), bytes(4 * PAGE)])
+    assert host.read_memory(parent.pid, addr, addr + 8 * PAGE) == pattern_range(9, 8, range(4))
+
+
+def test_read_memory_does_not_populate(procs):
+    """Kernel fact: process_vm_readv of a none pte in private anon maps the zero page into the
+    target (GUP read fault), so read_memory only reads what pagemap shows as data."""
+    host = LinuxHost()
+    p = procs.start()
+    addr = p.mmap("priv", 8)
+    p.write("priv", [0, 7], tag=2)
+    before = words(host, p.pid, addr, 8)
+    assert host.read_memory(p.pid, addr, addr + 8 * PAGE) == pattern_range(2, 8, {0, 7})
+    assert words(host, p.pid, addr, 8) == before
+    assert [w & PM_PRESENT for w in before[1:7]] == [0] * 6
+
+    # What a blind read would have done:
+    buf = bytearray(8 * PAGE)
+    assert memread.read_runs(p.pid, [(addr, addr + 8 * PAGE, 0)], buf) == []
+    assert bytes(buf) == pattern_range(2, 8, {0, 7})
+    after = words(host, p.pid, addr, 8)
+    assert all(w & PM_PRESENT for w in after)
+    assert len({w & PM_PFRAME_MASK for w in after[1:7]}) == 1  # one zero page, six times
+
+
+def test_batches_partial_reads_and_unreadable_pages(procs):
+    """1100 separate runs (more than IOV_MAX per call); a PROT_NONE page with data in the
+    middle ends a call short (EFAULT on that page) and is reported; a guard page is not read
+    at all (pagemap PM_SWAP|PM_GUARD_REGION)."""
+    host = LinuxHost()
+    p = procs.start()
+    n = 2200
+    addr = p.mmap("big", n)
+    written = set(range(0, n, 2))
+    p.write("big", sorted(written), tag=4)
+    p.call("mprotect", name="big", page=1000, npages=1, prot=PROT_NONE)
+    p.call("madvise", name="big", page=1001, npages=1, advice=MADV_GUARD_INSTALL)
+    w = words(host, p.pid, addr + 1001 * PAGE, 1)[0]
+    assert w & PM_SWAP and w & PM_GUARD_REGION
+
+    data, bad = host.read_memory_partial(p.pid, addr, addr + n * PAGE)
+    assert bad == [(addr + 1000 * PAGE, addr + 1001 * PAGE)]
+    assert data == pattern_range(4, n, written - {1000})
+    with pytest.raises(UnreadableMemory, match=f"pid {p.pid}: process_vm_readv cannot read"):
+        host.read_memory(p.pid, addr, addr + n * PAGE)
+    assert host.read_memory(p.pid, addr + 1002 * PAGE, addr + 1010 * PAGE) == b"".join(
+        page_pattern(4, q) if q % 2 == 0 else bytes(PAGE) for q in range(1002, 1010))
