@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dumper.host import Host, MapEntry, ObjectHandle, TaskInfo, parse_maps
-from dumper.images.records import CowRun, SharedObject, Vma
+from dumper.images.records import CowRun, GuardRun, SharedObject, Vma
 from dumper.images.writer import ImageSetWriter
 from dumper.kabi import (
     MAP_ANONYMOUS,
@@ -24,9 +24,13 @@ from dumper.kabi import (
     MAP_SHARED,
     PAGE_SHIFT,
     PAGE_SIZE,
+    PM_GUARD_REGION,
     PM_PFRAME_MASK,
     PM_PRESENT,
     PM_SWAP,
+    PTE_MARKER_GUARD,
+    PTE_MARKER_POISONED,
+    SWP_PTE_MARKER,
     SWP_TYPE_MASK,
 )
 from dumper.select import (
@@ -78,6 +82,7 @@ class TaskDump:
     private: list[PrivateVma] = field(default_factory=list)
     cow: list[CowRun] = field(default_factory=list)
     objects: dict[int, SharedInfo] = field(default_factory=dict)  # VMA start -> its object
+    guards: list[GuardRun] = field(default_factory=list)
 
 
 @dataclass
@@ -124,6 +129,22 @@ def cow_keys(words: np.ndarray, show_pfn: bool, zero_pfn: int | None) -> np.ndar
     keys[present] = frame[present]
     keys[swp] = frame[swp] | U64(1 << 63)
     return keys
+
+
+def marker_runs(pid: int, vma: MapEntry, words: np.ndarray, show_pfn: bool) -> list[GuardRun]:
+    """Guard and poison markers of a VMA: PM_GUARD_REGION (6.15+), or with PFNs visible a swap
+    type 31 entry with the GUARD or POISONED bit (kernel.md §1, §9 rule 1)."""
+    frame = words & U64(PM_PFRAME_MASK)
+    marker = ((words & U64(PM_SWAP)) != 0) & show_pfn & (
+        (frame & U64(SWP_TYPE_MASK)) == U64(SWP_PTE_MARKER))
+    bits = frame >> U64(5)
+    guard = ((words & U64(PM_GUARD_REGION)) != 0) | (
+        marker & ((bits & U64(PTE_MARKER_GUARD)) != 0))
+    poison = marker & ((bits & U64(PTE_MARKER_POISONED)) != 0) & ~guard
+    out = []
+    for kind, mask in (("guard", guard), ("poison", poison)):
+        out += [GuardRun(pid, vma.start + (a << PAGE_SHIFT), n, kind) for a, n in runs_of(mask)]
+    return sorted(out, key=lambda g: g.vaddr)
 
 
 def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int:
@@ -231,9 +252,10 @@ def collect(host: Host, root: int, strategy: str, warn: Callable[[str], None]
                 info.owners.append(Owner(t.info.pid, e))
     for t in tasks:
         for e in t.maps:
+            words = read_pagemap(host, t.info.pid, e)
+            t.guards += marker_runs(t.info.pid, e, words, show_pfn)
             if e.shared:
                 continue
-            words = read_pagemap(host, t.info.pid, e)
             backed = e.start in t.objects
             t.private.append(PrivateVma(e, words, private_selection(
                 strategy, words, show_pfn, zero_pfn, file_backed=backed)))
@@ -322,6 +344,8 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
             pid, runs, read_runs(lambda a, b, p=pid: host.read_memory(p, a, b), runs, warn))
         if t.cow:
             writer.add_cow(pid, t.cow)
+        if t.guards:
+            writer.add_guards(pid, t.guards)
         writer.add_truth(pid, host.truth(pid), algo=host.truth_algo)
     return total
 

@@ -99,6 +99,8 @@ def restore(images: ImageSet, target: Any) -> RestoreSummary:
                                    "which the image set does not hold")
             target.map(t.pid, v.start, v.end, v.prot, bool(v.flags & MAP_SHARED),
                        objs.get(v.obj) if v.obj is not None else None, v.pgoff)
+        inherited = _inherited_guards(t, parent, kept)
+        _drop_stale_guards(target, t, inherited)
         for v in t.vmas:
             if not v.private:
                 continue
@@ -119,9 +121,50 @@ def restore(images: ImageSet, target: Any) -> RestoreSummary:
                     target.write_memory(t.pid, v.start + (x << PAGE_SHIFT), page)
                 written += n
         for vaddr, data in images.iter_pages(t.pid):  # the task's own pages, streamed
-            target.write_memory(t.pid, vaddr, data)
-            written += len(data) // PAGE_SIZE
+            for a, piece in _outside_markers(t, vaddr, data):
+                target.write_memory(t.pid, a, piece)
+                written += len(piece) // PAGE_SIZE
+        _install_guards(target, t, inherited)
         restored[t.pid] = t
     if hasattr(target, "release_objects"):
         target.release_objects(list(objs.values()))
     return RestoreSummary(len(restored), len(objs), written, shared, discarded)
+
+
+def _inherited_guards(t: Task, parent: Task | None, kept: list[Vma]) -> set:
+    """The parent's guard runs a kept VMA brought along (copy_pte_marker copies them)."""
+    if parent is None:
+        return set()
+    return {(g.vaddr, g.nr_pages, g.kind) for g in parent.guards
+            if any(k.start <= g.vaddr < k.end for k in kept)}
+
+
+def _drop_stale_guards(target: Any, t: Task, inherited: set) -> None:
+    """Before any write: remove inherited markers the child did not have."""
+    mine = {(g.vaddr, g.nr_pages, g.kind) for g in t.guards}
+    for vaddr, n, kind in sorted(inherited - mine):
+        target.remove_marker(t.pid, vaddr, vaddr + n * PAGE_SIZE, kind)
+
+
+def _install_guards(target: Any, t: Task, inherited: set) -> None:
+    """After the pages: install the child's markers it did not inherit."""
+    for vaddr, n, kind in sorted({(g.vaddr, g.nr_pages, g.kind) for g in t.guards} - inherited):
+        target.install_marker(t.pid, vaddr, vaddr + n * PAGE_SIZE, kind)
+
+
+def _outside_markers(t: Task, vaddr: int, data: bytes) -> list[tuple[int, bytes]]:
+    """Split stored pages around the task's guard/poison runs: a naive strategy may have
+    stored them (as zeros, since they fault), and a write there would fault too."""
+    end = vaddr + len(data)
+    cuts = [(g.vaddr, g.vaddr + g.nr_pages * PAGE_SIZE) for g in t.guards
+            if g.vaddr < end and g.vaddr + g.nr_pages * PAGE_SIZE > vaddr]
+    if not cuts:
+        return [(vaddr, data)]
+    out, pos = [], vaddr
+    for a, b in sorted(cuts):
+        if a > pos:
+            out.append((pos, data[pos - vaddr : a - vaddr]))
+        pos = max(pos, b)
+    if pos < end:
+        out.append((pos, data[pos - vaddr :]))
+    return out

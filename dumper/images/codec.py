@@ -57,6 +57,7 @@ KINDS = (
     Kind("OBJECTS", M.OBJECTS_MAGIC, own.SharedObjectEntry),
     Kind("TRUTH", M.TRUTH_MAGIC, own.TruthRun, head=own.TruthHead),
     Kind("COW", M.COW_MAGIC, own.CowEntry),
+    Kind("GUARDS", M.GUARDS_MAGIC, own.GuardEntry),
 )
 BY_MAGIC = {k.magic: k for k in KINDS}
 BY_NAME = {k.name: k for k in KINDS}

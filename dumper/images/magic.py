@@ -1,7 +1,7 @@
 """Magic numbers and file names of an image set (criu.md §3.2-3.3, plus dumper's own).
 
 CRIU's values come from its magic.h; dumper's are four ASCII letters on disk ("DUMP", "DOBJ",
-"DTRU", "DCOW"), none of them a CRIU magic, so crit reports them as unknown.
+"DTRU", "DCOW", "DGRD"), none of them a CRIU magic, so crit reports them as unknown.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ DUMPER_MAGIC = 0x504D5544  # b"DUMP"
 OBJECTS_MAGIC = 0x4A424F44  # b"DOBJ"
 TRUTH_MAGIC = 0x55525444  # b"DTRU"
 COW_MAGIC = 0x574F4344  # b"DCOW"
+GUARDS_MAGIC = 0x44524744  # b"DGRD"
 
 # Fixed names; per-id names are built by the functions below.
 INVENTORY = "inventory.img"
@@ -59,3 +60,7 @@ def truth(pid: int) -> str:
 
 def cow(pid: int) -> str:
     return f"cow-{pid}.img"
+
+
+def guards(pid: int) -> str:
+    return f"guards-{pid}.img"

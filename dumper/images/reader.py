@@ -40,9 +40,11 @@ from dumper.images.pages import PagesReader
 from dumper.images.proto import criu_images_pb2 as criu
 from dumper.images.proto import dumper_images_pb2 as own
 from dumper.images.records import (
+    GUARD_KINDS,
     SHARED_KINDS,
     CowRun,
     DumpMeta,
+    GuardRun,
     PageRun,
     PagesInfo,
     SharedObject,
@@ -140,6 +142,7 @@ class ImageSet:
         self._check_pages(verify)
         for task in self.tasks.values():
             self._load_cow(task)
+            self._load_guards(task)
         for task in self.tasks.values():
             self._check_cow_sources(task)
         for task in self.tasks.values():
@@ -459,6 +462,27 @@ class ImageSet:
             prev_end = end
             t.cow.append(CowRun(e.pid, e.vaddr, e.nr_pages, e.src_pid, e.src_vaddr))
         self._cow_offsets[t.pid] = img.offsets
+
+    def _load_guards(self, t: Task) -> None:
+        img = self._load_opt(M.guards(t.pid), codec.BY_NAME["GUARDS"])
+        if img is None:
+            return
+        prev_end = 0
+        for off, e in zip(img.offsets, img.entries, strict=True):
+            end = e.vaddr + e.nr_pages * PAGE_SIZE
+            why = ""
+            if e.pid != t.pid or e.nr_pages == 0 or e.vaddr % PAGE_SIZE:
+                why = "is malformed or not this task's"
+            elif e.kind not in GUARD_KINDS:
+                why = f"has unknown kind {e.kind!r}"
+            elif e.vaddr < prev_end:
+                why = "is unsorted or overlaps the previous one"
+            elif not any(v.start <= e.vaddr and end <= v.end for v in t.vmas):
+                why = "is outside every VMA"
+            if why:
+                raise ImageError(img.path, f"guard run {e.vaddr:#x}+{e.nr_pages} pages {why}", off)
+            prev_end = end
+            t.guards.append(GuardRun(e.pid, e.vaddr, e.nr_pages, e.kind))
 
     def _check_cow_sources(self, t: Task) -> None:
         """Each COW run's source pages are held by the source task, itself or by COW."""

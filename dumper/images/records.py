@@ -74,6 +74,20 @@ class CowRun:
 
 
 @dataclass(frozen=True)
+class GuardRun:
+    """pid's pages [vaddr, +nr_pages) hold PTE markers whose read faults ("guard" regions or
+    "poison"): no data, re-installed on restore."""
+
+    pid: int
+    vaddr: int
+    nr_pages: int
+    kind: str = "guard"
+
+
+GUARD_KINDS = ("guard", "poison")
+
+
+@dataclass(frozen=True)
 class SharedObject:
     """A shared object: what a MAP_SHARED mapping is backed by. size is in bytes.
 
@@ -115,6 +129,7 @@ class Task:
     pages_id: int = 0
     pagemap: list[PageRun] = field(default_factory=list)
     cow: list[CowRun] = field(default_factory=list)
+    guards: list[GuardRun] = field(default_factory=list)
 
     @property
     def present_pages(self) -> int:

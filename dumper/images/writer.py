@@ -42,7 +42,15 @@ from dumper.images.errors import ImageError
 from dumper.images.pages import DEFAULT_FRAME_SIZE, NONE, PagesWriter
 from dumper.images.proto import criu_images_pb2 as criu
 from dumper.images.proto import dumper_images_pb2 as own
-from dumper.images.records import SHARED_KINDS, CowRun, PageRun, SharedObject, Vma
+from dumper.images.records import (
+    GUARD_KINDS,
+    SHARED_KINDS,
+    CowRun,
+    GuardRun,
+    PageRun,
+    SharedObject,
+    Vma,
+)
 from dumper.kabi import MAP_SHARED, PAGE_SIZE
 
 FORMAT_VERSION = 1
@@ -159,6 +167,7 @@ class ImageSetWriter:
         self._memfds: list[criu.MemfdInodeEntry] = []
         self._truth: set[int] = set()
         self._cow: set[int] = set()
+        self._guards: set[int] = set()
         self._done = False
 
     # -- files ------------------------------------------------------------------------------
@@ -365,6 +374,19 @@ class ImageSetWriter:
                 raise ValueError(f"COW record {r} is not task {pid}'s")
             msgs.append(own.CowEntry(**vars(r)))
         self._write_image(M.cow(pid), codec.BY_NAME["COW"], msgs)
+
+    def add_guards(self, pid: int, records: Iterable[GuardRun]) -> None:
+        """guards-PID.img: runs of guard or poison markers a restore re-installs."""
+        if pid in self._guards:
+            raise ValueError(f"guard records of task {pid} added twice")
+        self._guards.add(pid)
+        msgs = []
+        for r in records:
+            if r.pid != pid or r.kind not in GUARD_KINDS:
+                raise ValueError(f"guard record {r} is not task {pid}'s or of an unknown kind")
+            msgs.append(own.GuardEntry(pid=r.pid, vaddr=r.vaddr, nr_pages=r.nr_pages,
+                                       kind=r.kind))
+        self._write_image(M.guards(pid), codec.BY_NAME["GUARDS"], msgs)
 
     # -- commit -----------------------------------------------------------------------------
 

@@ -256,6 +256,21 @@ class ModelRestoreMixin:
 
         self.model.madvise(pid, start, end - start, MADV_DONTNEED)
 
+    def install_marker(self, pid: int, start: int, end: int, kind: str) -> None:
+        """MADV_GUARD_INSTALL, or UFFDIO_POISON for poison."""
+        from dumper.kabi import MADV_GUARD_INSTALL
+
+        if kind == "poison":
+            self.model.uffd_poison(pid, start, end - start)
+        else:
+            self.model.madvise(pid, start, end - start, MADV_GUARD_INSTALL)
+
+    def remove_marker(self, pid: int, start: int, end: int, kind: str) -> None:
+        """MADV_GUARD_REMOVE: the restorer only ever removes inherited guard markers."""
+        from dumper.kabi import MADV_GUARD_REMOVE
+
+        self.model.madvise(pid, start, end - start, MADV_GUARD_REMOVE)
+
     def release_objects(self, objs: list[ModelNewObject]) -> None:
         """close() the restorer's fds once every mapping is in place."""
         from dumper.model.mm import put_inode
