@@ -8,6 +8,7 @@ Data loss found by verify is exit status 1.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -93,6 +94,8 @@ def dump(scenario: str | None, kernel: str, strategy: str, compress: str | None,
 
     if scenario is None:
         fail("dump needs --scenario (the model) — live dumps come with --pid")
+    if os.path.lexists(out) and not force:
+        fail(f"{out}: exists; pass --force to replace it")
     profile = load_profile(kernel)
     sc = resolve(scenario)
     progress(f"building {sc.name} on the {profile.name} model")
