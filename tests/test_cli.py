@@ -36,7 +36,8 @@ def test_existing_set_needs_force_and_zstd_works(tmp_path):
     out = str(tmp_path / "s")
     assert run("dump", "--scenario", "14", "-o", out).exit_code == 0
     r = run("dump", "--scenario", "14", "-o", out)
-    assert r.exit_code == 2 and r.output == f"dumper: error: {out}: exists; pass --force to replace it\n"
+    assert r.exit_code == 2
+    assert r.output == f"dumper: error: {out}: exists; pass --force to replace it\n"
     r = run("dump", "--scenario", "14", "-o", out, "--force", "--compress", "zstd")
     assert r.exit_code == 0
     r = run("inspect", "info", out)
