@@ -149,58 +149,47 @@ def marker_runs(pid: int, vma: MapEntry, words: np.ndarray, show_pfn: bool) -> l
 
 def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int:
     """Mark which selected private pages are copies of an earlier task's (same key): those
-    become COW runs pointing at the first holder. Returns the number of such pages."""
+    become COW runs pointing at the first holder, which stores the page. Vectorized: sort all
+    keyed pages by (key, fork order, address); the first of each key is the source."""
     keys, owner, addr = [], [], []
     for ti, t in enumerate(tasks):
         for pv in t.private:
             k = cow_keys(pv.words, show_pfn, zero_pfn)
-            sel = pv.selected & (k != 0)
-            idx = np.nonzero(sel)[0]
+            idx = np.nonzero(pv.selected & (k != 0))[0]
             keys.append(k[idx])
-            owner.append(np.full(len(idx), ti, dtype=np.int32))
+            owner.append(np.full(len(idx), ti, dtype=np.int64))
             addr.append(pv.vma.start + (idx.astype(np.int64) << PAGE_SHIFT))
             pv.stored = pv.selected.copy()
-    if not keys:
+    if not keys or not sum(len(k) for k in keys):
         return 0
     keys_a, owner_a, addr_a = np.concatenate(keys), np.concatenate(owner), np.concatenate(addr)
-    if not len(keys_a):
-        return 0
-    order = np.lexsort((addr_a, owner_a, keys_a))  # by key, then fork order
+    order = np.lexsort((addr_a, owner_a, keys_a))
     ks = keys_a[order]
     first = np.concatenate([[True], ks[1:] != ks[:-1]])
-    src_of = np.maximum.accumulate(np.where(first, np.arange(len(ks)), 0))
-    dup = ~first
-    n = int(dup.sum())
-    if not n:
+    src_pos = np.maximum.accumulate(np.where(first, np.arange(len(ks)), 0))
+    dup = np.nonzero(~first)[0]
+    if not len(dup):
         return 0
-    by_task: dict[int, list[tuple[int, int, int]]] = {}
-    for i in np.nonzero(dup)[0]:
-        j, s = order[i], order[src_of[i]]
-        by_task.setdefault(int(owner_a[j]), []).append(
-            (int(addr_a[j]), tasks[owner_a[s]].info.pid, int(addr_a[s]))
-        )
-    for ti, entries in by_task.items():
-        t = tasks[ti]
-        entries.sort()
+    j, s = order[dup], order[src_pos[dup]]
+    d_owner, d_addr = owner_a[j], addr_a[j]
+    s_pid = np.array([t.info.pid for t in tasks], dtype=np.int64)[owner_a[s]]
+    s_addr = addr_a[s]
+    for ti, t in enumerate(tasks):
+        mine = np.nonzero(d_owner == ti)[0]
+        if not len(mine):
+            continue
+        mine = mine[np.argsort(d_addr[mine], kind="stable")]
+        a, sp, sa = d_addr[mine], s_pid[mine], s_addr[mine]
         for pv in t.private:
-            for a, _, _ in entries:
-                if pv.vma.start <= a < pv.vma.end:
-                    pv.stored[(a - pv.vma.start) >> PAGE_SHIFT] = False
-        t.cow = merge_cow(t.info.pid, entries)
-    return n
-
-
-def merge_cow(pid: int, entries: list[tuple[int, int, int]]) -> list[CowRun]:
-    """Join page-wise (vaddr, src pid, src vaddr) into runs."""
-    runs: list[CowRun] = []
-    for a, sp, sa in entries:
-        last = runs[-1] if runs else None
-        if (last and last.src_pid == sp and a == last.vaddr + last.nr_pages * PAGE_SIZE
-                and sa == last.src_vaddr + last.nr_pages * PAGE_SIZE):
-            runs[-1] = CowRun(pid, last.vaddr, last.nr_pages + 1, sp, last.src_vaddr)
-        else:
-            runs.append(CowRun(pid, a, 1, sp, sa))
-    return runs
+            inside = (a >= pv.vma.start) & (a < pv.vma.end)
+            pv.stored[(a[inside] - pv.vma.start) >> PAGE_SHIFT] = False
+        brk = np.nonzero((np.diff(a) != PAGE_SIZE) | (np.diff(sp) != 0)
+                         | (np.diff(sa) != PAGE_SIZE))[0] + 1
+        starts = np.concatenate([[0], brk])
+        ends = np.concatenate([brk, [len(a)]])
+        t.cow = [CowRun(t.info.pid, int(a[x]), int(y - x), int(sp[x]), int(sa[x]))
+                 for x, y in zip(starts, ends, strict=True)]
+    return len(dup)
 
 
 def read_runs(read: Callable[[int, int], bytes], runs: list[tuple[int, int]],

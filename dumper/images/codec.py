@@ -83,6 +83,29 @@ def frame(msg: Message) -> bytes:
     return _U32.pack(len(payload)) + payload
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def truth_run(vaddr: int, digests) -> bytes:
+    """One framed TruthRun, encoded by hand: field 1 vaddr (varint), field 2 the packed
+    fixed64 digests as one little-endian block — the wire form SerializeToString gives, at
+    memcpy speed for millions of pages (a test checks the two agree)."""
+    block = memoryview(digests.astype("<u8", copy=False)).cast("B")
+    payload = b"\x08" + _varint(vaddr)
+    if len(block):
+        payload += b"\x12" + _varint(len(block)) + bytes(block)
+    return _U32.pack(len(payload)) + payload
+
+
 def encode(kind: Kind, messages: Iterable[Message]) -> bytes:
     return header(kind) + b"".join(frame(m) for m in messages)
 

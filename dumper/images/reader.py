@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from google.protobuf.message import Message
 
 from dumper.images import codec
@@ -637,14 +638,14 @@ class ImageSet:
                 return PageLookup("shared", page, pid, off, obj.shmid)
         return PageLookup("hole", pid=pid, addr=off, obj=obj.shmid)
 
-    def iter_truth(self, pid: int) -> Iterator[tuple[int, list[int]]]:
+    def iter_truth(self, pid: int) -> Iterator[tuple[int, np.ndarray]]:
         """(vaddr, page digests) runs of a task's truth-PID.img."""
         path = self._f(M.truth(pid))
         with open(path, "rb") as f:
             kind = codec.read_header(f, path)
             for i, (_, run) in enumerate(codec.iter_entries(f, path, kind)):
                 if i:
-                    yield run.vaddr, list(run.digests)
+                    yield run.vaddr, np.array(run.digests, dtype=np.uint64)
 
     def close(self) -> None:
         for r in self._readers.values():

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 from google.protobuf.message import Message
 
 from dumper import __version__
@@ -343,12 +344,11 @@ class ImageSetWriter:
         spool = self._open(f".truth-{pid}.spool")
         try:
             for vaddr, digests in runs:
-                ds = list(digests) if not hasattr(digests, "tolist") else digests.tolist()
+                ds = np.asarray(digests, dtype="<u8")
                 td.update(vaddr, ds)
                 for i in range(0, len(ds), TRUTH_RUN_MAX):
-                    run = own.TruthRun(vaddr=vaddr + i * self.page_size)
-                    run.digests.extend(ds[i : i + TRUTH_RUN_MAX])
-                    spool.write(codec.frame(run))
+                    spool.write(codec.truth_run(vaddr + i * self.page_size,
+                                                ds[i : i + TRUTH_RUN_MAX]))
         finally:
             spool.close()
         head = own.TruthHead(pid=pid, algo=algo, task_digest=td.digest(), nr_pages=td.nr_pages)

@@ -37,8 +37,8 @@ from dumper.linux.errors import GONE, ProcError
 
 log = logging.getLogger(__name__)
 _STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
-# Delivery of these is deferred while we seize and while we thaw, so a Ctrl-C cannot cut
-# either half-way; SIGTERM and SIGHUP also get a handler that unwinds through the thaw.
+# These are held while we seize and while we thaw, so a Ctrl-C cannot cut either half-way;
+# SIGTERM and SIGHUP also get a handler that unwinds through the thaw.
 _DEFERRED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 _TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
@@ -222,13 +222,37 @@ def _exiting(pid: int, tid: int) -> bool:
 
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Block _DEFERRED in this thread; on the way out, a signal that arrived meanwhile is
-    delivered inside pthread_sigmask (CPython runs the handlers there)."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    """Hold _DEFERRED signals for the duration and deliver them afterwards.
+
+    In the main thread: handlers that only record the signal, then the previous handlers are
+    put back and called (SIGINT's raises KeyboardInterrupt). Masking would not do: a
+    process-directed signal goes to any thread that does not block it, and CPython then
+    runs the handler in the main thread anyway. Elsewhere (handlers cannot be set): block
+    the signals in this thread, which is the best that can be done."""
+    if threading.current_thread() is not threading.main_thread():
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        return
+    caught: list[int] = []
+    old = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+           for sig in _DEFERRED}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for sig in caught:
+            _redeliver(sig, old[sig])
+
+
+def _redeliver(sig: int, handler: object) -> None:
+    if callable(handler):
+        handler(sig, None)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), sig)
 
 
 def _raise_exit(signum: int, frame: object) -> None:

@@ -92,11 +92,18 @@ class LinuxHost:
 
         Pages that pagemap shows as neither present nor swapped are zeros and are not read:
         reading them would install PTEs (zero page / page cache) in the target."""
+        buf = bytearray(end - start)
+        bad = self.read_memory_into(pid, start, buf)
+        return bytes(buf), bad
+
+    def read_memory_into(self, pid: int, start: int, buf: bytearray | memoryview
+                         ) -> list[tuple[int, int]]:
+        """read_memory_partial into a caller's (reused) buffer: [start, start + len(buf))."""
+        end = start + len(buf)
         if start % 4096 or end % 4096:
             raise ValueError(f"read_memory: {start:#x}-{end:#x} is not page aligned")
         words = self.pagemap(pid, start, end)
-        buf, bad = memread.read_range(pid, start, end, words, self.show_pfn())
-        return bytes(buf), bad
+        return memread.read_range_into(pid, start, words, self.show_pfn(), buf)
 
     def read_memory(self, pid: int, start: int, end: int) -> bytes:
         data, bad = self.read_memory_partial(pid, start, end)

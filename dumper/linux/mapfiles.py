@@ -93,9 +93,18 @@ class MapFile:
     def pread(self, offset: int, length: int) -> bytes:
         """pread(2) -> shmem_file_read_iter (SGP_READ): holes read as zeros without being
         allocated; swapped pages are swapped into the page cache, not into the target."""
-        buf = bytearray(length)
-        n = self.readinto(offset, buf)
-        return bytes(buf[:n]) if n < length else bytes(buf)
+        data = os.pread(self.fd, length, offset)  # one allocation, read into directly
+        if len(data) == length or not data:
+            return data
+        parts = [data]
+        got = len(data)
+        while got < length:
+            more = os.pread(self.fd, length - got, offset + got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
 
     def readinto(self, offset: int, buf: bytearray | memoryview) -> int:
         """Fill buf from offset with as few preadv calls as the kernel allows; returns the

@@ -85,12 +85,16 @@ def _readv(pid: int, base: int, runs: list[Run]) -> int:
         raise ProcError.from_os(pid, f"process_vm_readv({pid})", e) from None
 
 
-def read_runs(pid: int, runs: list[Run], buf: bytearray) -> list[tuple[int, int]]:
+def read_runs(pid: int, runs: list[Run], buf: bytearray | memoryview
+              ) -> list[tuple[int, int]]:
     """Read each (remote start, end, local offset) run into buf with as few calls as IOV_MAX
     and CALL_BYTES allow. Returns the page ranges that could not be read (left untouched).
 
     A failing page ends the call short (process_vm_rw_core returns the bytes copied so far,
     at page granularity for page-aligned iovecs); the page is retried alone, then skipped."""
+    if any(off < 0 or off + (e - s) > len(buf) or s % PAGE_SIZE or e <= s
+           for s, e, off in runs):
+        raise ValueError("read_runs: a run is not page aligned or does not fit the buffer")
     base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     pending = _batches(runs)
     bad: list[tuple[int, int]] = []
@@ -124,12 +128,28 @@ def read_runs(pid: int, runs: list[Run], buf: bytearray) -> list[tuple[int, int]
     return bad
 
 
+def read_range_into(pid: int, start: int, words: bytes, show_pfn: bool,
+                    buf: bytearray | memoryview) -> list[tuple[int, int]]:
+    """Fill buf with the bytes of [start, start + len(buf)) given its pagemap words: data
+    pages read, every other byte zeroed. Returns the page ranges that could not be read.
+
+    Reuse one buffer across calls: on this VM first-touching fresh memory costs ~2.6 s/GiB
+    (a 1 GiB bytearray() alone), while process_vm_readv into a warm buffer runs at 3-6 GB/s."""
+    runs = mask_runs(data_page_mask(words, show_pfn), start)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    pos = 0
+    for s, e, off in runs:  # the gaps between data runs read as zeros
+        ctypes.memset(base + pos, 0, off - pos)
+        pos = off + (e - s)
+    ctypes.memset(base + pos, 0, len(buf) - pos)
+    bad = read_runs(pid, runs, buf) if runs else []
+    for s, e in bad:
+        ctypes.memset(base + (s - start), 0, e - s)
+    return bad
+
+
 def read_range(pid: int, start: int, end: int, words: bytes, show_pfn: bool
                ) -> tuple[bytearray, list[tuple[int, int]]]:
-    """The bytes of [start, end) given its pagemap words: data pages read, the rest zeros.
-
-    Returns (buffer, unreadable page ranges)."""
+    """The bytes of [start, end) in a new buffer, and the unreadable page ranges."""
     buf = bytearray(end - start)
-    runs = mask_runs(data_page_mask(words, show_pfn), start)
-    bad = read_runs(pid, runs, buf) if runs else []
-    return buf, bad
+    return buf, read_range_into(pid, start, words, show_pfn, buf)
