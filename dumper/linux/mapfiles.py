@@ -55,7 +55,10 @@ class MapFile:
             self.fd = -1
 
     def stat(self) -> ObjectStat:
-        """fstat(2) -> shmem_getattr: (dev, ino) identify the object across processes."""
+        """fstat(2) -> shmem_getattr: (dev, ino) identify the object across processes.
+
+        Measured: st_dev is makedev() of the maps line's major:minor and st_ino its inode,
+        the same from every process that maps the object (memfd passed by SCM_RIGHTS too)."""
         st = os.fstat(self.fd)
         return ObjectStat(dev=st.st_dev, ino=st.st_ino, size=st.st_size)
 

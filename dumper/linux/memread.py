@@ -1,10 +1,13 @@
 """Private memory of a (stopped) task through process_vm_readv, in large batches.
 
 process_vm_readv pins the remote pages with GUP (mm/process_vm_access.c
-process_vm_rw_single_vec -> pin_user_pages_remote, no FOLL_FORCE): reading a none pte faults
-it in (a zero page for anon, a page-cache page for a file), a swapped page is swapped in, and
-PROT_NONE or guard pages fail with EFAULT. So read only the pages pagemap says hold data;
-the rest of the range is zeros here and the target's page tables stay as they were.
+process_vm_rw_single_vec -> pin_user_pages_remote, no FOLL_FORCE). Measured on 6.18
+(tests/linux/test_private.py): reading a none pte of private anon maps the zero page into
+the target (pagemap P, one PFN for all); a swapped page is swapped in; a PROT_NONE page that
+holds data and a guard page both stop the copy there (the call returns the bytes before
+that page, or fails with EFAULT if it was the first). So read only the pages pagemap says
+hold data; the rest of the range is zeros here and the target's page tables stay as they
+were.
 Never /proc/PID/mem: it faults the same way and, for shmem, allocates holes (kernel.md 6).
 """
 

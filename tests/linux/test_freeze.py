@@ -140,3 +140,24 @@ def test_clear_errors(procs):
         pass
     assert ei.value.reason == "gone" and ei.value.pid == pid
     assert running(p) and responsive(p)
+
+
+def test_ctrl_c_while_seizing_is_deferred_then_thaws(family, monkeypatch):
+    """SIGINT during the seize is held until every process is stopped, surfaces as
+    KeyboardInterrupt before the body runs, and everything seized is released."""
+    parent, child, _ = family
+    real = freeze.Freezer.seize_process
+    seized: list[int] = []
+
+    def seize_and_interrupt(self, pid):
+        real(self, pid)
+        seized.append(pid)
+        if len(seized) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(freeze.Freezer, "seize_process", seize_and_interrupt)
+    body_ran = False
+    with pytest.raises(KeyboardInterrupt), freeze.frozen([parent.pid, child.pid]):
+        body_ran = True
+    assert seized == [parent.pid, child.pid] and not body_ran
+    assert running(parent, child) and responsive(parent, child)

@@ -98,3 +98,17 @@ def test_batches_partial_reads_and_unreadable_pages(procs):
         host.read_memory(p.pid, addr, addr + n * PAGE)
     assert host.read_memory(p.pid, addr + 1002 * PAGE, addr + 1010 * PAGE) == b"".join(
         page_pattern(4, q) if q % 2 == 0 else bytes(PAGE) for q in range(1002, 1010))
+
+
+def test_read_into_a_reused_buffer(procs):
+    """Gaps (none ptes) and unreadable pages come back as zeros whatever the buffer held."""
+    host = LinuxHost()
+    p = procs.start()
+    addr = p.mmap("priv", 8)
+    p.write("priv", [1, 2, 6], tag=6)
+    p.call("mprotect", name="priv", page=2, npages=1, prot=PROT_NONE)
+    buf = bytearray(b"\xff" * (8 * PAGE))
+    assert host.read_memory_into(p.pid, addr, buf) == [(addr + 2 * PAGE, addr + 3 * PAGE)]
+    assert buf == pattern_range(6, 8, {1, 6})
+    with pytest.raises(ValueError, match="does not fit"):
+        memread.read_runs(p.pid, [(addr, addr + 2 * PAGE, 7 * PAGE)], buf)
