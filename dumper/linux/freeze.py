@@ -228,8 +228,9 @@ def _signals_deferred() -> Iterator[None]:
     put back and called (SIGINT's raises KeyboardInterrupt). Masking would not do: a
     process-directed signal goes to any thread that does not block it, and CPython then
     runs the handler in the main thread anyway (measured: importing numpy starts a second
-    thread, its BLAS pool, and a SIGINT masked in the main thread still interrupted us). Elsewhere (handlers cannot be set): block
-    the signals in this thread, which is the best that can be done."""
+    thread, its BLAS pool, and a SIGINT masked in the main thread still interrupted us).
+    Elsewhere (handlers cannot be set): block the signals in this thread, the best that can
+    be done there."""
     if threading.current_thread() is not threading.main_thread():
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
         try:
