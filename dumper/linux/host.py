@@ -35,6 +35,11 @@ class LinuxHost:
     def smaps(self, pid: int) -> list[procfs.Smaps]:
         return procfs.read_smaps(pid)
 
+    def vmas(self, pid: int) -> list[tuple[MapEntry, procfs.Smaps, str]]:
+        """(maps entry, smaps, kind) per VMA; kinds hugetlb, device and special cannot be
+        dumped and shared-file is referenced, not copied (procfs.vma_kind)."""
+        return procfs.read_vmas(pid)
+
     # -- page tables ---------------------------------------------------------------------------
     def pagemap(self, pid: int, start: int, end: int) -> bytes:
         return pagemap.read_pagemap(pid, start, end)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from dumper.host import TaskInfo
+from dumper.host import MapEntry, TaskInfo, parse_maps_line
 from dumper.linux.errors import ProcError
 
 
@@ -145,6 +145,7 @@ class Smaps:
     start: int
     end: int
     fields: dict[str, int] = field(default_factory=dict)
+    vmflags: frozenset[str] = frozenset()  # two-letter VM_* mnemonics (show_smap_vma_flags)
 
     @property
     def rss_kb(self) -> int:
@@ -168,11 +169,23 @@ def parse_smaps(text: str) -> list[Smaps]:
             start, end = head.split("-")
             cur = Smaps(int(start, 16), int(end, 16), {})
             out.append(cur)
+        elif cur is not None and head == "VmFlags:":
+            cur = Smaps(cur.start, cur.end, cur.fields, frozenset(line.split()[1:]))
+            out[-1] = cur
         elif cur is not None and head.endswith(":"):
             parts = line.split()
-            if len(parts) >= 2 and parts[1].isdigit():  # "Rss: 24 kB"; skips VmFlags
+            if len(parts) >= 2 and parts[1].isdigit():  # "Rss: 24 kB"
                 cur.fields[head[:-1]] = int(parts[1])
     return out
+
+
+def read_vmas(pid: int) -> list[tuple[MapEntry, Smaps, str]]:
+    """Every VMA from one read of /proc/PID/smaps (its header lines are the maps lines):
+    the maps entry, its smaps counters and flags, and its vma_kind."""
+    text = read_text(pid, "smaps")
+    entries = [parse_maps_line(line) for line in text.splitlines()
+               if line and not line.split(None, 1)[0].endswith(":")]
+    return [(e, sm, vma_kind(e, sm)) for e, sm in zip(entries, parse_smaps(text), strict=True)]
 
 
 def read_smaps(pid: int) -> list[Smaps]:
@@ -186,3 +199,35 @@ def smaps_of(pid: int, addr: int) -> Smaps:
         if s.start <= addr < s.end:
             return s
     raise ProcError(pid, proc_path(pid, "smaps"), 0, f"no VMA contains {addr:#x}")
+
+
+# What a dumper can do with a VMA, judged as CRIU's proc_parse.c does from the maps line,
+# refined by smaps VmFlags when given ('ht' hugetlb, 'io' VM_IO, 'pf' VM_PFNMAP, 'mm'
+# VM_MIXEDMAP: device memory no read can copy).
+ANON, PRIVATE_FILE, SHMEM, SHARED_FILE, HUGETLB, DEVICE, SPECIAL = (
+    "anon", "private-file", "shmem", "shared-file", "hugetlb", "device", "special")
+_SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]")
+
+
+def vma_kind(entry: MapEntry, smaps: Smaps | None = None) -> str:
+    """anon / private-file (data from pagemap + process_vm_readv), shmem (from map_files),
+    shared-file (a regular file: referenced, not copied), hugetlb, device, special (vdso &
+    co., recreated by the kernel) — the last three cannot be dumped."""
+    flags = smaps.vmflags if smaps is not None else frozenset()
+    path = entry.path
+    if path in _SPECIAL:  # before the flags: [vvar] is VM_IO|VM_PFNMAP
+        return SPECIAL
+    if "ht" in flags or path.startswith(("/anon_hugepage", "/dev/hugepages/")):
+        return HUGETLB
+    if flags & {"io", "pf", "mm"} or _device_path(path):
+        return DEVICE
+    if entry.shared:
+        return SHMEM if entry.shmem_kind is not None else SHARED_FILE
+    if not path or path.startswith("[") or path == "/dev/zero (deleted)":
+        return ANON  # [heap], [stack], [anon:name], and MAP_PRIVATE of /dev/zero
+    return PRIVATE_FILE
+
+
+def _device_path(path: str) -> bool:
+    # Without smaps, a guess from the name: /dev/shm is tmpfs, /dev/zero is anonymous memory.
+    return path.startswith("/dev/") and not path.startswith(("/dev/shm/", "/dev/zero"))

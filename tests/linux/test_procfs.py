@@ -78,3 +78,33 @@ def test_no_permission_is_one_clear_error():
     reason, msg = out.splitlines()
     assert reason == PERMISSION
     assert msg.startswith("pid 1: /proc/1/maps: permission denied")
+
+
+def test_vma_kinds_of_a_live_process(procs):
+    p = procs.start()
+    shm = p.mmap("shm", 2, shared=True)
+    priv = p.mmap("priv", 2)
+    p.call("memfd", name="m", pages=2)
+    mfd = p.mmap("mfd", 2, shared=True, memfd="m")
+    smaps = {s.start: s for s in procfs.read_smaps(p.pid)}
+    vmas = procfs.read_vmas(p.pid)
+    assert [e for e, _, _ in vmas] == parse_maps(procfs.read_maps(p.pid))
+    kinds = {e.start: kind for e, _, kind in vmas}
+    assert (kinds[shm], kinds[priv], kinds[mfd]) == (procfs.SHMEM, procfs.ANON, procfs.SHMEM)
+    by_path = {e.path: kind for e, _, kind in vmas}
+    assert by_path["[vdso]"] == by_path["[vvar]"] == procfs.SPECIAL
+    assert by_path["[stack]"] == procfs.ANON
+    assert by_path[os.path.realpath(sys.executable)] == procfs.PRIVATE_FILE
+    assert "rd" in smaps[priv].vmflags and "sh" in smaps[shm].vmflags
+
+
+@pytest.mark.parametrize(("line", "kind"), [
+    ("7f00-7f01 rw-s 00000000 00:12 5 /dev/shm/x", procfs.SHARED_FILE),
+    ("7f00-7f01 rw-s 00000000 00:01 5 /SYSV00000000 (deleted)", procfs.SHMEM),
+    ("7f00-7f01 rw-s 00000000 00:05 9 /dev/dri/card0", procfs.DEVICE),
+    ("7f00-7f01 rw-p 00000000 00:10 9 /anon_hugepage (deleted)", procfs.HUGETLB),
+    ("7f00-7f01 rw-p 00000000 00:00 0 [anon:jit]", procfs.ANON),
+])
+def test_vma_kinds_from_maps_lines(line, kind):
+    from dumper.host import parse_maps_line
+    assert procfs.vma_kind(parse_maps_line(line)) == kind
