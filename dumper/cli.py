@@ -31,13 +31,15 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         from dumper.dump import DumpError
         from dumper.images.errors import ImageError
         from dumper.images.writer import ImageSetExists
+        from dumper.linux.errors import ProcError, UnreadableMemory, Unsupported
         from dumper.model import ModelError
         from dumper.restore import RestoreError
         from dumper.scenarios.format import ScenarioError
 
         try:
             return fn(*args, **kwargs)
-        except (ImageError, ScenarioError, DumpError, RestoreError, ModelError) as e:
+        except (ImageError, ScenarioError, DumpError, RestoreError, ModelError, ProcError,
+                Unsupported, UnreadableMemory) as e:
             fail(str(e))
         except ImageSetExists as e:
             fail(str(e))
@@ -60,11 +62,14 @@ def main() -> None:
 
 
 @main.command()
-def demo() -> None:
-    """Run the thread's scenarios on the embedded model and show what a dumper sees."""
+@click.option("-o", "--output", "out", default="out/replay.html", show_default=True,
+              metavar="FILE", help="Where to write the HTML report.")
+@user_errors
+def demo(out: str) -> None:
+    """Replay the thread's scenario library on the embedded model: the matrix and a report."""
     from dumper.demo import run_demo
 
-    run_demo()
+    sys.exit(run_demo(out))
 
 
 STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek", "all"])
@@ -73,6 +78,10 @@ STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek"
 @main.command()
 @click.option("--scenario", "scenario", metavar="NAME|FILE",
               help="Build this scenario on the model and dump it at its dump line.")
+@click.option("--pid", type=int, default=None,
+              help="Dump this live process (and, with --tree, its descendants).")
+@click.option("--tree", is_flag=True, help="With --pid: the whole tree under it.")
+@click.option("--leave-stopped", is_flag=True, help="With --pid: leave the tree stopped.")
 @click.option("--kernel", "kernel", default="linux-6.18", show_default=True,
               metavar="PROFILE|FILE", help="Kernel behaviour profile of the model.")
 @click.option("--strategy", type=STRATEGY, default="auto", show_default=True)
@@ -83,26 +92,39 @@ STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek"
 @click.option("-o", "--output", "out", required=True, metavar="DIR", help="Image set to write.")
 @click.option("--force", is_flag=True, help="Replace an existing image set.")
 @user_errors
-def dump(scenario: str | None, kernel: str, strategy: str, compress: str | None, level: int,
-         threads: int, out: str, force: bool) -> None:
-    """Dump a process tree into a CRIU-format image set."""
+def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool, kernel: str,
+         strategy: str, compress: str | None, level: int, threads: int, out: str,
+         force: bool) -> None:
+    """Dump a process tree into a CRIU-format image set: a scenario on the model
+    (--scenario), or a live process tree (--pid)."""
     from dumper.dump import dump as do_dump
     from dumper.model.host import ModelHost
     from dumper.model.kernels import load_profile
     from dumper.scenarios.check import resolve
     from dumper.scenarios.run import build
 
-    if scenario is None:
-        fail("dump needs --scenario (the model) — live dumps come with --pid")
+    if (scenario is None) == (pid is None):
+        fail("dump needs one of --scenario (the model) or --pid (a live process)")
     if os.path.lexists(out) and not force:
         fail(f"{out}: exists; pass --force to replace it")
+    warn = lambda m: click.echo(f"dumper: warning: {m}", err=True)  # noqa: E731
+    if pid is not None:
+        from dumper.dump import dump as do_dump
+        from dumper.linux.host import LinuxHost
+
+        host = LinuxHost(leave_stopped=leave_stopped)
+        summary = do_dump(host, pid, out, strategy, tree=tree,
+                          profile=f"linux-{os.uname().release}", compress=compress,
+                          level=level, threads=threads, force=force, warn=warn)
+        click.echo(summary.line())
+        return
     profile = load_profile(kernel)
     sc = resolve(scenario)
     progress(f"building {sc.name} on the {profile.name} model")
     world = build(sc, profile)
     summary = do_dump(ModelHost(world.model), world.pids[sc.dump_root], out, strategy,
                       profile=profile.name, compress=compress, level=level, threads=threads,
-                      force=force, warn=lambda m: click.echo(f"dumper: warning: {m}", err=True))
+                      force=force, warn=warn)
     click.echo(summary.line())
 
 
@@ -170,6 +192,114 @@ def _verify_report(images, host, show: int = 20) -> None:
     click.echo(report.line())
     if not report.ok:
         sys.exit(1)
+
+
+def _profiles(kernels: tuple[str, ...]):
+    from dumper.model.kernels import PROFILES, load_profile
+
+    return [load_profile(k) for k in kernels] if kernels else list(PROFILES.values())
+
+
+@main.command()
+@click.argument("scenarios", nargs=-1, metavar="[FILES|NAMES]...")
+@click.option("--all", "all_", is_flag=True, help="The whole library (the default).")
+@click.option("--kernel", "kernels", multiple=True, metavar="PROFILE|FILE",
+              help="Kernel profiles to replay under (repeatable; default: all built-in).")
+@click.option("--strategy", "strategies", multiple=True, type=STRATEGY,
+              help="Strategies to replay (repeatable; default: all).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "html"]), default="table",
+              show_default=True)
+@click.option("-o", "--output", "out", metavar="FILE", help="Write the report here.")
+@user_errors
+def replay(scenarios: tuple[str, ...], all_: bool, kernels: tuple[str, ...],
+           strategies: tuple[str, ...], fmt: str, out: str | None) -> None:
+    """Replay scenarios under every kernel profile and strategy; check every expectation.
+
+    Exit status 1 if an expectation fails (each named with its file and line)."""
+    from dumper.scenarios import replay as rp
+    from dumper.scenarios.check import library, resolve
+    from dumper.scenarios.format import load
+    from dumper.select import STRATEGIES
+
+    scs = [resolve(x) for x in scenarios] if scenarios and not all_ else \
+        [load(p) for p in library()]
+    r = rp.replay(scs, _profiles(kernels), list(strategies) or list(STRATEGIES),
+                  pictures=fmt == "html", progress=progress)
+    text = {"table": rp.format_table, "json": rp.format_json, "html": rp.format_html}[fmt](r)
+    _emit(text, out)
+    for f in r.failures:
+        click.echo(f"dumper: expectation failed: {f.line_text()}", err=True)
+    if r.failures:
+        sys.exit(1)
+
+
+def _emit(text: str, out: str | None) -> None:
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    tmp = f"{out}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, out)
+    progress(f"wrote {out}")
+
+
+@main.command()
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--count", type=click.IntRange(1), default=50, show_default=True,
+              help="Random programs to try.")
+@click.option("--depth", type=click.IntRange(1, 200), default=12, show_default=True,
+              help="Operations per program (with --exhaustive: the longest program).")
+@click.option("--exhaustive", is_flag=True,
+              help="Every program up to --depth operations over a small alphabet instead.")
+@click.option("--kernel", "kernels", multiple=True, metavar="PROFILE|FILE")
+@click.option("--strategy", "strategies", multiple=True, type=STRATEGY)
+@click.option("-o", "--output", "out_dir", metavar="DIR",
+              help="Also write each shrunk program as DIR/explore-STRATEGY-PROFILE.scn.")
+@user_errors
+def explore(seed: int, count: int, depth: int, exhaustive: bool, kernels: tuple[str, ...],
+            strategies: tuple[str, ...], out_dir: str | None) -> None:
+    """Random programs over random trees under every profile and strategy; for each strategy
+    that loses data, the smallest program that shows it. Exit 1 if auto or lseek lose."""
+    from dumper.scenarios import explore as ex
+    from dumper.select import STRATEGIES
+
+    programs = ex.exhaustive_programs(depth) if exhaustive else \
+        ex.random_programs(seed, count, depth)
+    result = ex.explore(programs, _profiles(kernels), list(strategies) or list(STRATEGIES))
+    rate = result.programs / result.seconds if result.seconds else 0.0
+    click.echo(f"checked {result.programs} programs ({result.runs} dumps restored and verified)"
+               f" in {result.seconds:.1f} s: {rate:.1f} programs/s")
+    for (strategy, profile), n in sorted(result.losing_programs.items()):
+        click.echo(f"  {strategy:12s} loses data under {profile:17s} in {n} programs")
+    for key in sorted(result.findings):
+        text = ex.annotate(result.findings[key])
+        click.echo("\n" + text, nl=False)
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+            _emit(text, os.path.join(out_dir, f"explore-{key[0]}-{key[1]}.scn"))
+    if result.violations:
+        bad = ", ".join(f"{f.strategy} under {f.profile}" for f in result.violations)
+        click.echo(f"dumper: {bad} lost data", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def check(as_json: bool) -> None:
+    """What this kernel offers a dumper (PAGEMAP_SCAN, map_files, swap, soft-dirty, uffd-wp
+    async, guard regions, PFNs), each feature tried, as `criu check` does."""
+    import json
+
+    from dumper.linux.check import check as run_checks
+
+    results = run_checks()
+    if as_json:
+        click.echo(json.dumps([r._asdict() for r in results], indent=2))
+        return
+    for r in results:
+        click.echo(f"{'ok  ' if r.ok else 'no  '} {r.feature:22s} {r.detail}")
 
 
 def _register() -> None:

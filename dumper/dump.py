@@ -211,43 +211,52 @@ def read_runs(read: Callable[[int, int], bytes], runs: list[tuple[int, int]],
                         yield bytes(PAGE_SIZE)
 
 
-def collect(host: Host, root: int, strategy: str, warn: Callable[[str], None]
-            ) -> tuple[list[TaskDump], dict[tuple[int, int], SharedInfo]]:
+def tree_of(host: Host, root: int, tree: bool = True) -> list[TaskInfo]:
+    """The tasks to dump: the tree under root, or root alone (as the root of its own set)."""
+    tasks = host.tasks(root)
+    if tree:
+        return tasks
+    t = tasks[0]
+    return [TaskInfo(t.pid, 0, t.comm, t.pgid, t.sid)]
+
+
+def collect(host: Host, root: int, strategy: str, warn: Callable[[str], None],
+            tree: bool = True) -> tuple[list[TaskDump], dict[tuple[int, int], SharedInfo]]:
     """Everything the dump needs from a frozen tree: maps, selections, shared objects."""
     show_pfn, zero_pfn = host.show_pfn(), host.zero_pfn()
-    tasks = [TaskDump(info=t, maps=parse_maps(host.maps(t.pid))) for t in host.tasks(root)]
+    tasks = [TaskDump(info=t, maps=parse_maps(host.maps(t.pid)))
+             for t in tree_of(host, root, tree)]
     objects: dict[tuple[int, int], SharedInfo] = {}
     for t in tasks:
         for e in t.maps:
-            if e.ino == 0 and not e.shared:
-                continue
-            handle = host.open_object(t.info.pid, e.start, e.end)
-            st = handle.stat()
-            key = (st.dev, st.ino)
-            if not st.shmem:
-                handle.close()
-                if e.shared:
-                    warn(f"pid {t.info.pid}: {e.start:#x}-{e.end:#x} maps {e.path or 'a file'} "
-                         "MAP_SHARED: a regular file is referenced, not copied")
-                continue
-            info = objects.get(key)
-            if info is None:
-                info = objects[key] = SharedInfo(st.ino, object_kind(e), _object_name(e),
-                                                 st.dev, st.ino, st.size, handle)
-            else:
-                handle.close()
-            t.objects[e.start] = info
-            if e.shared:
-                info.owners.append(Owner(t.info.pid, e))
-    for t in tasks:
-        for e in t.maps:
+            # Every VMA's pagemap is read once: guard/poison markers live in any VMA, and
+            # private selection and the pagemap/mincore strategies' owner views need it.
             words = read_pagemap(host, t.info.pid, e)
             t.guards += marker_runs(t.info.pid, e, words, show_pfn)
-            if e.shared:
-                continue
-            backed = e.start in t.objects
-            t.private.append(PrivateVma(e, words, private_selection(
-                strategy, words, show_pfn, zero_pfn, file_backed=backed)))
+            if e.ino != 0 or e.shared:
+                handle = host.open_object(t.info.pid, e.start, e.end)
+                st = handle.stat()
+                key = (st.dev, st.ino)
+                if not st.shmem:
+                    handle.close()
+                    if e.shared:
+                        warn(f"pid {t.info.pid}: {e.start:#x}-{e.end:#x} maps "
+                             f"{e.path or 'a file'} MAP_SHARED: a regular file is referenced, "
+                             "not copied")
+                else:
+                    info = objects.get(key)
+                    if info is None:
+                        info = objects[key] = SharedInfo(st.ino, object_kind(e),
+                                                         _object_name(e), st.dev, st.ino,
+                                                         st.size, handle)
+                    else:
+                        handle.close()
+                    t.objects[e.start] = info
+                    if e.shared:
+                        info.owners.append(Owner(t.info.pid, e, words))
+            if not e.shared:
+                t.private.append(PrivateVma(e, words, private_selection(
+                    strategy, words, show_pfn, zero_pfn, file_backed=e.start in t.objects)))
     for info in objects.values():
         info.selected = shared_selection(strategy, host, info.owners, info.handle, info.size)
     return tasks, objects
@@ -260,7 +269,7 @@ def _object_name(e: MapEntry) -> str:
 
 def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: str = "",
          compress: str | None = None, level: int = 3, threads: int = 0, force: bool = False,
-         warn: Callable[[str], None] | None = None) -> DumpSummary:
+         warn: Callable[[str], None] | None = None, tree: bool = True) -> DumpSummary:
     """Dump the tree rooted at root into the image set directory out."""
     if strategy not in STRATEGIES:
         raise DumpError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
@@ -272,9 +281,9 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
         if warn:
             warn(msg)
 
-    pids = [t.pid for t in host.tasks(root)]
+    pids = [t.pid for t in tree_of(host, root, tree)]
     with host.freeze(pids):
-        tasks, objects = collect(host, root, strategy, note)
+        tasks, objects = collect(host, root, strategy, note, tree)
         try:
             cow_pages = find_cow(tasks, host.show_pfn(), host.zero_pfn())
             writer = ImageSetWriter(out, force=force, compress=compress, level=level,

@@ -35,12 +35,13 @@ PAGEMAP_WINDOW = 1 << 16  # pages per pagemap read (512 KiB of words), as CRIU's
 U64 = np.uint64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Owner:
-    """One task's mapping of a shared object."""
+    """One task's mapping of a shared object (with its pagemap words, once read)."""
 
     pid: int
     vma: MapEntry
+    words: np.ndarray | None = None
 
     @property
     def first_page(self) -> int:
@@ -120,7 +121,7 @@ def shared_selection(strategy: str, host: Host, owners: list[Owner], handle: Obj
     mapped = np.zeros(npages, dtype=bool)
     incore = np.zeros(npages, dtype=bool)
     for o in owners:
-        words = read_pagemap(host, o.pid, o.vma)
+        words = o.words if o.words is not None else read_pagemap(host, o.pid, o.vma)
         idx = o.first_page + np.arange(len(words))
         ok = idx < npages
         mapped[idx[ok]] |= ((words[ok] & U64(PM_PRESENT | PM_SWAP)) != 0)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dumper.kabi import PAGE_SIZE
-from dumper.model.kernels import PROFILES
+from dumper.model.kernels import PROFILES, load_profile
 from dumper.scenarios.format import Scenario, ScenarioError, load
 from dumper.scenarios.run import Outcome, build, dump_restore_verify, view
 from dumper.select import STRATEGIES
@@ -49,18 +49,19 @@ def resolve(spec: str) -> Scenario:
     raise ScenarioError(spec, 0, "no such scenario file or library scenario")
 
 
-def check_views(sc: Scenario, profile: str) -> list[Failure]:
+def check_views(sc: Scenario, profile) -> list[Failure]:
     """Evaluate the scenario's view and same/differ expectations at its dump point."""
+    profile = load_profile(profile) if isinstance(profile, str) else profile
     out = []
     w = None
     for e in sc.views:
-        if profile not in e.profiles:
+        if profile.name not in e.profiles:
             continue
         w = w or build(sc, profile)
         found = view(w, e.task, e.region, e.view, e.line)
         if found != e.value:
-            out.append(Failure(sc.name, sc.path, e.line, profile, "", f"{e.view} {e.value!r}",
-                               repr(found)))
+            out.append(Failure(sc.name, sc.path, e.line, profile.name, "",
+                               f"{e.view} {e.value!r}", repr(found)))
     for c in sc.compares:
         w = w or build(sc, profile)
         pages = c.pages
@@ -71,7 +72,7 @@ def check_views(sc: Scenario, profile: str) -> list[Failure]:
             a = w.model.peek(w.pids[c.task_a], addr_a + i * PAGE_SIZE, PAGE_SIZE)
             b = w.model.peek(w.pids[c.task_b], addr_b + i * PAGE_SIZE, PAGE_SIZE)
             if (a == b) != c.same:
-                out.append(Failure(sc.name, sc.path, c.line, profile, "",
+                out.append(Failure(sc.name, sc.path, c.line, profile.name, "",
                                    f"page {i} {'same' if c.same else 'different'}",
                                    "different" if a != b else "same"))
     return out
@@ -93,13 +94,14 @@ def check_outcome(sc: Scenario, o: Outcome) -> list[Failure]:
     return out
 
 
-def run_matrix(scenarios: Iterable[Scenario], profiles: Iterable[str] = tuple(PROFILES),
+def run_matrix(scenarios: Iterable[Scenario], profiles: Iterable = tuple(PROFILES),
                strategies: Iterable[str] = STRATEGIES, workdir: str | None = None,
                compress: str | None = None) -> tuple[list[Outcome], list[Failure]]:
     """Every scenario under every profile and strategy: outcomes and failed expectations."""
     outcomes: list[Outcome] = []
     failures: list[Failure] = []
     strategies = list(strategies)
+    profiles = [load_profile(p) if isinstance(p, str) else p for p in profiles]
     for sc in scenarios:
         for profile in profiles:
             failures += check_views(sc, profile)

@@ -4,6 +4,7 @@ dump / restore / verify it with a strategy under a profile."""
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,10 +89,12 @@ def build(sc: Scenario, profile, lenient: bool = False) -> World:
     for op in sc.ops:
         try:
             apply(w, op)
-        except ModelError as e:
+        except (ModelError, ScenarioError) as e:
             if lenient:
                 w.skipped.append(op.line)
                 continue
+            if isinstance(e, ScenarioError):
+                raise
             raise ScenarioError(sc.path, op.line, f"{op.name} failed under {prof.name}: {e}"
                                 ) from None
     return w
@@ -269,6 +272,7 @@ class Outcome:
     syscalls: int = 0
     selection_unchanged: bool = True
     summary: str = ""
+    covered: dict[int, set[int]] = field(default_factory=dict)  # pid -> addresses in the set
 
 
 def dump_restore_verify(sc: Scenario, profile, strategy: str, workdir: str | None = None,
@@ -290,17 +294,102 @@ def dump_restore_verify(sc: Scenario, profile, strategy: str, workdir: str | Non
         info.handle.close()
     cost = w.model.k.counters.since(cost0)
     unchanged = state_digest(w.model.k) == before
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    if workdir is None and os.access("/dev/shm", os.W_OK):
+        workdir = "/dev/shm"  # tmpfs: the writer's fsyncs cost nothing for throwaway sets
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="dumper-replay-") as tmp:
         out = str(Path(tmp) / "set")
         summary = dump(host, root, out, strategy, profile=prof.name, compress=compress)
         with ImageSet.open(out) as images:
             target = ModelTarget(Model(prof, swap=sc.swap != "off"))
             restore(images, target)
             report = verify(images, target)
+            covered = image_coverage(images)
     return Outcome(
         scenario=sc.name, profile=prof.name, strategy=strategy, lost=len(report.lost),
         lost_pages=report.lost, pages_dumped=summary.private_pages + summary.shared_pages,
         image_bytes=summary.bytes_written, ptes_walked=cost.ptes_walked,
         pagecache_lookups=cost.pagecache_lookups, syscalls=cost.syscalls,
-        selection_unchanged=unchanged, summary=summary.line(),
+        selection_unchanged=unchanged, summary=summary.line(), covered=covered,
     )
+
+
+def image_coverage(images: ImageSet) -> dict[int, set[int]]:
+    """For each task, the addresses whose content the image set holds (its own pages, its COW
+    runs, the dumped pages of the objects it maps)."""
+    out: dict[int, set[int]] = {}
+    for t in images.tasks.values():
+        have: set[int] = set()
+        for r in t.pagemap:
+            if r.present:
+                have.update(range(r.vaddr, r.end(), PAGE_SIZE))
+        for c in t.cow:
+            have.update(range(c.vaddr, c.vaddr + c.nr_pages * PAGE_SIZE, PAGE_SIZE))
+        for v in t.vmas:
+            obj = images.objects.get(v.obj) if v.obj is not None else None
+            if obj is None or v.private:
+                continue
+            for r in obj.pagemap:
+                if r.present:
+                    for off in range(r.vaddr, r.end(), PAGE_SIZE):
+                        addr = v.start + off - v.pgoff
+                        if v.start <= addr < v.end:
+                            have.add(addr)
+        out[t.pid] = have
+    return out
+
+
+@dataclass(frozen=True)
+class RegionPicture:
+    """One task's region at the dump point, a letter a page: P present (mapped by the task),
+    R resident but not mapped here, W in the swap cache, S swapped out, G under migration,
+    M a PTE marker, H nothing (a hole, or never touched)."""
+
+    task: str
+    pid: int
+    region: str
+    addr: int
+    states: str
+    shmid: int | None = None  # the shared object behind the region (its inode number)
+    first_offset: int = 0  # the object offset of the region's first page, in bytes
+
+
+def picture(w: World) -> list[RegionPicture]:
+    """Every live task's regions, page by page, as the model holds them."""
+    from dumper.model import pte as ptes
+
+    k = w.model.k
+    out = []
+    for task, regions in w.regions.items():
+        pid = w.pids[task]
+        if pid not in k.tasks:
+            continue
+        for name, (addr, n) in sorted(regions.items(), key=lambda kv: kv[1][0]):
+            vma = k.tasks[pid].find_vma(addr)
+            if vma is None:
+                continue
+            letters = []
+            shared = truth_classes(w, pid, addr, n, 0) if vma.obj is not None and vma.shared \
+                else None
+            for i in range(n):
+                v = k.tasks[pid].find_vma(addr + i * PAGE_SIZE)
+                if v is None:
+                    letters.append(" ")
+                    continue
+                word = int(v.ptes[v.index(addr + i * PAGE_SIZE)])
+                kind = ptes.kind_of(word)
+                if kind == ptes.MARKER:
+                    letters.append("M")
+                elif kind == ptes.MIGRATION:
+                    letters.append("G")
+                elif shared is not None:
+                    letters.append(shared[i])
+                elif kind == ptes.PRESENT:
+                    letters.append("P")
+                elif kind == ptes.SWAP:
+                    letters.append("W" if k.swap.cache.a[ptes.value_of(word)] else "S")
+                else:
+                    letters.append("H")
+            obj = vma.obj.ino if vma.obj is not None and vma.shared else None
+            out.append(RegionPicture(task, pid, name, addr, "".join(letters), obj,
+                                     (vma.pgoff + vma.index(addr)) * PAGE_SIZE))
+    return out
