@@ -173,18 +173,22 @@ def verify(directory: str, pid: int | None, show: int) -> None:
 
         with ImageSet.open(directory) as images:
             host = LinuxHost()
-            with host.freeze([t.pid for t in host.tasks(pid)]):
-                _verify_report(images, host, show)
+            if pid not in images.tasks:
+                fail(f"{directory}: holds no task {pid} (tasks: "
+                     f"{', '.join(map(str, images.tasks))})")
+            with host.freeze(list(images.tasks)):
+                _verify_report(images, host, show, live=True)
         return
     images, target, _ = _restore_model(directory)
     with images:
         _verify_report(images, target, show)
 
 
-def _verify_report(images, host, show: int = 20) -> None:
+def _verify_report(images, host, show: int = 20, live: bool = False) -> None:
     from dumper.verify import verify as do_verify
+    from dumper.verify import verify_live
 
-    report = do_verify(images, host)
+    report = verify_live(images, host) if live else do_verify(images, host)
     for lost in report.lost[:show]:
         click.echo(f"  lost: {lost.describe()}")
     if len(report.lost) > show:
