@@ -16,6 +16,8 @@ import sys
 
 BENCHES = [
     ("model_scale", "bench.model_scale", 3),
+    ("explore", "bench.explore", 3),
+    ("pipeline", "bench.pipeline", 1),
 ]
 
 

@@ -67,10 +67,11 @@ class SharedInfo:
 
 @dataclass
 class PrivateVma:
-    """One private VMA of a task: its pagemap words and which pages the strategy keeps."""
+    """One private VMA of a task: which pages the strategy keeps, and the physical page behind
+    each (cow_keys; the pagemap words themselves are not kept, for memory at scale)."""
 
     vma: MapEntry
-    words: np.ndarray
+    keys: np.ndarray
     selected: np.ndarray
     stored: np.ndarray | None = None  # selected and not a COW copy of an earlier task's page
 
@@ -151,10 +152,11 @@ def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int
     """Mark which selected private pages are copies of an earlier task's (same key): those
     become COW runs pointing at the first holder, which stores the page. Vectorized: sort all
     keyed pages by (key, fork order, address); the first of each key is the source."""
+    del show_pfn, zero_pfn  # the keys were taken when the pagemap was read
     keys, owner, addr = [], [], []
     for ti, t in enumerate(tasks):
         for pv in t.private:
-            k = cow_keys(pv.words, show_pfn, zero_pfn)
+            k = pv.keys
             idx = np.nonzero(pv.selected & (k != 0))[0]
             keys.append(k[idx])
             owner.append(np.full(len(idx), ti, dtype=np.int64))
@@ -252,11 +254,14 @@ def collect(host: Host, root: int, strategy: str, warn: Callable[[str], None],
                     else:
                         handle.close()
                     t.objects[e.start] = info
-                    if e.shared:
-                        info.owners.append(Owner(t.info.pid, e, words))
+                    if e.shared:  # only the pagemap/mincore strategies look at owners' words
+                        keep = words if strategy in ("pagemap", "mincore-or", "mincore-and") \
+                            else None
+                        info.owners.append(Owner(t.info.pid, e, keep))
             if not e.shared:
-                t.private.append(PrivateVma(e, words, private_selection(
-                    strategy, words, show_pfn, zero_pfn, file_backed=e.start in t.objects)))
+                t.private.append(PrivateVma(e, cow_keys(words, show_pfn, zero_pfn),
+                                            private_selection(strategy, words, show_pfn,
+                                                              zero_pfn, e.start in t.objects)))
     for info in objects.values():
         info.selected = shared_selection(strategy, host, info.owners, info.handle, info.size)
     return tasks, objects
