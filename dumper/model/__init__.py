@@ -97,7 +97,7 @@ class Model:
     def observable_cids(self, pid: int, addr: int, length: int) -> np.ndarray:
         parts = []
         for vma, lo, hi in mm.vma_range(self.k.task(pid), addr, addr + length):
-            parts.append(observe.observable_vma(self.k, vma)[lo:hi])
+            parts.append(observe.observable_vma(self.k, vma, lo, hi))
         return np.concatenate(parts)
 
     def madvise(self, pid: int, addr: int, length: int, advice: int) -> None:

@@ -291,15 +291,17 @@ def smaps(k: Kernel, pid: int) -> list[SmapsEntry]:
     return out
 
 
-def observable_vma(k: Kernel, vma: Vma) -> np.ndarray:
-    """What a read of every page of one VMA returns now, as content ids (UNREADABLE where the
-    read would fault: a guard or poison marker, a shared page past EOF)."""
-    kinds = pte.kinds(vma.ptes)
-    vals = pte.values(vma.ptes)
-    n = vma.npages
+def observable_vma(k: Kernel, vma: Vma, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """What a read of pages [lo, hi) of one VMA returns now, as content ids (UNREADABLE where
+    the read would fault: a guard or poison marker, a shared page past EOF)."""
+    hi = vma.npages if hi is None else hi
+    kinds = pte.kinds(vma.ptes[lo:hi])
+    vals = pte.values(vma.ptes[lo:hi])
+    n = hi - lo
     if vma.obj is not None:
-        base = object_cids(k, vma.obj, vma.pgoff, vma.pgoff + n)
-        beyond = np.arange(vma.pgoff, vma.pgoff + n) >= vma.obj.npages
+        first = vma.pgoff + lo
+        base = object_cids(k, vma.obj, first, first + n)
+        beyond = np.arange(first, first + n) >= vma.obj.npages
         base[beyond] = U64(UNREADABLE)
     else:
         base = np.zeros(n, dtype=U64)
