@@ -62,6 +62,8 @@ def do_fault_around(k: Kernel, vma: Vma, i: int) -> None:
     cand &= np.where(cand, (k.frames.flags.a[np.where(cand, fi, 0)] & F_UPTODATE) != 0, False)
     ptes = vma.ptes[lo : lo + len(cache)]
     cand &= ptes == 0
+    if k.migrating:  # next_uptodate_folio: a locked (migrating) folio is skipped
+        cand &= ~np.isin(pfns, np.array(sorted(k.migrating), dtype=U64))
     if not cand.any():
         return
     write = vma.shared and bool(vma.prot & PROT_WRITE)
@@ -74,6 +76,11 @@ def do_swap_page(k: Kernel, vma: Vma, i: int) -> None:
     drop this PTE's swap reference; exclusive (and writable) once no other entry holds it."""
     slot = pte.value_of(vma.ptes[i])
     pfn = int(k.swap.cache.a[slot])
+    if pfn and pfn in k.migrating:  # folio_lock_or_retry waits for the migration
+        from dumper.model.migrate import settle
+
+        settle(k, pfn)
+        pfn = int(k.swap.cache.a[slot])
     if pfn == 0:
         pfn = int(k.frames.alloc(k.swap.content.a[slot : slot + 1], F_ANON | F_UPTODATE)[0])
         k.swap.cache.a[slot] = pfn

@@ -31,11 +31,31 @@ def try_to_migrate(k: Kernel, pfns: np.ndarray) -> None:
     k.migrating.update(int(p) for p in pfns)
 
 
+def settle(k: Kernel, pfns) -> None:
+    """Wait for the migrations of these folios: a fault, a truncation or a swap-in that meets
+    a folio under migration sleeps on its lock (migration_entry_wait, folio_lock) until
+    migrate_pages is done with it — in the model, the migration completes first."""
+    if not k.migrating:
+        return
+    for p in np.atleast_1d(np.asarray(pfns, dtype=U64)):
+        if int(p) in k.migrating:
+            remove_migration_ptes(k, int(p))
+
+
 def remove_migration_ptes(k: Kernel, old_pfn: int) -> int:
     """migrate_folio + remove_migration_ptes: copy the folio to a new frame, point the page
     cache (or swap cache) at it, turn every migration entry into a present PTE. Returns the
-    new PFN."""
+    new PFN — or 0 when nothing refers to the folio any more (every entry was zapped while it
+    moved, and no cache holds it): migrate_pages' last folio_put frees it."""
     oi = old_pfn - PFN_BASE
+    cached = any(True for _ in page_cache_owner(k, np.array([old_pfn], dtype=U64)))
+    mapped = any(
+        ((pte.kinds(v.ptes) == pte.MIGRATION) & (pte.values(v.ptes) == U64(old_pfn))).any()
+        for t in k.tasks.values() for v in t.vmas)
+    if not (cached or mapped or k.frames.swapslot.a[oi]):
+        k.frames.free(np.array([old_pfn], dtype=U64))
+        k.migrating.discard(old_pfn)
+        return 0
     new = int(k.frames.alloc(k.frames.content.a[oi : oi + 1], int(k.frames.flags.a[oi]))[0])
     ni = new - PFN_BASE
     for task in k.tasks.values():

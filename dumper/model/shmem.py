@@ -91,12 +91,23 @@ def shmem_swapin_folio(k: Kernel, obj: Inode, idx: np.ndarray) -> None:
     swap_free(k, slots.astype(U64))
 
 
+def _settle_range(k: Kernel, obj: Inode, lo: int, hi: int) -> None:
+    """Complete the migrations of page-cache folios in [lo, hi) (see migrate.settle)."""
+    if not k.migrating:
+        return
+    from dumper.model.migrate import settle
+
+    cache = obj.cache[lo:hi]
+    settle(k, pc_values(cache[pc_kinds(cache) == PC_PAGE]))
+
+
 def shmem_get_folio(k: Kernel, obj: Inode, lo: int, hi: int, sgp: str) -> np.ndarray:
     """shmem_get_folio over [lo, hi) with sgp in SGP_READ/SGP_CACHE/SGP_WRITE/SGP_FALLOC.
     Returns the PFN per index (0 where SGP_READ found a hole: the reader gets zeros)."""
     if hi > obj.npages and sgp in ("SGP_READ", "SGP_CACHE"):
         raise ModelError("SIGBUS", f"page {hi - 1} is past the end of {obj.link_name()}")
     obj.grow_cache(hi)
+    _settle_range(k, obj, lo, hi)  # folio_lock waits for a migration to finish
     cache = obj.cache[lo:hi]
     kinds = pc_kinds(cache)
     swapped = np.nonzero(kinds == PC_SWAP)[0] + lo
@@ -173,6 +184,11 @@ def unmap_mapping_range(k: Kernel, obj: Inode, lo: int, hi: int, even_cows: bool
         file_page[present] = (k.frames.flags.a[idx] & F_ANON) == 0
         unmap_frames(k, vals[file_page])
         ptes[file_page] = 0
+        # zap_nonpresent_ptes: a migration entry of a file folio goes too (should_zap_folio).
+        mig = kinds == pte.MIGRATION
+        file_mig = np.zeros(len(ptes), dtype=bool)
+        file_mig[mig] = (k.frames.flags.a[vals[mig].astype(np.int64) - PFN_BASE] & F_ANON) == 0
+        ptes[file_mig] = 0
 
 
 def shmem_truncate_range(k: Kernel, obj: Inode, lo: int, hi: int) -> None:
@@ -180,6 +196,7 @@ def shmem_truncate_range(k: Kernel, obj: Inode, lo: int, hi: int) -> None:
     hi = min(hi, len(obj.cache))
     if hi <= lo:
         return
+    _settle_range(k, obj, lo, hi)  # shmem_undo_range locks each folio
     cache = obj.cache[lo:hi]
     kinds = pc_kinds(cache)
     vals = pc_values(cache)

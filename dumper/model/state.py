@@ -89,6 +89,7 @@ class Frames:
         i = np.asarray(pfns, dtype=np.int64) - PFN_BASE
         self.flags.a[i] = 0
         self.mapcount.a[i] = 0
+        self.swapslot.a[i] = 0
         self.allocated -= len(i)
 
     def used(self, pfn: int) -> bool:

@@ -81,6 +81,8 @@ def page_cache_owner(k: Kernel, pfns: np.ndarray) -> Iterator[tuple[Inode, np.nd
 def swapcache_release(k: Kernel, pfns: np.ndarray) -> None:
     """__remove_mapping after writeback: unmapped swap-cache folios leave the swap cache and
     are freed; the slot alone holds the data now."""
+    if k.migrating:  # __remove_mapping cannot freeze a migrating folio's refcount
+        pfns = np.asarray(pfns)[~np.isin(pfns, np.array(sorted(k.migrating)))]
     if not len(pfns):
         return
     fi = np.asarray(pfns, dtype=np.int64) - PFN_BASE
@@ -107,6 +109,8 @@ def shrink_folio_list(k: Kernel, pfns: np.ndarray, free_now: bool | None = None)
     and kept (shmem_writeout fails: kernel.md §3, verified (n))."""
     pfns = np.unique(np.asarray(pfns, dtype=U64))
     pfns = pfns[pfns != U64(ZERO_PFN)]
+    if k.migrating:  # a folio under migration is isolated from the LRU: never reclaimed
+        pfns = pfns[~np.isin(pfns, np.array(sorted(k.migrating), dtype=U64))]
     if not len(pfns):
         return
     if free_now is None:
