@@ -106,6 +106,9 @@ def test_d_private_anon_pageout_and_fork():
     m.read(a, r, PAGE)
     assert flags(m, a, r) == "PX S S S P P 0 0"
     assert flags(m, b, r) == "S S S S P P 0 0"
+    # swap_vma_readahead brought the neighbours' slots into the swap cache (shared slots:
+    # not zram's synchronous single-owner path), so mincore reads them in core in both.
+    assert mc(m, a, r) == mc(m, b, r) == "11111100"
 
 
 def test_e_private_anon_cow_after_fork():

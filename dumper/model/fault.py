@@ -71,6 +71,27 @@ def do_fault_around(k: Kernel, vma: Vma, i: int) -> None:
     map_frames(k, pfns[cand])
 
 
+def swap_vma_readahead(k: Kernel, vma: Vma, i: int) -> None:
+    """swap_vma_readahead: read the swap entries of the PTEs around page i (an aligned window
+    of profile.swap_readahead_pages, inside the VMA and the page table) into the swap cache,
+    without mapping them."""
+    nr = k.profile.swap_readahead_pages
+    if nr <= 1:
+        return
+    pte_off = ((vma.start >> PAGE_SHIFT) + i) & 511
+    lo = max(0, i - pte_off % nr, i - pte_off)
+    hi = min(vma.npages, lo + nr, i + (512 - pte_off))
+    window = vma.ptes[lo:hi]
+    swapped = np.nonzero(pte.kinds(window) == pte.SWAP)[0]
+    slots = pte.values(window[swapped]).astype(np.int64)
+    slots = np.unique(slots[(k.swap.cache.a[slots] == 0) & (k.swap.count.a[slots] > 0)])
+    if not len(slots):
+        return
+    pfns = k.frames.alloc(k.swap.content.a[slots], F_ANON | F_UPTODATE)
+    k.swap.cache.a[slots] = pfns.astype(np.int64)
+    k.frames.swapslot.a[pfns.astype(np.int64) - PFN_BASE] = slots
+
+
 def do_swap_page(k: Kernel, vma: Vma, i: int) -> None:
     """do_swap_page: take the page from the swap cache or read it from the slot, map it, and
     drop this PTE's swap reference; exclusive (and writable) once no other entry holds it."""
@@ -82,6 +103,8 @@ def do_swap_page(k: Kernel, vma: Vma, i: int) -> None:
         settle(k, pfn)
         pfn = int(k.swap.cache.a[slot])
     if pfn == 0:
+        if not (k.swap.sync and k.swap.count.a[slot] == 1):
+            swap_vma_readahead(k, vma, i)
         pfn = int(k.frames.alloc(k.swap.content.a[slot : slot + 1], F_ANON | F_UPTODATE)[0])
         k.swap.cache.a[slot] = pfn
         k.frames.swapslot.a[pfn - PFN_BASE] = slot

@@ -48,6 +48,12 @@ class Profile:
     # maps the page-cache neighbours within fault_around_bytes (64 KiB: 16 pages), clipped to
     # the VMA and the page table. In mm/memory.c since 3.15, so in every profile here.
     fault_around_pages: int = 16
+    # swap_vma_readahead (mm/swap_state.c): an anonymous swap-in also reads the swap entries
+    # of the neighbouring PTEs into the swap cache, a window of 2^page-cluster pages (8) —
+    # except on a synchronous device (zram) for an entry only this PTE holds, where
+    # do_swap_page reads the one page around the swap cache. Measured: kernel.md §7 (d) zram,
+    # the fork child's mincore reads 11111100 after the parent swapped in one page.
+    swap_readahead_pages: int = 8
 
 
 LINUX_5_14 = Profile(
