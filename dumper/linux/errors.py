@@ -44,12 +44,16 @@ class Unsupported(Exception):
     """A question this kernel, or this way of asking, cannot answer (one line, says why)."""
 
 
-class UnreadableMemory(Exception):
-    """Pages process_vm_readv could not read (PROT_NONE, guard pages, ...)."""
+class UnreadableMemory(OSError):
+    """Pages process_vm_readv could not read (PROT_NONE, guard pages, ...): an OSError with
+    errno EFAULT, so a caller that reads in chunks (dump.read_runs) falls back page by page."""
 
     def __init__(self, pid: int, ranges: list[tuple[int, int]]) -> None:
         self.pid = pid
         self.ranges = ranges
         shown = ", ".join(f"{s:#x}-{e:#x}" for s, e in ranges[:4])
         more = f" and {len(ranges) - 4} more" if len(ranges) > 4 else ""
-        super().__init__(f"pid {pid}: process_vm_readv cannot read {shown}{more}")
+        super().__init__(errno.EFAULT, f"pid {pid}: process_vm_readv cannot read {shown}{more}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
+from dataclasses import replace
+from functools import partial
+
+import numpy as np
 
 from dumper.host import MapEntry, TaskInfo, parse_maps
-from dumper.linux import check, freeze, memread, pagemap, procfs
+from dumper.kabi import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PM_PFRAME_MASK, PM_PRESENT, PROT_READ
+from dumper.linux import check, freeze, libc, memread, pagemap, procfs, truth
+from dumper.linux.digestcache import DigestCache
 from dumper.linux.errors import ProcError, UnreadableMemory, Unsupported
 from dumper.linux.mapfiles import MapFile
 
@@ -19,18 +27,29 @@ class LinuxHost:
     target's page tables (kernel.md sections 6 and 9)."""
 
     kind = "linux"
+    truth_algo = truth.TRUTH_ALGO
 
-    def __init__(self, leave_stopped: bool = False) -> None:
+    def __init__(self, leave_stopped: bool = False, digest_while_reading: bool = True) -> None:
         self.leave_stopped = leave_stopped
+        # While frozen, digest what read_memory and the objects' pread return, in a thread
+        # beside the caller, for the truth() that dump.py asks for afterwards
+        # (digestcache). Pointless, and a core's worth of work, if no truth() follows.
+        self.digest_while_reading = digest_while_reading
         self._has_scan: bool | None = None
         self._show_pfn: bool | None = None
+        self._zero_pfn: int | None | bool = False  # False: not asked yet
+        self._cache: DigestCache | None = None  # while frozen (freeze())
+        self._buffers = memread.BufferPool()
 
     # -- the tree ------------------------------------------------------------------------------
     def tasks(self, root: int) -> list[TaskInfo]:
-        return procfs.discover_tree(root)
+        """The tree under root, pre-order; the root's ppid is 0, as the root of a set has
+        no parent in it (ModelHost does the same)."""
+        tree = procfs.discover_tree(root)
+        return [replace(tree[0], ppid=0), *tree[1:]]
 
     def maps(self, pid: int) -> str:
-        return procfs.read_maps(pid)
+        return procfs.task_maps(pid)
 
     def smaps(self, pid: int) -> list[procfs.Smaps]:
         return procfs.read_smaps(pid)
@@ -62,9 +81,31 @@ class LinuxHost:
             self._show_pfn = check.check_pfn().ok
         return self._show_pfn
 
+    def zero_pfn(self) -> int | None:
+        """The shared zero page's PFN, found as CRIU's kerndat_get_zero_page does: read-fault
+        a private anonymous page of our own (do_anonymous_page maps the zero page for a read)
+        and read its PFN from our pagemap. None when PFNs are hidden from us."""
+        if self._zero_pfn is False:
+            self._zero_pfn = None
+            if self.show_pfn():
+                addr = libc.mmap(PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS)
+                try:
+                    ctypes.c_char.from_address(addr).value  # noqa: B018 - the read fault
+                    word = int.from_bytes(pagemap.read_pagemap(os.getpid(), addr,
+                                                               addr + PAGE_SIZE), "little")
+                finally:
+                    libc.munmap(addr, PAGE_SIZE)
+                if word & PM_PRESENT and word & PM_PFRAME_MASK:
+                    self._zero_pfn = word & PM_PFRAME_MASK
+        return self._zero_pfn  # type: ignore[return-value]
+
     # -- shared objects ------------------------------------------------------------------------
     def open_object(self, pid: int, start: int, end: int) -> MapFile:
-        return MapFile.open(pid, start, end)
+        obj = MapFile.open(pid, start, end)
+        if self._cache is not None:
+            st = os.fstat(obj.fd)
+            obj.on_read = partial(self._cache.add_object, (st.st_dev, st.st_ino))
+        return obj
 
     def mincore(self, pid: int, start: int, end: int) -> bytes:
         """mincore of a shared mapping of pid, asked on our own mapping of its object.
@@ -111,17 +152,44 @@ class LinuxHost:
         return memread.read_range_into(pid, start, words, self.show_pfn(), buf)
 
     def read_memory(self, pid: int, start: int, end: int) -> bytes:
-        data, bad = self.read_memory_partial(pid, start, end)
+        """The bytes of [start, end); UnreadableMemory (an OSError, EFAULT) if a page that
+        holds data cannot be read. Returns the buffer it read into (a bytearray: no copy;
+        pooled, reused only once the caller has dropped it). While frozen, its pages are
+        digested beside the caller for truth() (digestcache)."""
+        if start % 4096 or end % 4096:
+            raise ValueError(f"read_memory: {start:#x}-{end:#x} is not page aligned")
+        buf = self._buffers.get(end - start)  # warm memory; see memread.BufferPool
+        words = self.pagemap(pid, start, end)
+        bad = memread.read_range_into(pid, start, words, self.show_pfn(), buf)
+        if self._cache is not None:
+            self._cache.add_private(pid, start, words, buf, bad)
         if bad:
             raise UnreadableMemory(pid, bad)
-        return data
+        return buf  # type: ignore[return-value]
+
+    # -- ground truth --------------------------------------------------------------------------
+    def truth(self, pid: int) -> list[tuple[int, np.ndarray]]:
+        """For every VMA of pid, (start, blake2b-64 digest of each page as the task would read
+        it now); see dumper.linux.truth. Never populates the target."""
+        buf = self._buffers.get(truth.WINDOW_PAGES * PAGE_SIZE)
+        return truth.task_truth(pid, self.show_pfn(), self.zero_pfn(), self._cache, buf)
 
     # -- freezing ------------------------------------------------------------------------------
+    @contextmanager
     def freeze(self, pids: Iterable[int], leave_stopped: bool | None = None
-               ) -> AbstractContextManager[freeze.Freezer]:
-        """Stop these processes (all threads) for the context; thawed on every way out."""
+               ) -> Iterator[freeze.Freezer]:
+        """Stop these processes (all threads) for the context; thawed on every way out. While
+        frozen, pages read are digested beside the reader for truth() (digestcache)."""
         stop = self.leave_stopped if leave_stopped is None else leave_stopped
-        return freeze.frozen(list(pids), leave_stopped=stop)
+        with freeze.frozen(list(pids), leave_stopped=stop) as fz:
+            cache = DigestCache(self.zero_pfn()) if self.digest_while_reading else None
+            outer, self._cache = self._cache, cache
+            try:
+                yield fz
+            finally:
+                self._cache = outer
+                if cache is not None:
+                    cache.close()
 
     @contextmanager
     def freeze_tree(self, root: int, leave_stopped: bool | None = None

@@ -74,6 +74,7 @@ _mmap = _fn(
 _munmap = _fn("munmap", ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
 _madvise = _fn("madvise", ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 _mincore = _fn("mincore", ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+_fstatfs = _fn("fstatfs", ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
@@ -123,6 +124,19 @@ def mincore(addr: int, length: int) -> bytes:
     vec = ctypes.create_string_buffer(npages)
     _check(_mincore(addr, length, vec), "mincore")
     return vec.raw
+
+
+# include/uapi/linux/magic.h
+TMPFS_MAGIC = 0x01021994
+HUGETLBFS_MAGIC = 0x958458F6
+
+
+def fstatfs_type(fd: int) -> int:
+    """fstatfs(2) -> fs/statfs.c fd_statfs; returns f_type, the first field (a long) of
+    struct statfs on x86_64."""
+    buf = (ctypes.c_long * 16)()  # sizeof(struct statfs) is 120 on x86_64
+    _check(_fstatfs(fd, buf), "fstatfs")
+    return buf[0] & 0xFFFFFFFF
 
 
 def userfaultfd(flags: int) -> int:

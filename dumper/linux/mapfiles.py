@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
+from collections.abc import Callable
 
 from dumper.host import ObjectStat
 from dumper.kabi import MAP_SHARED, PAGE_SIZE, PROT_READ, SEEK_DATA, SEEK_HOLE
@@ -28,6 +30,8 @@ class MapFile:
     def __init__(self, pid: int, start: int, end: int, fd: int) -> None:
         self.pid, self.start, self.end, self.fd = pid, start, end, fd
         self.path = map_files_path(pid, start, end)
+        # Told (offset, bytes) of every pread: LinuxHost digests them beside the dump.
+        self.on_read: Callable[[int, bytes], None] | None = None
 
     @classmethod
     def open(cls, pid: int, start: int, end: int) -> MapFile:
@@ -55,12 +59,15 @@ class MapFile:
             self.fd = -1
 
     def stat(self) -> ObjectStat:
-        """fstat(2) -> shmem_getattr: (dev, ino) identify the object across processes.
+        """fstat(2) -> shmem_getattr: (dev, ino) identify the object across processes; and
+        fstatfs(2): shmem only on tmpfs (TMPFS_MAGIC: MAP_SHARED|MAP_ANONYMOUS, memfd, SysV
+        and tmpfs files all live on shmem mounts; a hugetlbfs memfd or an ext4 file do not).
 
         Measured: st_dev is makedev() of the maps line's major:minor and st_ino its inode,
         the same from every process that maps the object (memfd passed by SCM_RIGHTS too)."""
         st = os.fstat(self.fd)
-        return ObjectStat(dev=st.st_dev, ino=st.st_ino, size=st.st_size)
+        shmem = stat.S_ISREG(st.st_mode) and libc.fstatfs_type(self.fd) == libc.TMPFS_MAGIC
+        return ObjectStat(dev=st.st_dev, ino=st.st_ino, size=st.st_size, shmem=shmem)
 
     def lseek(self, offset: int, whence: int) -> int:
         """lseek(2) -> mm/shmem.c shmem_file_llseek (mapping_seek_hole_data for DATA/HOLE).
@@ -97,17 +104,19 @@ class MapFile:
         """pread(2) -> shmem_file_read_iter (SGP_READ): holes read as zeros without being
         allocated; swapped pages are swapped into the page cache, not into the target."""
         data = os.pread(self.fd, length, offset)  # one allocation, read into directly
-        if len(data) == length or not data:
-            return data
-        parts = [data]
-        got = len(data)
-        while got < length:
-            more = os.pread(self.fd, length - got, offset + got)
-            if not more:
-                break
-            parts.append(more)
-            got += len(more)
-        return b"".join(parts)
+        if len(data) != length and data:
+            parts = [data]
+            got = len(data)
+            while got < length:
+                more = os.pread(self.fd, length - got, offset + got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            data = b"".join(parts)
+        if self.on_read is not None:
+            self.on_read(offset, data)
+        return data
 
     def readinto(self, offset: int, buf: bytearray | memoryview) -> int:
         """Fill buf from offset with as few preadv calls as the kernel allows; returns the

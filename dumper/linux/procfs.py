@@ -138,6 +138,21 @@ def read_maps(pid: int) -> str:
     return read_text(pid, "maps")
 
 
+# The x86_64 vsyscall page: fs/proc/task_mmu.c m_next appends get_gate_vma(mm), a VMA that
+# is not in the mm (no pagemap, no page tables of the task; its address is above 2^63), and
+# that every process gets back from the kernel, as CRIU's VMA_AREA_VSYSCALL never carries pages.
+GATE_AREA = "[vsyscall]"
+
+
+def task_maps(pid: int) -> str:
+    """/proc/PID/maps without the gate area: the VMAs of the task's own mm."""
+    text = read_maps(pid)
+    if GATE_AREA not in text:
+        return text
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if not line.rstrip().endswith(GATE_AREA))
+
+
 @dataclass(frozen=True)
 class Smaps:
     """One VMA of /proc/PID/smaps (show_smap): its range and the kB counters."""

@@ -22,6 +22,7 @@ libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_i
 libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 
@@ -49,15 +50,19 @@ class Helper:
         self.stop = threading.Event()
 
     # -- operations --------------------------------------------------------------------------
-    def op_mmap(self, name, pages, shared=False, memfd=None, offset=0, prot=3):
+    def op_mmap(self, name, pages, shared=False, memfd=None, offset=0, prot=3, addr=None):
+        """A region; at addr exactly if given (MAP_FIXED_NOREPLACE, no fences: the caller
+        keeps regions apart)."""
         flags = 0x01 if shared else 0x02
         fd = -1
         if memfd is None:
             flags |= 0x20
         else:
             fd = self.memfds[memfd]
-        if shared:  # its own shmem file: never merges with a neighbour
-            addr = check(libc.mmap(None, pages * PAGE, prot, flags, fd, offset * PAGE), "mmap")
+        if addr is not None:
+            flags |= 0x100000  # MAP_FIXED_NOREPLACE
+        if shared or memfd is not None or addr is not None:  # never merges with a neighbour
+            addr = check(libc.mmap(addr, pages * PAGE, prot, flags, fd, offset * PAGE), "mmap")
             self.regions[name] = (addr, pages * PAGE)
             self.spans[name] = (addr, pages * PAGE)
             return {"addr": addr}
@@ -81,6 +86,13 @@ class Helper:
         addr, _ = self.regions[name]
         return {"first": [ctypes.c_ubyte.from_address(addr + p * PAGE).value for p in pages]}
 
+    def op_mincore(self, name):
+        """mincore(2) of a region, from inside (it only answers for the caller's mm)."""
+        addr, length = self.regions[name]
+        vec = ctypes.create_string_buffer(length // PAGE)
+        check(libc.mincore(ctypes.c_void_p(addr), length, vec), "mincore")
+        return {"vec": list(vec.raw)}
+
     def op_munmap(self, name):
         del self.regions[name]
         check(libc.munmap(*self.spans.pop(name)), "munmap")
@@ -100,6 +112,11 @@ class Helper:
         fd = os.memfd_create(name, 0)
         os.ftruncate(fd, pages * PAGE)
         self.memfds[name] = fd
+        return {}
+
+    def op_open(self, name, path):
+        """Open a file (read-write) to map it like a memfd."""
+        self.memfds[name] = os.open(path, os.O_RDWR)
         return {}
 
     def op_pwrite(self, name, pages, tag):
@@ -163,6 +180,24 @@ class Helper:
         t.start()
         self.threads.append(t)
         return {"tid": t.native_id}
+
+    def op_populate_files(self):
+        """MADV_POPULATE_READ every private, readable mapping of a file (the interpreter and
+        its libraries): their pages become present page-cache pages, which a dump stores.
+        Untouched file pages are what a set cannot hold yet (it records file VMAs as
+        anonymous), and they are not what the memory tests are about."""
+        done = 0
+        with open("/proc/self/maps") as f:
+            lines = f.read().splitlines()
+        for line in lines:
+            parts = line.split(None, 5)
+            if len(parts) < 6 or not parts[5].startswith("/") or parts[1][3] != "p" \
+                    or parts[1][0] != "r":
+                continue
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if libc.madvise(lo, hi - lo, 22) == 0:  # MADV_POPULATE_READ
+                done += 1
+        return {"vmas": done}
 
     def op_ping(self):
         return {"pong": os.getpid()}

@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,25 @@ class Proc:
     def alive(self) -> bool:
         return not select.select([self.pidfd], [], [], 0)[0]
 
+    def quiesce(self) -> None:
+        """Wait until the helper sleeps in read(2) on its channel (/proc/PID/syscall: nr 0).
+
+        A helper replies, then returns through the interpreter into read(); until it gets
+        there it still writes its own heap and stack. Once asleep in read() its memory stays
+        put, and a freeze (PTRACE_INTERRUPT) restarts the read without running user code,
+        so a dump and a later verify see the same bytes. Polls a kernel state with a
+        deadline; never a sleep that guesses."""
+        deadline = time.monotonic() + TIMEOUT
+        path = f"/proc/{self.pid}/syscall"
+        while True:
+            with open(path) as f:
+                nr = f.read().split(None, 1)[0]
+            if nr == "0":
+                return
+            if time.monotonic() > deadline:
+                raise HelperError(f"helper {self.pid} never blocked in read(): {nr}")
+            os.sched_yield()
+
 
 class ProcSet:
     """The processes a test started; end_all() ends exactly these."""
@@ -90,7 +110,7 @@ class ProcSet:
         popen = subprocess.Popen(
             [sys.executable, "-I", "-S", str(HELPER), json.dumps(cfg)],
             pass_fds=[theirs.fileno(), *(b.fileno() for _, b in spare), *fds.values()],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C"},
         )
         theirs.close()
         helper_fds = [b.fileno() for _, b in spare]  # same numbers in the helper

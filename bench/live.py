@@ -1,0 +1,164 @@
+"""Live dump throughput on the real kernel, side by side in one run: dump.dump(LinuxHost(),
+pid, out, "auto") (raw pages) of a helper holding 1 GiB of written private memory and of one
+holding 1 GiB of written MAP_SHARED memory, against copying the same number of bytes into a
+file on the same disk (one write of a 1 GiB buffer, then fsync; the dump's writer fsyncs
+its files too). Repeats interleaved; medians. GB/s is 10^9 bytes per second, as CRIU's
+figures in ../shared/facts/criu.md (1.8-2.2 GB/s here) are.
+
+    python -m bench.live --json [--mib 1024] [--repeats 3] [--dir /var/tmp] [--profile]
+
+Needs root (ptrace, map_files). Every helper is killed and every file removed on the way
+out, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from dumper.dump import dump
+from dumper.linux import LinuxHost
+
+# The helper: map, write every page (a distinct first word per page, the rest a pattern),
+# say where, then sleep in read(2) until told to go (or until its stdin closes).
+HELPER = r"""
+import ctypes, mmap, sys
+size, shared = int(sys.argv[1]), sys.argv[2] == "shared"
+flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
+m = mmap.mmap(-1, size, flags=flags | mmap.MAP_ANONYMOUS)
+m.write(b"\x5a" * size)
+addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+pages = (ctypes.c_uint64 * (size // 8)).from_address(addr)
+for i in range(0, size // 8, 512):
+    pages[i] = i
+del pages
+sys.stdout.write(f"{addr}\n")
+sys.stdout.flush()
+sys.stdin.read(1)
+"""
+
+
+def start_helper(size: int, kind: str) -> subprocess.Popen[str]:
+    # LC_ALL=C: no gconv-modules.cache MAP_SHARED mapping, which the set cannot record yet.
+    p = subprocess.Popen([sys.executable, "-I", "-S", "-c", HELPER, str(size), kind],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "LC_ALL": "C"})
+    line = p.stdout.readline() if p.stdout else ""
+    if not line.strip().isdigit():
+        p.kill()
+        p.wait()
+        raise RuntimeError(f"{kind} helper did not start (exit {p.poll()})")
+    return p
+
+
+def stop_helper(p: subprocess.Popen[str]) -> None:
+    if p.poll() is None:
+        p.kill()
+    p.wait()
+    for f in (p.stdin, p.stdout):
+        if f is not None:
+            f.close()
+
+
+def time_dump(host: LinuxHost, pid: int, base: str) -> tuple[float, int]:
+    out = os.path.join(base, f"set-{pid}")
+    t = time.perf_counter()
+    s = dump(host, pid, out, "auto", tree=False)
+    dt = time.perf_counter() - t
+    shutil.rmtree(out)
+    return dt, s.private_pages + s.shared_pages
+
+
+def time_copy(buf: mmap.mmap, base: str) -> float:
+    path = os.path.join(base, "copy.img")
+    t = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(buf)
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dt = time.perf_counter() - t
+    os.unlink(path)
+    return dt
+
+
+def gbs(nbytes: int, seconds: float) -> float:
+    return round(nbytes / seconds / 1e9, 3)
+
+
+def run(mib: int, repeats: int, directory: str, profile: bool = False) -> dict:
+    size = mib << 20
+    base = tempfile.mkdtemp(prefix="dumper-bench-live-", dir=directory)
+    helpers: list[subprocess.Popen[str]] = []
+    try:
+        helpers = [start_helper(size, "private"), start_helper(size, "shared")]
+        buf = mmap.mmap(-1, size)
+        buf.write(b"\x5a" * size)  # warm, like the helpers' memory
+        host = LinuxHost()
+        times: dict[str, list[float]] = {"private": [], "shared": [], "copy": []}
+        pages: dict[str, int] = {}
+        for _ in range(repeats):
+            for kind, h in zip(("private", "shared"), helpers, strict=True):
+                dt, n = time_dump(host, h.pid, base)
+                times[kind].append(dt)
+                pages[kind] = n
+            times["copy"].append(time_copy(buf, base))
+        if profile:
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            prof.runcall(time_dump, host, helpers[0].pid, base)
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(15)
+        buf.close()
+    finally:
+        for h in helpers:
+            stop_helper(h)
+        shutil.rmtree(base, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    res = {
+        "mib": mib, "repeats": repeats,
+        "private_dump_s": round(med["private"], 3), "shared_dump_s": round(med["shared"], 3),
+        "copy_s": round(med["copy"], 3),
+        "private_gbs": gbs(size, med["private"]), "shared_gbs": gbs(size, med["shared"]),
+        "copy_gbs": gbs(size, med["copy"]),
+        "private_vs_copy": round(med["copy"] / med["private"], 3),
+        "shared_vs_copy": round(med["copy"] / med["shared"], 3),
+        "private_pages": pages["private"], "shared_pages": pages["shared"],
+        "private_runs_s": [round(x, 3) for x in times["private"]],
+        "shared_runs_s": [round(x, 3) for x in times["shared"]],
+        "copy_runs_s": [round(x, 3) for x in times["copy"]],
+    }
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.live")
+    ap.add_argument("--json", action="store_true", help="one JSON line (bench/__main__.py)")
+    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dir", default="/var/tmp", help="a directory on the disk to measure")
+    ap.add_argument("--profile", action="store_true", help="cProfile one private dump")
+    a = ap.parse_args()
+    res = run(a.mib, a.repeats, a.dir, a.profile)
+    if a.json:
+        print(json.dumps(res))
+        return
+    for k, v in res.items():
+        print(f"{k:18s} {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Ground truth of a live task: for every VMA, a blake2b-64 digest (dumper.images.checksums.
+page_digest) of each page as the task would read it now, found without changing the target.
+
+Per page (kernel.md sections 1, 6 and 9):
+* private VMA, page pagemap says holds data (present, or a swap entry that is not a PTE
+  marker): its bytes through process_vm_readv (the zero page is not read: ZERO_DIGEST);
+* private VMA of a regular file, page without an anonymous copy: the file's page, read with
+  pread on the /proc/PID/map_files fd at vm_pgoff (the page cache, never the target's PTEs);
+* private VMA otherwise (anonymous, none pte): zeros;
+* shared VMA: the object's page through map_files pread; a hole reads zeros (SEEK_DATA finds
+  the data, the holes are not even read);
+* a page the task cannot read: a guard or poison marker, a page process_vm_readv refuses
+  (PROT_NONE with data, VM_IO), a file page without PROT_READ or past the end of the file,
+  any page of a non-regular file's shared mapping: UNREADABLE_DIGEST.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from dumper.host import MapEntry, parse_maps
+from dumper.images.checksums import page_digest
+from dumper.kabi import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PM_GUARD_REGION,
+    PM_PFRAME_MASK,
+    PM_PRESENT,
+    PM_SWAP,
+    PROT_READ,
+    PTE_MARKER_GUARD,
+    PTE_MARKER_POISONED,
+    SWP_PTE_MARKER,
+    SWP_TYPE_MASK,
+)
+from dumper.linux import memread, pagemap, procfs
+from dumper.linux.digestcache import DigestCache
+from dumper.linux.errors import ProcError
+from dumper.linux.mapfiles import MapFile
+
+TRUTH_ALGO = "blake2b-64"
+ZERO_DIGEST = page_digest(bytes(PAGE_SIZE))
+# What a page reads as when reading it would fault: the digest of a string no 4 KiB page
+# can equal (page_digest of anything but a whole page).
+UNREADABLE_DIGEST = page_digest(b"dumper: unreadable page")
+WINDOW_PAGES = 2048  # 8 MiB read and digested at a time, into one reused buffer
+PARALLEL_PAGES = 256  # below this, digesting in the calling thread is cheaper
+U64 = np.uint64
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _digest_list(view: memoryview, offsets: list[int]) -> list[int]:
+    # hashlib releases the GIL for inputs of 2 KiB and more, so threads share the work.
+    b2b = hashlib.blake2b
+    return [int.from_bytes(b2b(view[o : o + PAGE_SIZE], digest_size=8).digest(), "little")
+            for o in offsets]
+
+
+def digest_pages(buf: bytearray | memoryview, offsets: np.ndarray) -> np.ndarray:
+    """page_digest of the page at each byte offset of buf, spread over the CPUs."""
+    global _pool
+    view = memoryview(buf)
+    offs = offsets.tolist()
+    ncpu = os.cpu_count() or 1
+    if len(offs) < PARALLEL_PAGES or ncpu == 1:
+        return np.array(_digest_list(view, offs), dtype=U64)
+    if _pool is None:
+        _pool = ThreadPoolExecutor(ncpu, thread_name_prefix="dumper-digest")
+    step = -(-len(offs) // ncpu)
+    parts = _pool.map(lambda i: _digest_list(view, offs[i : i + step]), range(0, len(offs), step))
+    return np.array([d for part in parts for d in part], dtype=U64)
+
+
+def marker_mask(words: np.ndarray, show_pfn: bool) -> np.ndarray:
+    """Guard and poison markers: a read there faults (PM_GUARD_REGION, or with PFNs visible
+    swap type 31 with the GUARD or POISONED bit)."""
+    frame = words & U64(PM_PFRAME_MASK)
+    marker = ((words & U64(PM_SWAP)) != 0) & show_pfn & (
+        (frame & U64(SWP_TYPE_MASK)) == U64(SWP_PTE_MARKER))
+    bits = frame >> U64(5)
+    return ((words & U64(PM_GUARD_REGION)) != 0) | (
+        marker & ((bits & U64(PTE_MARKER_GUARD | PTE_MARKER_POISONED)) != 0))
+
+
+class TruthReader:
+    """Digests one task's pages; one instance per truth() call (it owns a reused buffer)."""
+
+    def __init__(self, pid: int, show_pfn: bool, zero_pfn: int | None,
+                 cache: DigestCache | None = None, buf: bytearray | None = None) -> None:
+        self.pid = pid
+        self.show_pfn = show_pfn
+        self.zero_pfn = zero_pfn
+        self.cache = cache  # digests of pages read earlier in the same freeze
+        self.buf = buf if buf is not None else bytearray(WINDOW_PAGES * PAGE_SIZE)
+        assert len(self.buf) == WINDOW_PAGES * PAGE_SIZE
+
+    def task(self) -> list[tuple[int, np.ndarray]]:
+        entries = parse_maps(procfs.task_maps(self.pid))
+        fd = pagemap.open_pagemap(self.pid)
+        try:
+            return [(e.start, self.vma(fd, e)) for e in entries]
+        finally:
+            os.close(fd)
+
+    def vma(self, pmfd: int, e: MapEntry) -> np.ndarray:
+        n = e.npages
+        out = np.full(n, ZERO_DIGEST, dtype=U64)
+        if e.shared:
+            self._object(e, np.ones(n, dtype=bool), out)
+            return out
+        words = np.frombuffer(pagemap.read_words(pmfd, e.start, e.end), dtype="<u8")
+        bad = marker_mask(words, self.show_pfn)
+        data = memread.data_page_mask(words.tobytes(), self.show_pfn) & ~bad
+        if self.zero_pfn is not None and self.show_pfn:
+            zero = ((words & U64(PM_PRESENT)) != 0) & (
+                (words & U64(PM_PFRAME_MASK)) == U64(self.zero_pfn))
+            data &= ~zero  # the zero page reads zeros: ZERO_DIGEST already
+        out[bad] = UNREADABLE_DIGEST
+        self._private(e, data, words, out)
+        if e.ino:  # a file: its pages where the task has no copy of its own
+            wanted = ~data & ~bad  # present page-cache pages (PM_FILE) were read above
+            if wanted.any():
+                self._object(e, wanted, out)
+        return out
+
+    def _private(self, e: MapEntry, data: np.ndarray, words: np.ndarray,
+                 out: np.ndarray) -> None:
+        """process_vm_readv of the data pages, window by window (but not those the cache
+        digested with the same pagemap word)."""
+        for lo in range(0, len(data), WINDOW_PAGES):
+            hi = min(len(data), lo + WINDOW_PAGES)
+            mask = data[lo:hi]
+            if not mask.any():
+                continue
+            start = e.start + (lo << PAGE_SHIFT)
+            if self.cache is not None:
+                have, digs = self.cache.lookup_private(self.pid, start, words[lo:hi])
+                have &= mask
+                out[lo:hi][have] = digs[have]
+                mask = mask & ~have
+                if not mask.any():
+                    continue
+            bad = memread.read_runs(self.pid, memread.mask_runs(mask, start), self.buf)
+            ok = mask.copy()
+            for s, t in bad:
+                ok[(s - start) >> PAGE_SHIFT : (t - start) >> PAGE_SHIFT] = False
+            idx = np.nonzero(ok)[0]
+            out[lo + idx] = digest_pages(self.buf, idx << PAGE_SHIFT)
+            out[lo + np.nonzero(mask & ~ok)[0]] = UNREADABLE_DIGEST
+
+    def _object(self, e: MapEntry, wanted: np.ndarray, out: np.ndarray) -> None:
+        """The VMA's file pages (where wanted) through map_files: data extents read with
+        pread, holes left at ZERO_DIGEST, unreadable where the task's read would fault."""
+        try:
+            obj = MapFile.open(self.pid, e.start, e.end)
+        except ProcError as err:
+            if err.reason == "gone" and os.path.exists(f"/proc/{self.pid}"):
+                return  # no vm_file after all (a special mapping): anonymous
+            raise
+        with obj:
+            st = os.fstat(obj.fd)
+            if not stat.S_ISREG(st.st_mode):
+                if e.shared:  # a device's memory: nothing a read of ours can vouch for
+                    out[wanted] = UNREADABLE_DIGEST
+                return  # MAP_PRIVATE of /dev/zero: anonymous memory
+            first = e.pgoff >> PAGE_SHIFT
+            n = len(wanted)
+            fidx = first + np.arange(n)
+            past = (fidx << PAGE_SHIFT) >= st.st_size  # SIGBUS for the task
+            noread = past | ((e.prot & PROT_READ) == 0)
+            out[wanted & noread] = UNREADABLE_DIGEST
+            wanted = wanted & ~noread
+            if not wanted.any():
+                return
+            lo_b = first << PAGE_SHIFT
+            hi_b = min(st.st_size, (first + n) << PAGE_SHIFT)
+            key = (st.st_dev, st.st_ino)
+            for a, b in obj.data_extents(lo_b, hi_b):
+                pa, pb = (a - lo_b) >> PAGE_SHIFT, -(-(b - lo_b) // PAGE_SIZE)
+                for lo in range(pa, pb, WINDOW_PAGES):
+                    hi = min(pb, lo + WINDOW_PAGES)
+                    want = wanted[lo:hi]
+                    if self.cache is not None:
+                        have, digs = self.cache.lookup_object(key, lo_b + (lo << PAGE_SHIFT),
+                                                              hi - lo)
+                        have &= want
+                        out[lo:hi][have] = digs[have]
+                        want = want & ~have
+                    idx = np.nonzero(want)[0]
+                    if not len(idx):
+                        continue
+                    length = (hi - lo) << PAGE_SHIFT
+                    view = memoryview(self.buf)[:length]
+                    got = obj.readinto(lo_b + (lo << PAGE_SHIFT), view)
+                    view[got:] = bytes(length - got)  # past EOF within the last page
+                    out[lo + idx] = digest_pages(self.buf, idx << PAGE_SHIFT)
+
+
+def task_truth(pid: int, show_pfn: bool, zero_pfn: int | None,
+               cache: DigestCache | None = None, buf: bytearray | None = None
+               ) -> list[tuple[int, np.ndarray]]:
+    """(VMA start, u64 digest per page) for every VMA of pid, in maps order; buf: a reused
+    window buffer (WINDOW_PAGES pages)."""
+    return TruthReader(pid, show_pfn, zero_pfn, cache, buf).task()

@@ -1,0 +1,327 @@
+"""Operation programs that run both on real helper processes and on the model.
+
+A program is a list of Op, one per line in text form:
+
+    spawn A                    a new helper process (at most two: A and B, joined by a socket)
+    fork A C                   A forks C (C inherits A's mappings and fds)
+    mmap A r0 8 anon           private anonymous, 8 pages, at region r0's fixed address
+    mmap A r1 8 shared         MAP_SHARED|MAP_ANONYMOUS
+    memfd A m 16               memfd_create + ftruncate to 16 pages
+    mmap A r2 8 memfd m 6      MAP_SHARED of memfd m from its page 6
+    pwrite A m 0-3             write(2) whole pages through the fd
+    punch A m 2 2              fallocate(PUNCH_HOLE|KEEP_SIZE) of pages 2-3
+    send A m B                 SCM_RIGHTS: B gets its own fd on memfd m
+    write A r0 0,2-3           the task writes those pages, in order
+    read A r0 1                the task reads them (first byte), in order
+    munmap A r0
+    dontneed A r0 0 4          madvise(MADV_DONTNEED) of pages 0-3; likewise pageout
+                               (MADV_PAGEOUT), remove (MADV_REMOVE), guard and unguard
+                               (MADV_GUARD_INSTALL / MADV_GUARD_REMOVE)
+
+Regions live at fixed addresses (REGION_BASE + index * REGION_STRIDE) in every process and
+in the model, so fault-around windows (aligned to 16 pages inside a page table) are the same
+on both sides. Checker.apply() tells whether an op is valid where it stands (no access to a
+guard page, MADV_REMOVE only on shared mappings, ...): the generator and the shrinker use it.
+After every op, each runner reports, per process and mapped region, pagemap flags
+(P S F G W X), mincore, and for shared regions the object's SEEK_DATA/SEEK_HOLE extents.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+REGION_BASE = 0x2000_0000_0000
+REGION_STRIDE = 1 << 21  # one page table (2 MiB) per region
+MAX_PAGES = 16  # one fault-around window
+KINDS = ("anon", "shared", "memfd")
+ADVICE = ("dontneed", "pageout", "remove", "guard", "unguard")
+
+
+class Invalid(Exception):
+    """An op that cannot run where it stands (it would fault, or name what does not exist)."""
+
+
+@dataclass(frozen=True)
+class Op:
+    verb: str
+    proc: str
+    args: tuple = ()
+
+    def __str__(self) -> str:
+        return " ".join([self.verb, self.proc, *map(_fmt, self.args)])
+
+
+def _fmt(a: object) -> str:
+    if isinstance(a, tuple):
+        return pages_text(a)
+    return str(a)
+
+
+def pages_text(pages: tuple[int, ...]) -> str:
+    out, i = [], 0
+    while i < len(pages):
+        j = i
+        while j + 1 < len(pages) and pages[j + 1] == pages[j] + 1:
+            j += 1
+        out.append(str(pages[i]) if i == j else f"{pages[i]}-{pages[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def parse_pages(text: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        out += range(int(a), int(b or a) + 1)
+    return tuple(out)
+
+
+def parse(text: str) -> list[Op]:
+    """Program text (one op per line, # comments) -> ops."""
+    ops = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        verb, proc, rest = words[0], words[1], words[2:]
+        if verb in ("write", "read", "pwrite"):
+            args: tuple = (rest[0], parse_pages(rest[1]))
+        elif verb in ADVICE or verb == "punch":
+            args = (rest[0], int(rest[1]), int(rest[2]))
+        elif verb == "memfd":
+            args = (rest[0], int(rest[1]))
+        elif verb == "mmap":
+            args = (rest[0], int(rest[1]), rest[2], *([rest[3], int(rest[4])] if
+                                                      rest[2] == "memfd" else []))
+        else:
+            args = tuple(rest)
+        ops.append(Op(verb, proc, args))
+    return ops
+
+
+def text(ops: list[Op]) -> str:
+    return "\n".join(map(str, ops))
+
+
+def region_addr(region: str) -> int:
+    return REGION_BASE + int(region[1:]) * REGION_STRIDE
+
+
+@dataclass(frozen=True)
+class Region:
+    kind: str  # anon / shared / memfd
+    npages: int
+    memfd: str | None = None
+    offset: int = 0  # object page of the region's first page
+
+    @property
+    def shared(self) -> bool:
+        return self.kind != "anon"
+
+
+@dataclass
+class Checker:
+    """What exists at each point of a program, to tell valid ops from invalid ones."""
+
+    roots: dict[str, str] = field(default_factory=dict)  # process -> the spawn it descends from
+    regions: dict[str, dict[str, Region]] = field(default_factory=dict)
+    guards: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    fds: dict[str, set[str]] = field(default_factory=dict)  # process -> memfds it holds
+    sizes: dict[str, int] = field(default_factory=dict)  # memfd -> pages
+    forks: dict[str, int] = field(default_factory=dict)  # spawn -> forks in its tree
+
+    def apply(self, op: Op) -> None:
+        p, a = op.proc, op.args
+        if op.verb == "spawn":
+            _need(p not in self.roots and len(self.forks) < 2, op)
+            self.roots[p], self.forks[p] = p, 0
+            self.regions[p], self.fds[p] = {}, set()
+            return
+        _need(p in self.roots, op)
+        if op.verb == "fork":
+            (c,) = a
+            _need(c not in self.roots, op)
+            self.roots[c] = self.roots[p]
+            self.forks[self.roots[p]] += 1
+            self.regions[c] = dict(self.regions[p])
+            self.fds[c] = set(self.fds[p])
+            for (q, r), g in list(self.guards.items()):
+                if q == p:
+                    self.guards[(c, r)] = set(g)
+        elif op.verb == "memfd":
+            name, n = a
+            _need(name not in self.sizes and 0 < n <= 64, op)
+            self.sizes[name] = n
+            self.fds[p].add(name)
+        elif op.verb in ("pwrite", "punch"):
+            name = a[0]
+            _need(name in self.fds[p], op)
+            last = max(a[1]) if op.verb == "pwrite" else a[1] + a[2] - 1
+            _need(last < self.sizes[name] and (op.verb == "pwrite" or a[2] > 0), op)
+        elif op.verb == "send":
+            name, q = a
+            _need(name in self.fds[p] and q in self.roots and name not in self.fds[q]
+                  and self.roots[q] != self.roots[p], op)
+            self.fds[q].add(name)
+        elif op.verb == "mmap":
+            r, n, kind = a[:3]
+            _need(r not in self.regions[p] and 0 < n <= MAX_PAGES and kind in KINDS, op)
+            reg = Region(kind, n, *(a[3:] if kind == "memfd" else ()))
+            if kind == "memfd":
+                _need(reg.memfd in self.fds[p] and reg.offset + n <= self.sizes[reg.memfd], op)
+            self.regions[p][r] = reg
+        elif op.verb == "munmap":
+            _need(a[0] in self.regions[p], op)
+            del self.regions[p][a[0]]
+            self.guards.pop((p, a[0]), None)
+        elif op.verb in ("write", "read"):
+            r, pages = a
+            reg = self.regions[p].get(r)
+            _need(reg is not None and pages and max(pages) < reg.npages, op)
+            _need(not set(pages) & self.guards.get((p, r), set()), op)
+        elif op.verb in ADVICE:
+            r, first, n = a
+            reg = self.regions[p].get(r)
+            _need(reg is not None and n > 0 and first + n <= reg.npages, op)
+            _need(op.verb != "remove" or reg.shared, op)
+            g = self.guards.setdefault((p, r), set())
+            if op.verb == "guard":
+                g |= set(range(first, first + n))
+            elif op.verb == "unguard":
+                g -= set(range(first, first + n))
+        else:
+            raise Invalid(f"unknown op {op}")
+
+    def valid(self, ops: list[Op]) -> bool:
+        try:
+            for op in ops:
+                self.apply(op)
+        except Invalid:
+            return False
+        return True
+
+
+def _need(cond: object, op: Op) -> None:
+    if not cond:
+        raise Invalid(str(op))
+
+
+def check(ops: list[Op]) -> Checker:
+    c = Checker()
+    for op in ops:
+        c.apply(op)
+    return c
+
+
+def uses_swap(ops: list[Op]) -> bool:
+    return any(op.verb == "pageout" for op in ops)
+
+
+# -- random programs ----------------------------------------------------------------------------
+
+def random_program(seed: int, length: int = 14, pageout: bool = True,
+                   shared_reads: bool = True, repageout: bool = True) -> list[Op]:
+    """A valid program of `length` ops after the two spawns, drawn from everything above;
+    deterministic in seed. Two options steer clear of the model's known gaps
+    (test_differential): shared_reads=False reads only private regions (a read fault on a
+    shmem hole allocates a clean page, which reclaim drops instead of swapping);
+    repageout=False never pages a region out again once it was read after a page-out (a
+    read swap-in leaves a clean folio in the swap cache, which the next reclaim frees at
+    once)."""
+    rng = random.Random(seed)
+    ops = [Op("spawn", "A"), Op("spawn", "B")]
+    c = Checker()
+    for op in ops:
+        c.apply(op)
+    procs = ["A", "B"]
+    nreg = nmem = 0
+    tries = 0
+    paged: set[str] = set()  # regions paged out (by any process)
+    reread: set[str] = set()  # ... and read since
+    while len(ops) < length + 2 and tries < 2000:
+        tries += 1
+        p = rng.choice(procs)
+        regs = list(c.regions[p])
+        verb = rng.choices(
+            ["mmap", "memfd", "fork", "write", "read", "dontneed", "pageout", "remove",
+             "guard", "unguard", "munmap", "pwrite", "punch", "send"],
+            [4, 1, 2, 6, 5, 2, 3 if pageout else 0, 2, 1, 1, 1, 2, 1, 1])[0]
+        if verb == "mmap":
+            kind = rng.choice(KINDS)
+            n = rng.randint(2, 8)
+            if kind == "memfd":
+                mine = sorted(c.fds[p])
+                if not mine:
+                    continue
+                m = rng.choice(mine)
+                off = rng.randint(0, max(0, c.sizes[m] - n))
+                op = Op("mmap", p, (f"r{nreg}", min(n, c.sizes[m] - off), kind, m, off))
+            else:
+                op = Op("mmap", p, (f"r{nreg}", n, kind))
+        elif verb == "memfd":
+            op = Op("memfd", p, (f"m{nmem}", rng.randint(4, 12)))
+        elif verb == "fork":
+            op = Op("fork", p, (f"{p}{len(procs)}",))
+        elif verb in ("write", "read"):
+            if not regs:
+                continue
+            r = rng.choice(regs)
+            if verb == "read" and not shared_reads and c.regions[p][r].shared:
+                continue
+            n = c.regions[p][r].npages
+            k = rng.randint(1, min(3, n))
+            op = Op(verb, p, (r, tuple(sorted(rng.sample(range(n), k)))))
+        elif verb in ADVICE or verb == "munmap":
+            if not regs:
+                continue
+            r = rng.choice(regs)
+            if verb == "pageout" and not repageout and r in reread:
+                continue
+            n = c.regions[p][r].npages
+            first = rng.randrange(n)
+            op = Op(verb, p, (r,)) if verb == "munmap" else \
+                Op(verb, p, (r, first, rng.randint(1, n - first)))
+        elif verb in ("pwrite", "punch"):
+            mine = sorted(c.fds[p])
+            if not mine:
+                continue
+            m = rng.choice(mine)
+            size = c.sizes[m]
+            first = rng.randrange(size)
+            op = Op(verb, p, (m, tuple(sorted(rng.sample(range(size), min(3, size)))))) \
+                if verb == "pwrite" else Op(verb, p, (m, first, rng.randint(1, size - first)))
+        else:  # send
+            mine = sorted(c.fds[p])
+            others = [q for q in procs if c.roots[q] != c.roots[p]]
+            if not mine or not others:
+                continue
+            op = Op("send", p, (rng.choice(mine), rng.choice(others)))
+        try:
+            c.apply(op)
+        except Invalid:
+            continue
+        ops.append(op)
+        if op.verb == "pageout":
+            paged.add(op.args[0])
+        elif op.verb == "read" and op.args[0] in paged:
+            reread.add(op.args[0])
+        if op.verb == "mmap":
+            nreg += 1
+        elif op.verb == "memfd":
+            nmem += 1
+        elif op.verb == "fork":
+            procs.append(op.args[0])
+    return ops
+
+
+def shrink(ops: list[Op], fails) -> list[Op]:
+    """Greedy one-op-at-a-time deletion while the program stays valid and still fails."""
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(ops) - 1, -1, -1):
+            cand = ops[:i] + ops[i + 1 :]
+            if Checker().valid(cand) and fails(cand):
+                ops, changed = cand, True
+    return ops
