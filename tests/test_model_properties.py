@@ -24,9 +24,9 @@ Properties, one test each:
    consistently with the state, using dumper.kabi's constants.
 
 Each failing program prints the Model calls it made, ready to paste into a regression test.
-The model bugs found this way are kept at the end as regression tests: plain ones for the
-bugs already fixed (492b378), xfail(strict=True) ones for the open bugs, with a guard
-(``known_bug``) that keeps the random programs off an open bug until it is fixed.
+The model bugs found this way are kept at the end as regression tests (all fixed: 492b378 and
+the swap-readahead fix); ``known_bug`` is where a guard goes that keeps the random programs off
+a newly found bug, with an xfail(strict=True) test, until the model is fixed.
 
 DUMPER_PROPERTY_EXAMPLES raises the number of programs per property (default 50);
 DUMPER_PROPERTY_RANDOM=1 explores new programs instead of the fixed derandomized set.
@@ -39,7 +39,6 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from modelinvariants import violations
@@ -407,13 +406,10 @@ class Runner:
 
 
 def known_bug(k: Kernel, step: Step) -> str | None:
-    """The known model bug the step would hit, or None."""
-    if step.name in ("read", "write", "populate") and k.profile.swap_readahead_pages > 1:
-        rng = step.vma.ptes[step.lo : step.lo + step.npages]
-        slots = pte.values(rng[pte.kinds(rng) == pte.SWAP]).astype(np.int64)
-        cold = slots[k.swap.cache.a[slots] == 0]  # do_swap_page will read these
-        if len(cold) and not (k.swap.sync and (k.swap.count.a[cold] == 1).all()):
-            return "test_swap_readahead_reads_the_faulting_page_once"
+    """The known model bug the step would hit, or None. None are open: the last one,
+    test_swap_readahead_reads_the_faulting_page_once, was fixed in the model's do_swap_page
+    (the readahead window brings the faulting slot in; do_swap_page now maps that folio)."""
+    del k, step
     return None
 
 
@@ -1061,8 +1057,6 @@ def frames_used(m: Model) -> int:
     return int((m.k.frames.flags.a[: m.k.frames.flags.n] & F_USED).sum())
 
 
-@pytest.mark.xfail(strict=True, reason="model bug: swap_vma_readahead reads the faulting slot "
-                   "into the swap cache, then do_swap_page allocates a second page for it")
 def test_swap_readahead_reads_the_faulting_page_once():
     """swap_vma_readahead reads the window around the fault, the faulting entry included, and
     returns that entry's folio, which do_swap_page maps (mm/swap_state.c: the target folio

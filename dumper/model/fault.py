@@ -102,9 +102,10 @@ def do_swap_page(k: Kernel, vma: Vma, i: int) -> None:
 
         settle(k, pfn)
         pfn = int(k.swap.cache.a[slot])
+    if pfn == 0 and not (k.swap.sync and k.swap.count.a[slot] == 1):
+        swap_vma_readahead(k, vma, i)  # the window holds this slot too: it comes back cached
+        pfn = int(k.swap.cache.a[slot])
     if pfn == 0:
-        if not (k.swap.sync and k.swap.count.a[slot] == 1):
-            swap_vma_readahead(k, vma, i)
         pfn = int(k.frames.alloc(k.swap.content.a[slot : slot + 1], F_ANON | F_UPTODATE)[0])
         k.swap.cache.a[slot] = pfn
         k.frames.swapslot.a[pfn - PFN_BASE] = slot
