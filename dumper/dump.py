@@ -324,10 +324,13 @@ def _write_objects(writer: ImageSetWriter, objects: dict[tuple[int, int], Shared
 
 
 def _vma_record(e: MapEntry, info: SharedInfo | None) -> Vma:
-    flags = (MAP_SHARED if e.shared else MAP_PRIVATE) | (MAP_ANONYMOUS if info is None or
-                                                        info.kind == "shmem-anon" else 0)
+    """The VMA as the images record it: an object's shmid, a referenced regular file's path
+    (its pages are the file's, not the dump's), or anonymous memory."""
+    file = info is None and e.ino != 0
+    anon = info.kind == "shmem-anon" if info is not None else not file
+    flags = (MAP_SHARED if e.shared else MAP_PRIVATE) | (MAP_ANONYMOUS if anon else 0)
     return Vma(e.start, e.end, e.prot, flags, pgoff=e.pgoff,
-               obj=info.shmid if info is not None else None)
+               obj=info.shmid if info is not None else None, path=e.path if file else "")
 
 
 def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],

@@ -94,6 +94,9 @@ def restore(images: ImageSet, target: Any) -> RestoreSummary:
         for v in t.vmas:
             if any(_same_vma(v, k) for k in kept):
                 continue
+            if v.obj is None and v.path:
+                raise RestoreError(f"task {t.pid}: VMA {v.start:#x} maps the regular file "
+                                   f"{v.path}, which a set references but does not hold")
             if v.obj is not None and v.obj not in objs:
                 raise RestoreError(f"task {t.pid}: VMA {v.start:#x} maps object {v.obj}, "
                                    "which the image set does not hold")

@@ -118,8 +118,10 @@ def _find(now: dict[int, np.ndarray], vaddr: int, n: int
 
 def image_view(images: ImageSet, pid: int, vma_start: int, npages: int) -> np.ndarray:
     """blake2b-64 digests of what a restore from the set gives a task's pages: its own or COW
-    page, the object's page for shared and object-backed private pages, zeros otherwise."""
-    from dumper.images.checksums import page_digest
+    page, the object's page for shared and object-backed private pages, the referenced file's
+    page for a regular file's mapping (read from the file: a restore maps it), zeros
+    otherwise, and the unreadable digest over guard and poison runs (a read faults)."""
+    from dumper.images.checksums import UNREADABLE_DIGEST, page_digest
 
     zero = page_digest(bytes(PAGE_SIZE))
     t = images.tasks[pid]
@@ -131,7 +133,7 @@ def image_view(images: ImageSet, pid: int, vma_start: int, npages: int) -> np.nd
         if look.data is not None:
             out[i] = page_digest(look.data)
         elif look.source == "none" and vma.obj is not None and vma.obj in images.objects:
-            off = vma.pgoff + addr - vma.start  # a private mapping's untouched file page
+            off = vma.pgoff + addr - vma.start  # a private mapping's untouched object page
             obj = images.objects[vma.obj]
             for run in obj.pagemap:
                 if run.present and run.vaddr <= off < run.end():
@@ -139,7 +141,29 @@ def image_view(images: ImageSet, pid: int, vma_start: int, npages: int) -> np.nd
                                                             PAGE_SIZE)
                     out[i] = page_digest(data)
                     break
+        elif vma.path and look.source in ("none", "hole"):
+            data = _file_page(vma.path, vma.pgoff + addr - vma.start)
+            out[i] = UNREADABLE_DIGEST if data is None else page_digest(data)
+    for g in t.guards:
+        a = max(g.vaddr, vma_start)
+        b = min(g.vaddr + g.nr_pages * PAGE_SIZE, vma_start + npages * PAGE_SIZE)
+        if a < b:
+            out[(a - vma_start) // PAGE_SIZE : (b - vma_start) // PAGE_SIZE] = UNREADABLE_DIGEST
     return out
+
+
+def _file_page(path: str, offset: int) -> bytes | None:
+    """A regular file's page as a mapping reads it (zeros past EOF within the last page);
+    None where the read would fault (past the end) or the file cannot be opened."""
+    try:
+        with open(path.removesuffix(" (deleted)"), "rb") as f:
+            f.seek(offset)
+            data = f.read(PAGE_SIZE)
+    except OSError:
+        return None
+    if not data:
+        return None  # SIGBUS past EOF
+    return data.ljust(PAGE_SIZE, b"\0")
 
 
 def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None

@@ -31,6 +31,11 @@ def page_digest(page: bytes | memoryview) -> int:
     return int.from_bytes(hashlib.blake2b(page, digest_size=8).digest(), "little")
 
 
+# What a page reads as when reading it would fault (a guard or poison marker, PROT_NONE):
+# the digest of a string no 4 KiB page can equal (as dumper.linux.truth records it).
+UNREADABLE_DIGEST = page_digest(b"dumper: unreadable page")
+
+
 def page_digests(data: bytes | memoryview, page_size: int = 4096) -> list[int]:
     """Digests of each page of a page-aligned buffer."""
     mv = memoryview(data)

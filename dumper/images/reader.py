@@ -256,6 +256,8 @@ class ImageSet:
                     shmid=v.shmid,
                     madv=v.madv,
                     obj=self._vma_object(v),
+                    path=self._file_name(v.shmid)
+                    if v.status & (F.VMA_FILE_SHARED | F.VMA_FILE_PRIVATE) else "",
                 )
             )
         self._load_task_pagemap(t)

@@ -15,7 +15,8 @@ class Vma:
     """One VMA. pgoff is in bytes, as /proc/PID/maps and CRIU's images have it.
 
     Writer: give obj (the shared object's shmid) for a MAP_SHARED mapping of an object added
-    with add_shared_object; leave status and shmid 0 and the writer derives CRIU's values.
+    with add_shared_object, or path for a regular file that is referenced, not dumped; leave
+    status and shmid 0 and the writer derives CRIU's values.
     Reader: status and shmid are the image's; obj is the resolved object, or None.
     """
 
@@ -28,6 +29,7 @@ class Vma:
     shmid: int = 0
     obj: int | None = None
     madv: int = 0
+    path: str = ""  # a regular file the VMA maps, referenced (not copied): files.img's name
 
     @property
     def npages(self) -> int:

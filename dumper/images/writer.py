@@ -418,6 +418,10 @@ class ImageSetWriter:
                 shmid = obj.shmid
                 derived = F.VMA_ANON_SHARED | (F.VMA_AREA_SYSVIPC if obj.kind == "sysv" else 0)
             status = status or F.VMA_AREA_REGULAR | derived
+        elif v.path and not status:  # a regular file: referenced by name, as CRIU's reg-files
+            shared = bool(v.flags & MAP_SHARED)
+            shmid = self._add_reg(v.path, os.O_RDWR if shared else os.O_RDONLY)
+            status = F.VMA_AREA_REGULAR | (F.VMA_FILE_SHARED if shared else F.VMA_FILE_PRIVATE)
         elif not status:
             if v.flags & MAP_SHARED:
                 raise ValueError(f"task {pid}: MAP_SHARED VMA {v.start:#x} names no object")
