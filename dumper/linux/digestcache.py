@@ -30,6 +30,7 @@ from dumper.kabi import PAGE_SHIFT, PAGE_SIZE, PM_FILE, PM_PFRAME_MASK, PM_PRESE
 
 U64 = np.uint64
 MAX_PENDING = 16  # chunks (8 MiB each from dump.read_runs) waiting to be digested
+MAX_CHUNK = 64 << 20  # larger reads are not kept (a dump reads 8 MiB at a time)
 
 
 def _digest(buf: bytes | bytearray | memoryview, mask: np.ndarray) -> np.ndarray:
@@ -61,7 +62,8 @@ class DigestCache:
         self.zero_pfn = zero_pfn
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="dumper-digest-cache")
         self._pending: deque[Future[np.ndarray]] = deque()
-        self._chunks: dict[object, list[_Chunk]] = {}  # pid or (dev, ino) -> sorted chunks
+        # pid or (dev, ino) -> chunks sorted by start, and their starts (for bisect)
+        self._chunks: dict[object, tuple[list[int], list[_Chunk]]] = {}
 
     def close(self) -> None:
         for f in self._pending:
@@ -71,15 +73,18 @@ class DigestCache:
 
     def _submit(self, key: object, chunk_start: int, words: np.ndarray | None,
                 buf: bytes | bytearray | memoryview, mask: np.ndarray) -> None:
+        if len(mask) << PAGE_SHIFT > MAX_CHUNK:
+            return
         while len(self._pending) >= MAX_PENDING:  # backpressure: bounded buffers held
             self._pending.popleft().result()
         while self._pending and self._pending[0].done():
             self._pending.popleft()
         fut = self._pool.submit(_digest, buf, mask)
         self._pending.append(fut)
-        chunks = self._chunks.setdefault(key, [])
-        c = _Chunk(chunk_start, words, mask, fut)
-        chunks.insert(bisect.bisect([x.start for x in chunks], chunk_start), c)
+        starts, chunks = self._chunks.setdefault(key, ([], []))
+        i = bisect.bisect(starts, chunk_start)  # a dump reads in address order: at the end
+        starts.insert(i, chunk_start)
+        chunks.insert(i, _Chunk(chunk_start, words, mask, fut))
 
     def add_private(self, pid: int, start: int, words: bytes, buf: bytes | bytearray,
                     bad: list[tuple[int, int]]) -> None:
@@ -106,8 +111,12 @@ class DigestCache:
         have = np.zeros(n, dtype=bool)
         out = np.zeros(n, dtype=U64)
         end = start + (n << PAGE_SHIFT)
-        for c in self._chunks.get(key, ()):
-            if c.end <= start or c.start >= end:
+        starts, chunks = self._chunks.get(key, ([], []))
+        # Chunks never exceed MAX_CHUNK: only those starting after start - MAX_CHUNK overlap.
+        for c in chunks[bisect.bisect(starts, start - MAX_CHUNK) :]:
+            if c.start >= end:
+                break
+            if c.end <= start:
                 continue
             a, b = max(start, c.start), min(end, c.end)
             i, j = (a - start) >> PAGE_SHIFT, (b - start) >> PAGE_SHIFT

@@ -17,6 +17,8 @@ A program is a list of Op, one per line in text form:
     dontneed A r0 0 4          madvise(MADV_DONTNEED) of pages 0-3; likewise pageout
                                (MADV_PAGEOUT), remove (MADV_REMOVE), guard and unguard
                                (MADV_GUARD_INSTALL / MADV_GUARD_REMOVE)
+    writeback A                wait until the kernel has no writeback in flight (nothing on
+                               the model, whose swap cache stage lasts until reclaimed again)
 
 Regions live at fixed addresses (REGION_BASE + index * REGION_STRIDE) in every process and
 in the model, so fault-around windows (aligned to 16 pages inside a page table) are the same
@@ -175,6 +177,8 @@ class Checker:
             _need(a[0] in self.regions[p], op)
             del self.regions[p][a[0]]
             self.guards.pop((p, a[0]), None)
+        elif op.verb == "writeback":
+            pass
         elif op.verb in ("write", "read"):
             r, pages = a
             reg = self.regions[p].get(r)

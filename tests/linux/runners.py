@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import socket
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +71,19 @@ def extents_mask(lseek, first: int, n: int, size: int) -> str:
             out[p - first] = "D"
         pos = hole
     return "".join(out)
+
+
+def wait_writeback(timeout: float = 20.0) -> None:
+    """Until /proc/vmstat nr_writeback is 0: every page under writeback (a swapfile's are
+    written asynchronously) has been written. Polls the kernel's counter with a deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open("/proc/vmstat") as f:
+            if any(line == "nr_writeback 0" for line in f.read().splitlines()):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError("pages still under writeback")
+        select.select([], [], [], 0.001)
 
 
 def describe(view: View) -> str:
@@ -155,6 +170,8 @@ class RealRunner(Runner):
                                                             else {}))
         elif op.verb == "munmap":
             h.call("munmap", name=a[0])
+        elif op.verb == "writeback":
+            wait_writeback()
         else:
             h.call("madvise", name=a[0], page=a[1], npages=a[2], advice=ADVICE[op.verb])
 
@@ -215,6 +232,8 @@ class ModelRunner(Runner):
         elif op.verb == "munmap":
             assert gone is not None
             m.munmap(pid, region_addr(a[0]), gone.npages * PAGE)
+        elif op.verb == "writeback":
+            pass
         else:
             m.madvise(pid, region_addr(a[0]) + a[1] * PAGE, a[2] * PAGE, ADVICE[op.verb])
 
