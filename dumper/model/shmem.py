@@ -87,6 +87,8 @@ def shmem_swapin_folio(k: Kernel, obj: Inode, idx: np.ndarray) -> None:
     k.swap.cache.a[slots[hit]] = 0
     if (~hit).any():
         pfns[~hit] = k.frames.alloc(k.swap.content.a[slots[~hit]], F_UPTODATE)
+    # The slot is freed below, so the page cache holds the only copy: folio_mark_dirty.
+    k.frames.flags.a[pfns.astype(np.int64) - PFN_BASE] |= np.uint8(F_DIRTY)
     obj.cache[idx] = pc_make(PC_PAGE, pfns)
     swap_free(k, slots.astype(U64))
 

@@ -134,6 +134,15 @@ def shrink_folio_list(k: Kernel, pfns: np.ndarray, free_now: bool | None = None)
             obj.cache[idx] = 0
             k.frames.free(pages)
             continue
+        # pageout() is only for dirty folios: a shmem folio nobody wrote (a read fault's or
+        # MADV_POPULATE_READ's zeroed page) goes straight to __remove_mapping and leaves a
+        # hole (measured on 6.18 by tests/linux/test_differential.py, with and without swap).
+        pi = pages.astype(np.int64) - PFN_BASE
+        clean = (k.frames.flags.a[pi] & F_DIRTY) == 0
+        if clean.any():
+            obj.cache[idx[clean]] = 0
+            k.frames.free(pages[clean])
+            idx, pages = idx[~clean], pages[~clean]
         if not k.swap.enabled:
             continue  # shmem_writeout redirties: the page stays in the page cache
         slots = k.swap.alloc(k.frames.content.a[pages.astype(np.int64) - PFN_BASE])
