@@ -47,10 +47,8 @@ sys.stdin.read(1)
 
 
 def start_helper(size: int, kind: str) -> subprocess.Popen[str]:
-    # LC_ALL=C: no gconv-modules.cache MAP_SHARED mapping, which the set cannot record yet.
     p = subprocess.Popen([sys.executable, "-I", "-S", "-c", HELPER, str(size), kind],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "LC_ALL": "C"})
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = p.stdout.readline() if p.stdout else ""
     if not line.strip().isdigit():
         p.kill()

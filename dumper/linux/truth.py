@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from dumper.host import MapEntry, parse_maps
-from dumper.images.checksums import page_digest
+from dumper.images.checksums import UNREADABLE_DIGEST, page_digest
 from dumper.kabi import (
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -45,9 +45,6 @@ from dumper.linux.mapfiles import MapFile
 
 TRUTH_ALGO = "blake2b-64"
 ZERO_DIGEST = page_digest(bytes(PAGE_SIZE))
-# What a page reads as when reading it would fault: the digest of a string no 4 KiB page
-# can equal (page_digest of anything but a whole page).
-UNREADABLE_DIGEST = page_digest(b"dumper: unreadable page")
 WINDOW_PAGES = 2048  # 8 MiB read and digested at a time, into one reused buffer
 PARALLEL_PAGES = 256  # below this, digesting in the calling thread is cheaper
 U64 = np.uint64

@@ -181,24 +181,6 @@ class Helper:
         self.threads.append(t)
         return {"tid": t.native_id}
 
-    def op_populate_files(self):
-        """MADV_POPULATE_READ every private, readable mapping of a file (the interpreter and
-        its libraries): their pages become present page-cache pages, which a dump stores.
-        Untouched file pages are what a set cannot hold yet (it records file VMAs as
-        anonymous), and they are not what the memory tests are about."""
-        done = 0
-        with open("/proc/self/maps") as f:
-            lines = f.read().splitlines()
-        for line in lines:
-            parts = line.split(None, 5)
-            if len(parts) < 6 or not parts[5].startswith("/") or parts[1][3] != "p" \
-                    or parts[1][0] != "r":
-                continue
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            if libc.madvise(lo, hi - lo, 22) == 0:  # MADV_POPULATE_READ
-                done += 1
-        return {"vmas": done}
-
     def op_ping(self):
         return {"pong": os.getpid()}
 

@@ -110,7 +110,7 @@ class ProcSet:
         popen = subprocess.Popen(
             [sys.executable, "-I", "-S", str(HELPER), json.dumps(cfg)],
             pass_fds=[theirs.fileno(), *(b.fileno() for _, b in spare), *fds.values()],
-            stdin=subprocess.DEVNULL, env={**os.environ, "LC_ALL": "C"},
+            stdin=subprocess.DEVNULL,
         )
         theirs.close()
         helper_fds = [b.fileno() for _, b in spare]  # same numbers in the helper

@@ -5,8 +5,8 @@
 Helpers are pinned to CPU 0 (cpu=0): a task moved to another CPU gets its rseq cpu_id
 rewritten by the kernel on its next return to user space, which a freeze/thaw cycle is
 (measured: two u32s of the main thread's TLS changed 0 -> 1 between a dump and a verify); and
-MADV_PAGEOUT drains only the calling CPU's LRU batches. settle() maps every page of the
-helpers' own files (see helper.op_populate_files) and waits until each sleeps in read(2).
+MADV_PAGEOUT drains only the calling CPU's LRU batches. settle() waits until each helper
+sleeps in read(2) (Proc.quiesce).
 """
 
 from __future__ import annotations
@@ -71,8 +71,6 @@ def info(out) -> dict:
 
 
 def settle(*procs: Proc) -> None:
-    for p in procs:
-        p.call("populate_files")
     for p in procs:
         p.quiesce()
 
@@ -346,7 +344,7 @@ def test_error_without_privileges(procs, tmp_path):
     assert p.call("ping")["pong"] == p.pid  # left running
 
 
-# -- what the pipeline cannot record yet (outside dumper/linux; see the report) ------------------
+# -- regular files and guard regions ------------------------------------------------------------
 
 @pytest.fixture
 def disk_file(tmp_path):
@@ -360,43 +358,55 @@ def disk_file(tmp_path):
         os.unlink(path)
 
 
-@pytest.mark.xfail(strict=True, reason="dump._vma_record gives a MAP_SHARED regular-file VMA no "
-                   "object (ObjectStat.shmem is False), and ImageSetWriter refuses it: "
-                   "'MAP_SHARED VMA ... names no object'")
 def test_shared_regular_file_is_referenced(procs, tmp_path, disk_file):
+    """MAP_SHARED of an ext4 file: named in a warning, recorded as the file, no pages
+    stored; verify reads the file where a restore would map it."""
     p = procs.start(cpu=0)
     p.call("open", name="f", path=disk_file)
-    p.mmap("v", 4, shared=True, memfd="f")
+    addr = p.mmap("v", 4, shared=True, memfd="f")
+    p.write("v", [1], tag=84)  # through the page cache: the file now holds it
     settle(p)
-    r = cli("dump", "--pid", p.pid, "-o", tmp_path / "set")
+    out = tmp_path / "set"
+    r = dump(out, p.pid)
+    assert f"{addr:#x}-{addr + 4 * PAGE:#x} maps {disk_file} MAP_SHARED: a regular file is " \
+           "referenced, not copied" in r.stderr
+    assert [o["kind"] for o in info(out)["objects"]] == []
+    r = verify(out, p.pid)
     assert r.exit_code == 0, r.output
-    assert "a regular file is referenced, not copied" in r.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="the set records a private file VMA as anonymous, so "
-                   "verify's image_view reads zeros where a restore would map the file's page")
 def test_untouched_private_file_pages(procs, tmp_path, disk_file):
+    """MAP_PRIVATE of an ext4 file with one page written (do_cow_fault: no fault-around, so
+    the others stay none): the written page is the task's own (stored), the others are the
+    file's (referenced), and the two past the end of the file would fault; verify agrees."""
     p = procs.start(cpu=0)
-    settle(p)  # the interpreter's own files: before this mapping exists
     p.call("open", name="f", path=disk_file)
-    p.mmap("v", 4, shared=False, memfd="f")
-    p.quiesce()
-    out = tmp_path / "set"
-    dump(out, p.pid)
-    assert verify(out, p.pid).exit_code == 0
-
-
-@pytest.mark.xfail(strict=True, reason="verify.image_view gives guard runs the zero digest; "
-                   "truth says UNREADABLE_DIGEST (a read there faults, also after restore)")
-def test_guard_pages_verify(procs, tmp_path):
-    p = procs.start(cpu=0)
-    p.mmap("priv", 4)
-    p.write("priv", range(4), tag=83)
-    p.call("madvise", name="priv", page=1, npages=1, advice=MADV_GUARD_INSTALL)
+    addr = p.mmap("v", 6, memfd="f")  # 6 pages over a 4-page file
+    p.write("v", [2], tag=85)
     settle(p)
     out = tmp_path / "set"
     dump(out, p.pid)
     assert verify(out, p.pid).exit_code == 0
+    with ImageSet.open(out) as s:
+        assert [s.read_page(p.pid, addr + q * PAGE).source for q in range(4)] == [
+            "none", "none", "private", "none"]
+    assert set_bytes(out, p.pid, addr + 2 * PAGE, 1) == page_pattern(85, 2)
+
+
+def test_guard_pages_verify(procs, tmp_path):
+    """Guard markers: recorded as guard runs, not read, and unreadable on both sides."""
+    p = procs.start(cpu=0)
+    addr = p.mmap("priv", 4)
+    p.write("priv", range(4), tag=83)
+    p.call("madvise", name="priv", page=1, npages=2, advice=MADV_GUARD_INSTALL)
+    settle(p)
+    out = tmp_path / "set"
+    r = dump(out, p.pid)
+    assert "unreadable" not in r.stderr
+    assert verify(out, p.pid).exit_code == 0
+    with ImageSet.open(out) as s:
+        assert [(g.vaddr, g.nr_pages, g.kind) for g in s.tasks[p.pid].guards] == [
+            (addr + PAGE, 2, "guard")]
 
 
 def test_dump_of_a_quiet_tree_matches_truth(procs, tmp_path):
