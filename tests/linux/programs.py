@@ -225,14 +225,12 @@ def uses_swap(ops: list[Op]) -> bool:
 # -- random programs ----------------------------------------------------------------------------
 
 def random_program(seed: int, length: int = 14, pageout: bool = True,
-                   shared_reads: bool = True, repageout: bool = True) -> list[Op]:
+                   repageout: bool = True) -> list[Op]:
     """A valid program of `length` ops after the two spawns, drawn from everything above;
-    deterministic in seed. Two options steer clear of the model's known gaps
-    (test_differential): shared_reads=False reads only private regions (a read fault on a
-    shmem hole allocates a clean page, which reclaim drops instead of swapping);
-    repageout=False never pages a region out again once it was read after a page-out (a
-    read swap-in leaves a clean folio in the swap cache, which the next reclaim frees at
-    once)."""
+    deterministic in seed. repageout=False steers clear of a known model gap
+    (test_differential.REPAGEOUT): a region is never paged out again once it was read after
+    a page-out (a read swap-in leaves a clean folio in the swap cache, which the next reclaim
+    frees at once)."""
     rng = random.Random(seed)
     ops = [Op("spawn", "A"), Op("spawn", "B")]
     c = Checker()
@@ -271,8 +269,6 @@ def random_program(seed: int, length: int = 14, pageout: bool = True,
             if not regs:
                 continue
             r = rng.choice(regs)
-            if verb == "read" and not shared_reads and c.regions[p][r].shared:
-                continue
             n = c.regions[p][r].npages
             k = rng.randint(1, min(3, n))
             op = Op(verb, p, (r, tuple(sorted(rng.sample(range(n), k)))))

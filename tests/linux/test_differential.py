@@ -180,7 +180,23 @@ SWAP_PROGRAMS = {
     """,
 }
 
+# Found by the random programs, fixed in the model by e393dfd: MADV_PAGEOUT of a shmem page
+# that a read fault allocated (shmem_get_folio_gfp, SGP_CACHE: cleared and uptodate, not
+# dirty) and nobody wrote. shrink_folio_list calls pageout() only for a dirty folio
+# (try_to_unmap first moves a dirty pte's bit to the folio); a clean one goes straight to
+# __remove_mapping and leaves a hole: lseek '.', mincore 0, with or without swap. The model
+# used to write every shmem page to swap (or, without swap, keep it).
+CLEAN_SHMEM = """
+    spawn A
+    mmap A r1 4 shared
+    read A r1 0-1
+    write A r1 2
+    pageout A r1 0 4
+"""
+SWAP_PROGRAMS["pageout-clean-shmem"] = CLEAN_SHMEM
+
 NO_SWAP_PROGRAMS = {
+    "pageout-clean-shmem": CLEAN_SHMEM,
     # kernel.md (n): without swap, PAGEOUT zaps shmem PTEs but keeps the pages; private
     # pages stay mapped.
     "pageout-no-swap": """
@@ -198,42 +214,11 @@ NO_SWAP_PROGRAMS = {
 def model_has_gap(program: str, swap: bool, key: tuple[str, str], kernel: View) -> bool:
     """Whether the model, run alone, still ends the program other than the kernel does (the
     kernel's final view measured on 6.18.44 and written down here): the xfail below holds
-    only while the gap is there, so a model fix turns these into ordinary tests."""
+    only while the gap is there, so a model fix turns it into an ordinary test."""
     return ModelRunner(swap=swap, swap_sync=False).run(parse(program))[-1].get(key) != kernel
 
 
-# A model gap found by the random programs: MADV_PAGEOUT of a shmem page that a read fault
-# allocated (shmem_get_folio_gfp with SGP_CACHE clears it and marks it uptodate, not dirty)
-# and nobody wrote. shrink_folio_list calls pageout() only for a dirty folio (try_to_unmap
-# moves a dirty pte's bit to the folio first); a clean one goes straight to __remove_mapping,
-# leaving a hole: lseek '.', mincore 0, with or without swap. The model (at commit e4357a0)
-# writes every shmem page to swap, or without swap keeps it as shmem_writeout redirtying
-# would.
-CLEAN_SHMEM = """
-    spawn A
-    mmap A r1 4 shared
-    read A r1 0-1
-    write A r1 2
-    pageout A r1 0 4
-"""
-CLEAN_SHMEM_KERNEL: View = (("-", "-", "-", "-"), "0010", "..D.")  # with and without swap
-CLEAN_SHMEM_REASON = ("model gap: reclaim drops a clean shmem folio (read-fault allocated, "
-                      "never written) from the page cache instead of swapping it")
-
-
-@pytest.mark.xfail(model_has_gap(CLEAN_SHMEM, True, ("A", "r1"), CLEAN_SHMEM_KERNEL),
-                   strict=True, reason=CLEAN_SHMEM_REASON)
-def test_pageout_of_a_clean_shmem_page(procs, swap):
-    check_program(procs, parse(CLEAN_SHMEM), swap=True)
-
-
-@pytest.mark.xfail(model_has_gap(CLEAN_SHMEM, False, ("A", "r1"), CLEAN_SHMEM_KERNEL),
-                   strict=True, reason=CLEAN_SHMEM_REASON)
-def test_pageout_of_a_clean_shmem_page_without_swap(procs, no_swap):
-    check_program(procs, parse(CLEAN_SHMEM), swap=False)
-
-
-# A second gap: a private page paged out, read back (do_swap_page on a read fault keeps the
+# A model gap (open): a private page paged out, read back (do_swap_page on a read fault keeps the
 # folio in the swap cache: should_try_to_free_swap wants FAULT_FLAG_WRITE), then paged out
 # again once the first writeback is done. The folio is clean and its slot holds the data,
 # so shrink_folio_list skips pageout() and __remove_mapping frees it at once: mincore 0
@@ -259,17 +244,15 @@ def test_second_pageout_of_a_read_swapped_in_page(procs, swap):
     check_program(procs, parse(REPAGEOUT), swap=True)
 
 
-def test_the_gaps_kernel_views_are_the_kernels(procs, swap):
-    """The kernel views the xfail conditions compare with are what this kernel shows."""
-    for program, key, view in ((CLEAN_SHMEM, ("A", "r1"), CLEAN_SHMEM_KERNEL),
-                               (REPAGEOUT, ("A", "r0"), REPAGEOUT_KERNEL)):
-        ops = parse(program)
-        real = RealRunner(procs, ops)
-        try:
-            assert real.run(ops)[-1][key] == view, program
-        finally:
-            real.close()
-            procs.end_all()
+def test_the_gaps_kernel_view_is_the_kernels(procs, swap):
+    """The kernel view the xfail condition compares with is what this kernel shows."""
+    ops = parse(REPAGEOUT)
+    real = RealRunner(procs, ops)
+    try:
+        assert real.run(ops)[-1][("A", "r0")] == REPAGEOUT_KERNEL
+    finally:
+        real.close()
+        procs.end_all()
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
@@ -296,12 +279,17 @@ def test_random_program(procs, seed):
 
 @pytest.mark.parametrize("seed", range(100, 104))
 def test_random_program_with_swap(procs, swap, seed):
-    ops = random_program(seed, length=20, shared_reads=False, repageout=False)  # the gaps
+    ops = random_program(seed, length=20, repageout=False)  # see REPAGEOUT
     check_program(procs, ops, swap=True, minimise=True)
 
 
+@pytest.mark.parametrize("seed", range(200, 203))
+def test_random_program_pageout_without_swap(procs, no_swap, seed):
+    check_program(procs, random_program(seed, length=20), swap=False, minimise=True)
+
+
 def test_programs_round_trip_through_text():
-    for body in [*PROGRAMS.values(), *SWAP_PROGRAMS.values()]:
+    for body in [*PROGRAMS.values(), *SWAP_PROGRAMS.values(), REPAGEOUT]:
         ops = parse(body)
         assert parse(text(ops)) == ops
     ops = random_program(3)
