@@ -18,6 +18,7 @@ BENCHES = [
     ("model_scale", "bench.model_scale", 3),
     ("explore", "bench.explore", 3),
     ("pipeline", "bench.pipeline", 1),
+    ("live", "bench.live", 1),  # real processes: needs root
 ]
 
 

@@ -82,6 +82,9 @@ STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek"
               help="Dump this live process (and, with --tree, its descendants).")
 @click.option("--tree", is_flag=True, help="With --pid: the whole tree under it.")
 @click.option("--leave-stopped", is_flag=True, help="With --pid: leave the tree stopped.")
+@click.option("--truth/--no-truth", default=None,
+              help="Record every page's digest (truth-PID.img). Default: on for --scenario; "
+              "off for --pid, whose sets `verify --pid` checks against the live tree.")
 @click.option("--kernel", "kernel", default="linux-6.18", show_default=True,
               metavar="PROFILE|FILE", help="Kernel behaviour profile of the model.")
 @click.option("--strategy", type=STRATEGY, default="auto", show_default=True)
@@ -92,9 +95,9 @@ STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek"
 @click.option("-o", "--output", "out", required=True, metavar="DIR", help="Image set to write.")
 @click.option("--force", is_flag=True, help="Replace an existing image set.")
 @user_errors
-def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool, kernel: str,
-         strategy: str, compress: str | None, level: int, threads: int, out: str,
-         force: bool) -> None:
+def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
+         truth: bool | None, kernel: str, strategy: str, compress: str | None, level: int,
+         threads: int, out: str, force: bool) -> None:
     """Dump a process tree into a CRIU-format image set: a scenario on the model
     (--scenario), or a live process tree (--pid)."""
     from dumper.dump import dump as do_dump
@@ -112,8 +115,9 @@ def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
         from dumper.dump import dump as do_dump
         from dumper.linux.host import LinuxHost
 
-        host = LinuxHost(leave_stopped=leave_stopped)
-        summary = do_dump(host, pid, out, strategy, tree=tree,
+        record = bool(truth)
+        host = LinuxHost(leave_stopped=leave_stopped, digest_while_reading=record)
+        summary = do_dump(host, pid, out, strategy, tree=tree, truth=record,
                           profile=f"linux-{os.uname().release}", compress=compress,
                           level=level, threads=threads, force=force, warn=warn)
         click.echo(summary.line())
@@ -313,3 +317,7 @@ def _register() -> None:
 
 
 _register()
+
+
+if __name__ == "__main__":
+    main()

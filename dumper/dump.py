@@ -160,7 +160,7 @@ def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int
             idx = np.nonzero(pv.selected & (k != 0))[0]
             keys.append(k[idx])
             owner.append(np.full(len(idx), ti, dtype=np.int64))
-            addr.append(pv.vma.start + (idx.astype(np.int64) << PAGE_SHIFT))
+            addr.append(U64(pv.vma.start) + (idx.astype(U64) << U64(PAGE_SHIFT)))
             pv.stored = pv.selected.copy()
     if not keys or not sum(len(k) for k in keys):
         return 0
@@ -183,10 +183,10 @@ def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int
         mine = mine[np.argsort(d_addr[mine], kind="stable")]
         a, sp, sa = d_addr[mine], s_pid[mine], s_addr[mine]
         for pv in t.private:
-            inside = (a >= pv.vma.start) & (a < pv.vma.end)
-            pv.stored[(a[inside] - pv.vma.start) >> PAGE_SHIFT] = False
-        brk = np.nonzero((np.diff(a) != PAGE_SIZE) | (np.diff(sp) != 0)
-                         | (np.diff(sa) != PAGE_SIZE))[0] + 1
+            inside = (a >= U64(pv.vma.start)) & (a < U64(pv.vma.end))
+            pv.stored[((a[inside] - U64(pv.vma.start)) >> U64(PAGE_SHIFT)).astype(np.int64)] = False
+        brk = np.nonzero((np.diff(a) != U64(PAGE_SIZE)) | (np.diff(sp) != 0)
+                         | (np.diff(sa) != U64(PAGE_SIZE)))[0] + 1
         starts = np.concatenate([[0], brk])
         ends = np.concatenate([brk, [len(a)]])
         t.cow = [CowRun(t.info.pid, int(a[x]), int(y - x), int(sp[x]), int(sa[x]))
@@ -258,10 +258,11 @@ def collect(host: Host, root: int, strategy: str, warn: Callable[[str], None],
                         keep = words if strategy in ("pagemap", "mincore-or", "mincore-and") \
                             else None
                         info.owners.append(Owner(t.info.pid, e, keep))
-            if not e.shared:
+            if not e.shared:  # a file's own pages come from the object, or the file itself
+                backed = e.start in t.objects or e.ino != 0
                 t.private.append(PrivateVma(e, cow_keys(words, show_pfn, zero_pfn),
                                             private_selection(strategy, words, show_pfn,
-                                                              zero_pfn, e.start in t.objects)))
+                                                              zero_pfn, backed)))
     for info in objects.values():
         info.selected = shared_selection(strategy, host, info.owners, info.handle, info.size)
     return tasks, objects
@@ -274,7 +275,8 @@ def _object_name(e: MapEntry) -> str:
 
 def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: str = "",
          compress: str | None = None, level: int = 3, threads: int = 0, force: bool = False,
-         warn: Callable[[str], None] | None = None, tree: bool = True) -> DumpSummary:
+         warn: Callable[[str], None] | None = None, tree: bool = True,
+         truth: bool = True) -> DumpSummary:
     """Dump the tree rooted at root into the image set directory out."""
     if strategy not in STRATEGIES:
         raise DumpError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
@@ -296,7 +298,7 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
                                     host_kind=host.kind, root_pid=root)
             with writer:
                 shared_pages = _write_objects(writer, objects, note)
-                private_pages = _write_tasks(host, writer, tasks, note)
+                private_pages = _write_tasks(host, writer, tasks, note, truth)
             written = _dir_bytes(out)
         finally:
             for info in objects.values():
@@ -334,7 +336,7 @@ def _vma_record(e: MapEntry, info: SharedInfo | None) -> Vma:
 
 
 def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
-                 warn: Callable[[str], None]) -> int:
+                 warn: Callable[[str], None], truth: bool = True) -> int:
     total = 0
     for t in tasks:
         pid = t.info.pid
@@ -352,7 +354,8 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
             writer.add_cow(pid, t.cow)
         if t.guards:
             writer.add_guards(pid, t.guards)
-        writer.add_truth(pid, host.truth(pid), algo=host.truth_algo)
+        if truth:  # the ground truth a model restore is verified against (truth-PID.img)
+            writer.add_truth(pid, host.truth(pid), algo=host.truth_algo)
     return total
 
 

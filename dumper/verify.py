@@ -177,10 +177,10 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
         live = dict(host.truth(hpid))
         for v in t.vmas:
             n = (v.end - v.start) // PAGE_SIZE
-            expected = image_view(images, t.pid, v.start, n)
+            restored = image_view(images, t.pid, v.start, n)
             found = _find(live, v.start, n)
             report.pages_checked += n
-            bad = np.arange(n) if found is None else np.nonzero(expected != found[0])[0]
+            bad = np.arange(n) if found is None else np.nonzero(restored != found[0])[0]
             for i in bad:
                 addr = v.start + int(i) * PAGE_SIZE
                 shmid = offset = None
@@ -189,7 +189,8 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
                     if (shmid, offset) in seen_obj:
                         continue
                     seen_obj.add((shmid, offset))
+                # Expected: what the task reads now; found: what a restore from the set gives.
                 report.lost.append(LostPage(
                     t.pid, addr, int(found[0][i]) if found is not None else 0,
-                    int(expected[i]), shmid, offset))
+                    int(restored[i]), shmid, offset))
     return report

@@ -418,7 +418,8 @@ def test_dump_of_a_quiet_tree_matches_truth(procs, tmp_path):
     child = procs.fork(parent)
     settle(parent, child)
     out = tmp_path / "set"
-    dump(out, parent.pid)
+    r = cli("dump", "--pid", parent.pid, "--tree", "--truth", "-o", out)  # live: opt-in
+    assert r.exit_code == 0, r.output
     host = LinuxHost()
     with ImageSet.open(out) as s, host.freeze([parent.pid, child.pid]):
         for pid in (parent.pid, child.pid):
