@@ -244,12 +244,18 @@ def test_second_pageout_of_a_read_swapped_in_page(procs, swap):
     check_program(procs, parse(REPAGEOUT), swap=True)
 
 
+# If the first writeback is still running at the second pageout, shrink_folio_list keeps the
+# folio mapped (folio_test_writeback -> activate_locked): seen in a CI-like run under load.
+REPAGEOUT_KERNEL_BUSY: View = (("S", "PX", "S", "S"), "1111", None)
+
+
 def test_the_gaps_kernel_view_is_the_kernels(procs, swap):
-    """The kernel view the xfail condition compares with is what this kernel shows."""
+    """The kernel view the xfail condition compares with is what this kernel shows (or, when
+    the first writeback has not finished, the other outcome the kernel can take)."""
     ops = parse(REPAGEOUT)
     real = RealRunner(procs, ops)
     try:
-        assert real.run(ops)[-1][("A", "r0")] == REPAGEOUT_KERNEL
+        assert real.run(ops)[-1][("A", "r0")] in (REPAGEOUT_KERNEL, REPAGEOUT_KERNEL_BUSY)
     finally:
         real.close()
         procs.end_all()
