@@ -17,7 +17,6 @@ from dumper.kabi import (
     PM_FILE,
     PM_GUARD_REGION,
     PM_MMAP_EXCLUSIVE,
-    PM_PFRAME_MASK,
     PM_PRESENT,
     PM_SWAP,
     PM_UFFD_WP,
@@ -322,8 +321,3 @@ def observable_vma(k: Kernel, vma: Vma, lo: int = 0, hi: int | None = None) -> n
 def observable_memory(k: Kernel, pid: int) -> list[tuple[int, np.ndarray]]:
     """Ground truth: for every VMA of pid, (start, content id of each page)."""
     return [(vma.start, observable_vma(k, vma)) for vma in k.task(pid).vmas]
-
-
-def pfns_hidden(word: int) -> int:
-    """A pagemap word as an unprivileged reader sees it (frame bits cleared)."""
-    return word & ~PM_PFRAME_MASK

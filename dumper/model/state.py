@@ -92,9 +92,6 @@ class Frames:
         self.swapslot.a[i] = 0
         self.allocated -= len(i)
 
-    def used(self, pfn: int) -> bool:
-        return bool(self.flags.a[pfn - PFN_BASE] & F_USED)
-
     def cid(self, pfn: int) -> int:
         if pfn == ZERO_PFN:
             return 0

@@ -16,7 +16,7 @@ import numpy as np
 
 from dumper.kabi import PTE_MARKER_PAGEOUT, PTE_MARKER_UFFD_WP
 from dumper.model import pte
-from dumper.model.shmem import PC_PAGE, PC_SWAP, pc_make, shmem_truncate_range
+from dumper.model.shmem import PC_PAGE, PC_SWAP, pc_make
 from dumper.model.state import (
     F_ANON,
     F_DIRTY,
@@ -179,8 +179,3 @@ def reclaim(k: Kernel, pid: int, start: int, end: int, free_now: bool | None = N
     """System reclaim (kswapd) of the pages behind [start, end) of pid, through the reverse
     map: every mapper loses its PTEs, whichever process touched the page."""
     shrink_folio_list(k, reclaim_range_pages(k, pid, start, end), free_now)
-
-
-def evict_inode_pages(k: Kernel, obj: Inode) -> None:
-    """Drop everything an object holds (used when its last reference goes)."""
-    shmem_truncate_range(k, obj, 0, len(obj.cache))
