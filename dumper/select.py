@@ -58,6 +58,19 @@ def read_pagemap(host: Host, pid: int, vma: MapEntry) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype="<u8")
 
 
+def holds_data(words: np.ndarray, show_pfn: bool) -> np.ndarray:
+    """Which pages of pagemap words hold data (kernel.md §9 rule 1): present, or a swap entry
+    that is no PTE marker — guard markers carry bit 58; with PFNs visible, swap type 31 is a
+    marker (uffd-wp, poison, the RFC's PAGEOUT) with nothing behind it. Migration entries
+    (types 28-30) are pages in transit: data."""
+    present = (words & U64(PM_PRESENT)) != 0
+    swap = ((words & U64(PM_SWAP)) != 0) & ((words & U64(PM_GUARD_REGION)) == 0)
+    if show_pfn:
+        frame = words & U64(PM_PFRAME_MASK)
+        swap &= (frame & U64(SWP_TYPE_MASK)) != U64(SWP_PTE_MARKER)
+    return present | swap
+
+
 def private_selection(strategy: str, words: np.ndarray, show_pfn: bool, zero_pfn: int | None,
                       file_backed: bool) -> np.ndarray:
     """Which pages of a private VMA to dump, from its pagemap words.
@@ -70,13 +83,10 @@ def private_selection(strategy: str, words: np.ndarray, show_pfn: bool, zero_pfn
     if strategy == "all":
         return np.ones(len(words), dtype=bool)
     present = (words & U64(PM_PRESENT)) != 0
-    swapped = (words & U64(PM_SWAP)) != 0
     if strategy != "auto":
-        return present | swapped
+        return present | ((words & U64(PM_SWAP)) != 0)
     frame = words & U64(PM_PFRAME_MASK)
-    marker = swapped & show_pfn & ((frame & U64(SWP_TYPE_MASK)) == U64(SWP_PTE_MARKER))
-    guard = (words & U64(PM_GUARD_REGION)) != 0
-    keep = present | (swapped & ~marker & ~guard)
+    keep = holds_data(words, show_pfn)
     if show_pfn and zero_pfn is not None:
         keep &= ~(present & (frame == U64(zero_pfn)))
     if file_backed:

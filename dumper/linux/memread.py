@@ -22,15 +22,10 @@ import numpy as np
 from dumper.kabi import (
     PAGE_SHIFT,
     PAGE_SIZE,
-    PM_GUARD_REGION,
-    PM_PFRAME_MASK,
-    PM_PRESENT,
-    PM_SWAP,
-    SWP_PTE_MARKER,
-    SWP_TYPE_MASK,
 )
 from dumper.linux import libc
 from dumper.linux.errors import ProcError
+from dumper.select import holds_data, runs_of
 
 # Bytes per process_vm_readv call: the kernel caps an iovec array's total at MAX_RW_COUNT
 # (INT_MAX & PAGE_MASK) in import_iovec; 1 GiB keeps well below it.
@@ -45,23 +40,13 @@ def data_page_mask(words: bytes, show_pfn: bool) -> np.ndarray:
     Present pages, and swap entries that are not PTE markers: guard markers carry bit 58;
     with PFNs visible, swap type 31 is a marker (uffd-wp/poison) with nothing behind it.
     Without PFNs a uffd-wp marker looks like a swapped page; reading it costs a zero page."""
-    w = np.frombuffer(words, dtype="<u8")
-    present = (w & np.uint64(PM_PRESENT)) != 0
-    swap = ((w & np.uint64(PM_SWAP)) != 0) & ((w & np.uint64(PM_GUARD_REGION)) == 0)
-    if show_pfn:
-        swp_type = (w & np.uint64(PM_PFRAME_MASK)) & np.uint64(SWP_TYPE_MASK)
-        swap &= swp_type != SWP_PTE_MARKER
-    return present | swap
+    return holds_data(np.frombuffer(words, dtype="<u8"), show_pfn)
 
 
 def mask_runs(mask: np.ndarray, start: int) -> list[Run]:
     """Contiguous True runs of a per-page mask as (remote start, end, local offset)."""
-    padded = np.concatenate(([False], mask, [False])).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    out: list[Run] = []
-    for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
-        out.append((start + (a << PAGE_SHIFT), start + (b << PAGE_SHIFT), a << PAGE_SHIFT))
-    return out
+    return [(start + (a << PAGE_SHIFT), start + ((a + n) << PAGE_SHIFT), a << PAGE_SHIFT)
+            for a, n in runs_of(mask)]
 
 
 def _batches(runs: list[Run]) -> list[Run]:

@@ -12,7 +12,7 @@ import numpy as np
 from dumper.kabi import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, PTE_MARKER_GUARD
 from dumper.kabi import PTE_MARKER_POISONED as MARKER_POISONED
 from dumper.model import pte
-from dumper.model.mm import map_frames, swap_free, vma_range
+from dumper.model.mm import map_frames, swap_free, unmap_frames, vma_range
 from dumper.model.shmem import PC_PAGE, pc_kinds, pc_values, shmem_get_folio
 from dumper.model.state import (
     F_ANON,
@@ -131,8 +131,6 @@ def do_wp_page(k: Kernel, vma: Vma, i: int) -> None:
             vma.ptes[i] |= U64(pte.WRITE)
             return
     new = _new_anon(k, vma, k.frames.cid(pfn))
-    from dumper.model.mm import unmap_frames
-
     unmap_frames(k, np.array([pfn], dtype=U64))
     _set_present(k, vma, i, new, write=True)
 

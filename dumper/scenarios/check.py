@@ -9,7 +9,7 @@ from pathlib import Path
 from dumper.kabi import PAGE_SIZE
 from dumper.model.kernels import PROFILES, load_profile
 from dumper.scenarios.format import Scenario, ScenarioError, load
-from dumper.scenarios.run import Outcome, build, dump_restore_verify, view
+from dumper.scenarios.run import Outcome, build, view
 from dumper.select import STRATEGIES
 
 LIBRARY = Path(__file__).parent / "library"
@@ -98,26 +98,8 @@ def run_matrix(scenarios: Iterable[Scenario], profiles: Iterable = tuple(PROFILE
                strategies: Iterable[str] = STRATEGIES, workdir: str | None = None,
                compress: str | None = None) -> tuple[list[Outcome], list[Failure]]:
     """Every scenario under every profile and strategy: outcomes and failed expectations."""
-    outcomes: list[Outcome] = []
-    failures: list[Failure] = []
-    strategies = list(strategies)
-    profiles = [load_profile(p) if isinstance(p, str) else p for p in profiles]
-    for sc in scenarios:
-        for profile in profiles:
-            failures += check_views(sc, profile)
-            for strategy in strategies:
-                o = dump_restore_verify(sc, profile, strategy, workdir, compress)
-                outcomes.append(o)
-                failures += check_outcome(sc, o)
-    return outcomes, failures
+    from dumper.scenarios.replay import replay
 
-
-def lost_table(outcomes: list[Outcome]) -> dict[str, dict[str, dict[str, int]]]:
-    """scenario -> profile -> strategy -> pages lost."""
-    t: dict[str, dict[str, dict[str, int]]] = {}
-    for o in outcomes:
-        t.setdefault(o.scenario, {}).setdefault(o.profile, {})[o.strategy] = o.lost
-    return t
-
-
-
+    r = replay(list(scenarios), [load_profile(p) if isinstance(p, str) else p for p in profiles],
+               list(strategies), workdir=workdir, compress=compress)
+    return r.outcomes, r.failures

@@ -35,7 +35,8 @@ class Replay:
 
 
 def replay(scenarios: list[Scenario], profiles: list[Profile], strategies: list[str],
-           pictures: bool = False, lenient: bool = False, progress=None) -> Replay:
+           pictures: bool = False, lenient: bool = False, progress=None,
+           workdir: str | None = None, compress: str | None = None) -> Replay:
     """Run everything; pictures: keep each scenario's page map per profile (for HTML)."""
     r = Replay(scenarios, profiles, strategies)
     for sc in scenarios:
@@ -46,7 +47,7 @@ def replay(scenarios: list[Scenario], profiles: list[Profile], strategies: list[
             if pictures:
                 r.pictures[(sc.name, prof.name)] = picture(build(sc, prof, lenient))
             for strategy in strategies:
-                o = dump_restore_verify(sc, prof, strategy, lenient=lenient)
+                o = dump_restore_verify(sc, prof, strategy, workdir, compress, lenient)
                 r.outcomes.append(o)
                 r.failures += check_outcome(sc, o)
     return r
