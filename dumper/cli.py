@@ -94,10 +94,14 @@ STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek"
 @click.option("--threads", type=click.IntRange(0, 64), default=0, show_default=True)
 @click.option("-o", "--output", "out", required=True, metavar="DIR", help="Image set to write.")
 @click.option("--force", is_flag=True, help="Replace an existing image set.")
+@click.option("--fsync/--no-fsync", "sync", default=True, show_default=True,
+              help="Write raw pages with O_DIRECT and fsync every file, so the set survives "
+              "a machine crash once dump returns; --no-fsync leaves them to the page cache, "
+              "as CRIU does (faster where memory has room; still renamed into place whole).")
 @user_errors
 def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
          truth: bool | None, kernel: str, strategy: str, compress: str | None, level: int,
-         threads: int, out: str, force: bool) -> None:
+         threads: int, out: str, force: bool, sync: bool) -> None:
     """Dump a process tree into a CRIU-format image set: a scenario on the model
     (--scenario), or a live process tree (--pid)."""
     from dumper.dump import dump as do_dump
@@ -119,7 +123,7 @@ def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
         host = LinuxHost(leave_stopped=leave_stopped, digest_while_reading=record)
         summary = do_dump(host, pid, out, strategy, tree=tree, truth=record,
                           profile=f"linux-{os.uname().release}", compress=compress,
-                          level=level, threads=threads, force=force, warn=warn)
+                          level=level, threads=threads, force=force, warn=warn, sync=sync)
         click.echo(summary.line())
         return
     profile = load_profile(kernel)
@@ -128,7 +132,7 @@ def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
     world = build(sc, profile)
     summary = do_dump(ModelHost(world.model), world.pids[sc.dump_root], out, strategy,
                       profile=profile.name, compress=compress, level=level, threads=threads,
-                      force=force, warn=warn)
+                      force=force, warn=warn, sync=sync)
     click.echo(summary.line())
 
 

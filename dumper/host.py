@@ -178,6 +178,11 @@ class Host(Protocol):
         """Stop the tree for the duration of the context; always thawed on the way out."""
         ...
 
+    def freeze_tree(self, root: int) -> AbstractContextManager[list[TaskInfo]]:
+        """Stop root and its descendants as they are found (so a fork cannot slip between
+        finding and stopping); yields them as tasks(root) lists them; always thawed."""
+        ...
+
     def show_pfn(self) -> bool:
         """Whether pagemap frames are visible to us (CAP_SYS_ADMIN at open)."""
         ...

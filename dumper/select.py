@@ -151,6 +151,8 @@ def runs_of(mask: np.ndarray) -> list[tuple[int, int]]:
     """(first, count) of each run of True in a mask."""
     if not len(mask):
         return []
+    if mask.all():  # the common case of a written range: one run, no diff to take
+        return [(0, len(mask))]
     m = np.concatenate([[False], mask, [False]]).astype(np.int8)
     d = np.diff(m)
     starts = np.nonzero(d == 1)[0]

@@ -72,3 +72,28 @@ def test_corrupt_image_is_reported_not_traced(tmp_path):
     r = CliRunner().invoke(main, ["verify", str(out)])
     assert r.exit_code == 2
     assert r.output.strip().startswith(f"dumper: error: {out}/mm-1.img: ")
+
+
+def test_no_fsync_writes_the_same_set_without_syncing(tmp_path, monkeypatch):
+    import os
+
+    import dumper.images.writer as W
+
+    calls: list[str] = []
+    real_fsync, real_direct = os.fsync, W._set_direct
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(W, "_set_direct", lambda fd: (calls.append("direct"), real_direct(fd))[1])
+    sets = {}
+    for flag in ("--fsync", "--no-fsync"):
+        calls.clear()
+        out = str(tmp_path / flag)
+        r = run("dump", "--scenario", "2", flag, "-o", out)
+        assert r.exit_code == 0, r.output
+        sets[flag] = dict(calls=list(calls), out=out)
+        assert run("verify", out).exit_code == 0
+    assert sets["--no-fsync"]["calls"] == []
+    # Every file, the set directory and its parent; raw pages images with O_DIRECT.
+    synced = sets["--fsync"]["calls"]
+    assert synced.count("fsync") == len(os.listdir(sets["--fsync"]["out"])) + 2
+    assert synced.count("direct") == sum(
+        f.startswith("pages-") for f in os.listdir(sets["--fsync"]["out"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import struct
@@ -231,8 +232,33 @@ def test_checksum_mismatch(tmp_path):
     data[100] ^= 1
     f.write_bytes(bytes(data))
     e = _err(s)
-    assert e.path == str(f) and "checksum mismatch: sha256" in e.message
+    assert e.path == str(f) and "checksum mismatch: xxh3-128" in e.message
     ImageSet.open(s, verify=False).close()  # structure is fine; only the hash catches it
+
+
+def _set_checksums(s, algo: str, digest) -> None:
+    def change(entries):
+        for p in entries[0].pages:
+            p.checksum_algo = algo
+            p.checksum = digest((s / f"pages-{p.pages_id}.img").read_bytes())
+
+    rewrite(s / "dumper.img", change)
+
+
+def test_sha256_sets_still_verify(tmp_path):
+    # The format's first checksum: sets written before crc32 open and verify as they did.
+    s = build(tmp_path)
+    _set_checksums(s, "sha256", lambda b: hashlib.sha256(b).digest())
+    ImageSet.open(s).close()
+    _set_checksums(s, "sha256", lambda b: hashlib.sha256(b + b"x").digest())
+    assert "checksum mismatch: sha256" in _err(s).message
+
+
+def test_unknown_checksum_algorithm(tmp_path):
+    s = build(tmp_path)
+    _set_checksums(s, "md5", lambda b: b"")
+    e = _err(s)
+    assert "unknown checksum algorithm 'md5'" in e.message and e.path.endswith(".img")
 
 
 def test_pages_file_size_mismatch(tmp_path):

@@ -4,9 +4,14 @@ A raw store is the pages themselves, in pagemap order. A zstd store is a run of 
 zstd frames of `frame_size` raw bytes each (the last may be shorter), every frame carrying
 its content size and an xxhash content checksum; dumper.img's PagesImageEntry lists the
 frames' stored sizes, which makes random access cost one frame's decompression. Either way
-the sha256 of the stored bytes goes to PagesImageEntry and is checked on read.
+the CRC-32 of the stored bytes goes to PagesImageEntry and is checked on read.
 
-PagesWriter takes byte chunks of any size and never holds more than one frame; PagesReader
+PagesWriter takes byte chunks of any size and never holds more than one frame of its own; the
+bytes go to the file in a thread (a Sink) while the caller reads the next chunk: write(2)
+releases the GIL, and on an O_DIRECT file the chunk goes from the caller's buffer to the disk
+without a page-cache copy when it is page aligned (dumper.buffers pools such buffers). A
+chunk handed to write() is referenced until it is written: callers must not change it
+meanwhile, which a BufferPool guarantees by reusing only buffers nobody refers to. PagesReader
 reads any raw byte range, decompressing at most the frames it spans (keeping the last one),
 and refuses a frame whose header disagrees with the index or whose data would decompress
 beyond the size it declares.
@@ -14,13 +19,17 @@ beyond the size it declares.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
 import zstandard
 
-from dumper.images.checksums import STORED_ALGO, stored_hash
+from dumper.buffers import BufferPool, aligned
+from dumper.images.checksums import STORED_ALGO, STORED_ALGOS, stored_hash
 from dumper.images.errors import ImageError
 from dumper.images.proto import dumper_images_pb2 as own
 
@@ -31,12 +40,100 @@ DEFAULT_FRAME_SIZE = 4 << 20
 _READ_BLOCK = 1 << 20
 
 
+Chunk = bytes | bytearray | memoryview
+
+
+class Sink:
+    """Writes buffers to a file descriptor, in order, in a thread of its own.
+
+    At most DEPTH buffers wait, so a fast reader is held back by a slow disk rather than
+    filling memory. On an O_DIRECT descriptor, page-aligned buffers are written as they are
+    and anything else (a model's bytes, zstd frames, odd pieces) is first gathered into
+    aligned staging buffers; a tail that is not a whole number of blocks is written after
+    turning O_DIRECT off. The first error is raised by the next put() or by close()."""
+
+    DEPTH = 4
+    STAGE = 4 << 20
+    BLOCK = 4096  # O_DIRECT alignment that holds for every block device (<= page size)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        self._q: queue.Queue[Chunk | None] = queue.Queue(self.DEPTH)
+        self._error: BaseException | None = None
+        self._stages = BufferPool(keep=self.DEPTH + 2)
+        self._stage: memoryview | None = None
+        self._fill = 0
+        self._thread = threading.Thread(target=self._run, name=f"sink-fd{fd}", daemon=True)
+        self._thread.start()
+
+    def put(self, data: Chunk) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self.direct:
+            self._q.put(data)
+            return
+        if self._fill % self.BLOCK == 0 and aligned(data, self.BLOCK):
+            self._flush_stage()
+            self._q.put(data)
+            return
+        mv = memoryview(data).cast("B")
+        while len(mv):
+            if self._stage is None:
+                self._stage, self._fill = memoryview(self._stages.get(self.STAGE)), 0
+            n = min(len(mv), self.STAGE - self._fill)
+            self._stage[self._fill : self._fill + n] = mv[:n]
+            self._fill += n
+            mv = mv[n:]
+            if self._fill == self.STAGE:
+                self._flush_stage()
+
+    def _flush_stage(self) -> None:
+        if self._stage is not None and self._fill:
+            self._q.put(self._stage[: self._fill])
+        self._stage, self._fill = None, 0
+
+    def close(self, discard: bool = False) -> None:
+        """Write what is left and wait for the thread; discard: drop it, raise nothing."""
+        if discard:
+            self._error = self._error or OSError("discarded")
+        else:
+            self._flush_stage()
+        self._stage = None
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None and not discard:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._write(memoryview(item).cast("B"))
+                except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                    self._error = e
+            del item  # let the pool reuse the buffer
+
+    def _write(self, mv: memoryview) -> None:
+        while len(mv):
+            if self.direct and not aligned(mv, self.BLOCK):
+                # The tail of an odd-sized image: O_DIRECT would refuse it (EINVAL).
+                flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+                self.direct = False
+            mv = mv[os.write(self.fd, mv) :]
+
+
 class PagesWriter:
-    """Writes one pages image to an open binary file; close() returns its PagesImageEntry."""
+    """Writes one pages image to an open file (object or descriptor, O_DIRECT or not);
+    close() returns its PagesImageEntry, discard() drops what is pending."""
 
     def __init__(
         self,
-        f: BinaryIO,
+        f: BinaryIO | int,
         pages_id: int,
         page_size: int,
         compress: str = NONE,
@@ -48,7 +145,8 @@ class PagesWriter:
             raise ValueError(f"unknown compression {compress!r}: none or zstd")
         if frame_size <= 0 or frame_size % page_size:
             raise ValueError("frame_size must be a positive multiple of the page size")
-        self.f = f
+        if not isinstance(f, int):
+            f.flush()  # from here on the bytes go straight to the descriptor
         self.pages_id = pages_id
         self.page_size = page_size
         self.compress = compress
@@ -59,6 +157,7 @@ class PagesWriter:
         self.frames: list[int] = []
         self._hash = stored_hash()
         self._buf = bytearray()
+        self._sink = Sink(f if isinstance(f, int) else f.fileno())
         self._cctx = (
             zstandard.ZstdCompressor(
                 level=level, threads=threads, write_checksum=True, write_content_size=True
@@ -67,12 +166,12 @@ class PagesWriter:
             else None
         )
 
-    def _store(self, data: bytes | memoryview) -> None:
-        self.f.write(data)
-        self._hash.update(data)
+    def _store(self, data: Chunk) -> None:
+        self._hash.update(data)  # while the chunk is in this core's cache
+        self._sink.put(data)
         self.stored_size += len(data)
 
-    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+    def write(self, chunk: Chunk) -> None:
         self.raw_size += len(chunk)
         if self._cctx is None:
             self._store(chunk)
@@ -92,6 +191,7 @@ class PagesWriter:
         if self._buf:
             self._frame(memoryview(self._buf))
             self._buf = bytearray()
+        self._sink.close()
         if self.raw_size % self.page_size:
             raise ValueError(
                 f"pages-{self.pages_id}.img: {self.raw_size} bytes is not a whole number of pages"
@@ -110,6 +210,10 @@ class PagesWriter:
             meta.frame_raw_size = self.frame_size
             meta.frame_sizes.extend(self.frames)
         return meta
+
+    def discard(self) -> None:
+        """Stop the writing thread after a failure elsewhere; the file is left as it is."""
+        self._sink.close(discard=True)
 
 
 class PagesReader:
@@ -168,9 +272,10 @@ class PagesReader:
         """Hash the stored bytes and compare with dumper.img (no-op without a checksum)."""
         if self.meta is None:
             return
-        if self.meta.checksum_algo != STORED_ALGO:
-            raise ImageError(self.path, f"unknown checksum algorithm {self.meta.checksum_algo!r}")
-        h = stored_hash()
+        algo = self.meta.checksum_algo
+        if algo not in STORED_ALGOS:
+            raise ImageError(self.path, f"unknown checksum algorithm {algo!r}")
+        h = stored_hash(algo)
         off = 0
         while off < self.file_size:
             block = os.pread(self._fd, _READ_BLOCK, off)
@@ -181,7 +286,7 @@ class PagesReader:
         if h.digest() != self.meta.checksum:
             raise ImageError(
                 self.path,
-                f"checksum mismatch: {STORED_ALGO} {h.hexdigest()}, "
+                f"checksum mismatch: {algo} {h.hexdigest()}, "
                 f"dumper.img records {self.meta.checksum.hex()}",
             )
 

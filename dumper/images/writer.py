@@ -14,15 +14,16 @@ Everything is written into a temporary sibling directory (mode 0700, files 0600:
 process memory). Pages stream straight to their files while the small metadata (tasks, VMAs,
 objects) waits in memory; commit() writes pstree, core, mm, files, memfd, objects and
 dumper.img, then inventory.img last, reads the whole set back through ImageSet's validation,
-fsyncs every file and the directory, and renames it into place. An existing set is replaced
-only with force=True, by an atomic exchange where the filesystem has renameat2, and a
-directory that is not an image set is never replaced.
+fsyncs every file and the directory (unless sync=False), and renames it into place. An
+existing set is replaced only with force=True, by an atomic exchange where the filesystem
+has renameat2, and a directory that is not an image set is never replaced.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import platform
 import shutil
@@ -110,6 +111,20 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def _set_direct(fd: int) -> bool:
+    """Turn on O_DIRECT where the filesystem has it: raw pages then go from the reader's
+    aligned buffers to the disk, not through the page cache (an image set is written once
+    and read at restore, usually elsewhere). Measured on this VM's ext4 (bench/live.py):
+    1 GiB in 8 MiB direct writes from a thread ~1.0 s with the fsync, buffered writes and
+    the fsync 1.5-2.0 s."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+    except OSError:  # EINVAL: no direct I/O here; buffered writes are as correct
+        return False
+    return True
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -140,6 +155,7 @@ class ImageSetWriter:
         frame_size: int = DEFAULT_FRAME_SIZE,
         root_pid: int | None = None,
         arch: str | None = None,
+        sync: bool = True,
     ):
         self.path = Path(path)
         self.force = force
@@ -148,6 +164,10 @@ class ImageSetWriter:
         self.threads = threads
         self.page_size = page_size
         self.frame_size = frame_size
+        # sync: raw pages images with O_DIRECT (where the filesystem has it) and every file
+        # and directory fsynced; without, buffered and left to the kernel's writeback, as
+        # CRIU does: the rename is still atomic, but a machine crash may lose the set.
+        self.sync = sync
         self.strategy, self.profile, self.host_kind = strategy, profile, host_kind
         self.root_pid = root_pid
         self.mtype = _ARCH.get(arch or platform.machine(), criu.UNKNOWN)
@@ -186,10 +206,10 @@ class ImageSetWriter:
         fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return os.fdopen(fd, "wb")
 
-    @staticmethod
-    def _close(f: BinaryIO) -> None:
+    def _close(self, f: BinaryIO) -> None:
         f.flush()
-        os.fsync(f.fileno())
+        if self.sync:
+            os.fsync(f.fileno())
         f.close()
 
     def _write_image(self, name: str, kind: codec.Kind, msgs: Iterable[Message]) -> None:
@@ -203,22 +223,24 @@ class ImageSetWriter:
 
     def _write_pages(self, chunks: Iterable[bytes | bytearray | memoryview]) -> own.PagesImageEntry:
         pages_id = len(self._pages) + 1  # CRIU's page_ids start at 1
-        f = self._open(M.pages(pages_id))
+        fd = os.open(self.tmp / M.pages(pages_id),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            pw = PagesWriter(
-                f,
-                pages_id,
-                self.page_size,
-                self.compress,
-                self.level,
-                self.threads,
-                self.frame_size,
-            )
-            for chunk in chunks:
-                pw.write(chunk)
-            meta = pw.close()
+            if self.sync and self.compress == NONE:
+                _set_direct(fd)
+            pw = PagesWriter(fd, pages_id, self.page_size, self.compress, self.level,
+                             self.threads, self.frame_size)
+            try:
+                for chunk in chunks:
+                    pw.write(chunk)
+                meta = pw.close()
+            except BaseException:
+                pw.discard()
+                raise
+            if self.sync:
+                os.fsync(fd)
         finally:
-            self._close(f)
+            os.close(fd)
         self._pages.append(meta)
         return meta
 
@@ -521,7 +543,8 @@ class ImageSetWriter:
             inv = criu.InventoryEntry(img_version=2, fdinfo_per_id=True, ns_per_id=True)
             self._write_image(M.INVENTORY, codec.BY_NAME["INVENTORY"], [inv])
             self._validate()
-            _fsync_dir(self.tmp)
+            if self.sync:
+                _fsync_dir(self.tmp)
             self._install()
         except BaseException:
             self.abort()
@@ -548,7 +571,8 @@ class ImageSetWriter:
             shutil.rmtree(self.tmp)  # now holds the replaced set
         else:
             os.rename(self.tmp, self.path)
-        _fsync_dir(self.path.parent)
+        if self.sync:
+            _fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         """Drop the temporary directory; nothing at path changes."""

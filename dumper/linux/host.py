@@ -11,6 +11,7 @@ from functools import partial
 
 import numpy as np
 
+from dumper.buffers import BufferPool
 from dumper.host import MapEntry, TaskInfo, parse_maps
 from dumper.kabi import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PM_PFRAME_MASK, PM_PRESENT, PROT_READ
 from dumper.linux import check, freeze, libc, memread, pagemap, procfs, truth
@@ -39,7 +40,7 @@ class LinuxHost:
         self._show_pfn: bool | None = None
         self._zero_pfn: int | None | bool = False  # False: not asked yet
         self._cache: DigestCache | None = None  # while frozen (freeze())
-        self._buffers = memread.BufferPool()
+        self._buffers = BufferPool()
 
     # -- the tree ------------------------------------------------------------------------------
     def tasks(self, root: int) -> list[TaskInfo]:
@@ -102,6 +103,7 @@ class LinuxHost:
     # -- shared objects ------------------------------------------------------------------------
     def open_object(self, pid: int, start: int, end: int) -> MapFile:
         obj = MapFile.open(pid, start, end)
+        obj.pool = self._buffers
         if self._cache is not None:
             st = os.fstat(obj.fd)
             obj.on_read = partial(self._cache.add_object, (st.st_dev, st.st_ino))
@@ -153,23 +155,23 @@ class LinuxHost:
 
     def read_memory(self, pid: int, start: int, end: int) -> bytes:
         """The bytes of [start, end); UnreadableMemory (an OSError, EFAULT) if a page that
-        holds data cannot be read. Returns the buffer it read into (a bytearray: no copy;
-        pooled, reused only once the caller has dropped it). While frozen, its pages are
-        digested beside the caller for truth() (digestcache).
+        holds data cannot be read. Returns a view of the buffer it read into (no copy; from
+        the pool, page aligned, reused only once the caller and whoever it handed the view
+        to have dropped it). While frozen, its pages are digested beside the caller for
+        truth() (digestcache).
 
-        Not read ahead in a thread: measured, process_vm_readv beside the writer's write(2)
-        into the page cache made both slower (a 1 GiB dump without truth and checksums:
-        1.26 s reading in line, 2.0 s with a read-ahead thread; the copies contend)."""
+        Read in line, not ahead in a thread: the pages writer already writes in a thread of
+        its own (dumper.images.pages), which is where the overlap pays."""
         if start % 4096 or end % 4096:
             raise ValueError(f"read_memory: {start:#x}-{end:#x} is not page aligned")
-        buf = self._buffers.get(end - start)  # warm memory; see memread.BufferPool
+        buf = self._buffers.get(end - start)  # warm, aligned memory; see dumper.buffers
         words = self.pagemap(pid, start, end)
         bad = memread.read_range_into(pid, start, words, self.show_pfn(), buf)
         if self._cache is not None:
             self._cache.add_private(pid, start, words, buf, bad)
         if bad:
             raise UnreadableMemory(pid, bad)
-        return buf  # type: ignore[return-value]
+        return memoryview(buf)  # type: ignore[return-value]
 
     # -- ground truth --------------------------------------------------------------------------
     def truth(self, pid: int) -> list[tuple[int, np.ndarray]]:
@@ -184,8 +186,23 @@ class LinuxHost:
                ) -> Iterator[freeze.Freezer]:
         """Stop these processes (all threads) for the context; thawed on every way out. While
         frozen, pages read are digested beside the reader for truth() (digestcache)."""
+        with self._frozen(list(pids), None, leave_stopped) as fz:
+            yield fz
+
+    @contextmanager
+    def freeze_tree(self, root: int, leave_stopped: bool | None = None
+                    ) -> Iterator[list[TaskInfo]]:
+        """Freeze the tree under root as it is discovered (no fork can slip between finding
+        a process and stopping it); yields the tasks, as tasks(root) would list them (the
+        root's ppid 0). Pages read meanwhile are digested for truth(), as under freeze()."""
+        with self._frozen([], root, leave_stopped) as fz:
+            yield [replace(fz.tree[0], ppid=0), *fz.tree[1:]]
+
+    @contextmanager
+    def _frozen(self, pids: list[int], root: int | None, leave_stopped: bool | None
+                ) -> Iterator[freeze.Freezer]:
         stop = self.leave_stopped if leave_stopped is None else leave_stopped
-        with freeze.frozen(list(pids), leave_stopped=stop) as fz:
+        with freeze.frozen(pids, root=root, leave_stopped=stop) as fz:
             cache = DigestCache(self.zero_pfn()) if self.digest_while_reading else None
             outer, self._cache = self._cache, cache
             try:
@@ -194,12 +211,3 @@ class LinuxHost:
                 self._cache = outer
                 if cache is not None:
                     cache.close()  # before the thaw
-
-    @contextmanager
-    def freeze_tree(self, root: int, leave_stopped: bool | None = None
-                    ) -> Iterator[list[TaskInfo]]:
-        """Freeze the tree under root as it is discovered (no fork can slip between finding
-        a process and stopping it); yields the tasks, as tasks(root) would list them."""
-        stop = self.leave_stopped if leave_stopped is None else leave_stopped
-        with freeze.frozen(root=root, leave_stopped=stop) as fz:
-            yield fz.tree

@@ -12,6 +12,7 @@ import os
 import stat
 from collections.abc import Callable
 
+from dumper.buffers import BufferPool
 from dumper.host import ObjectStat
 from dumper.kabi import MAP_SHARED, PAGE_SIZE, PROT_READ, SEEK_DATA, SEEK_HOLE
 from dumper.linux import libc
@@ -32,6 +33,8 @@ class MapFile:
         self.path = map_files_path(pid, start, end)
         # Told (offset, bytes) of every pread: LinuxHost digests them beside the dump.
         self.on_read: Callable[[int, bytes], None] | None = None
+        # Where big reads go (LinuxHost's pool: warm, page-aligned memory), if anywhere.
+        self.pool: BufferPool | None = None
 
     @classmethod
     def open(cls, pid: int, start: int, end: int) -> MapFile:
@@ -102,7 +105,15 @@ class MapFile:
 
     def pread(self, offset: int, length: int) -> bytes:
         """pread(2) -> shmem_file_read_iter (SGP_READ): holes read as zeros without being
-        allocated; swapped pages are swapped into the page cache, not into the target."""
+        allocated; swapped pages are swapped into the page cache, not into the target.
+
+        With a pool, a big read goes into a pooled buffer and a view of it is returned."""
+        if self.pool is not None and length >= self.pool.MIN_POOLED:
+            buf = self.pool.get(length)
+            data = memoryview(buf)[: self.readinto(offset, buf)]
+            if self.on_read is not None:
+                self.on_read(offset, data)
+            return data  # type: ignore[return-value]
         data = os.pread(self.fd, length, offset)  # one allocation, read into directly
         if len(data) != length and data:
             parts = [data]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import sys
 
 import numpy as np
 
@@ -135,37 +134,6 @@ def read_range_into(pid: int, start: int, words: bytes, show_pfn: bool,
     for s, e in bad:
         ctypes.memset(base + (s - start), 0, e - s)
     return bad
-
-
-class BufferPool:
-    """Read buffers handed out again once nothing but the pool refers to them.
-
-    On this VM first-touching fresh memory costs ~2.6 s/GiB, and glibc gives big freed
-    blocks back to the kernel, so a fresh 8 MiB bytearray per read made a 1 GiB dump spend
-    ~4 s in page faults (measured: 4.7 s to read and write 1 GiB in fresh chunks, 0.7 s with
-    one reused buffer). A pooled buffer is reused only when sys.getrefcount says the caller
-    (and anyone it passed it to: a memoryview, numpy, a digesting thread) has let it go, so a
-    caller may keep what it got for as long as it likes. Only sizes >= MIN_POOLED are pooled,
-    each exactly (a dump reads in equal chunks)."""
-
-    MIN_POOLED = 1 << 20
-
-    def __init__(self, keep: int = 32) -> None:
-        self.keep = keep
-        self._bufs: dict[int, list[bytearray]] = {}
-
-    def get(self, size: int) -> bytearray:
-        if size < self.MIN_POOLED:
-            return bytearray(size)
-        bufs = self._bufs.setdefault(size, [])
-        for i in range(len(bufs)):
-            # References: the list, and getrefcount's argument.
-            if sys.getrefcount(bufs[i]) == 2:
-                return bufs[i]
-        buf = bytearray(size)
-        if len(bufs) < self.keep:
-            bufs.append(buf)
-        return buf
 
 
 def read_range(pid: int, start: int, end: int, words: bytes, show_pfn: bool

@@ -188,6 +188,11 @@ class ModelHost:
             self.k.task(pid)
         yield
 
+    @contextmanager
+    def freeze_tree(self, root: int) -> Iterator[list[TaskInfo]]:
+        """The tree under root, frozen as found: the model between operations."""
+        yield self.tasks(root)
+
     def show_pfn(self) -> bool:
         return self.privileged
 

@@ -289,7 +289,7 @@ def dump_restore_verify(sc: Scenario, profile, strategy: str, workdir: str | Non
     root = w.pids[sc.dump_root]
     before = state_digest(w.model.k)
     cost0 = w.model.k.counters.snapshot()
-    _, objects = collect(host, root, strategy, lambda msg: None)
+    _, objects = collect(host, host.tasks(root), strategy, lambda msg: None)
     for info in objects.values():
         info.handle.close()
     cost = w.model.k.counters.since(cost0)

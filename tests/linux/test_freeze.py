@@ -120,7 +120,8 @@ def test_freeze_tree_finds_what_it_freezes(procs):
     a1 = procs.fork(a)
     with host.freeze_tree(root.pid) as tasks:
         assert [t.pid for t in tasks] == [root.pid, a.pid, a1.pid]
-        assert tasks == procfs.discover_tree(root.pid)
+        assert tasks[1:] == procfs.discover_tree(root.pid)[1:]
+        assert tasks == host.tasks(root.pid) and tasks[0].ppid == 0  # the root of a set
         assert states(root, a, a1) == {"t"}
     assert running(root, a, a1) and responsive(root, a, a1)
 

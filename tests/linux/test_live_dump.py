@@ -300,7 +300,7 @@ def test_error_pid_gone(procs, tmp_path):
     out = tmp_path / "set"
     r = cli("dump", "--pid", pid, "--tree", "-o", out)
     assert r.exit_code == 2
-    assert r.stderr == f"dumper: error: pid {pid}: /proc/{pid}/stat: no such process (gone)\n"
+    assert r.stderr == f"dumper: error: pid {pid}: /proc/{pid}/task: no such process (gone)\n"
     assert not out.exists() and os.listdir(tmp_path) == []
 
 

@@ -188,20 +188,3 @@ def test_cache_lives_only_while_frozen(procs):
         assert host._cache is not None
         assert digests(host, p.pid, addr, 4) == [d(12, q) for q in range(4)]
     assert host._cache is None
-
-
-def test_buffer_pool_reuses_only_released_buffers():
-    from dumper.linux.memread import BufferPool
-
-    pool = BufferPool()
-    size = BufferPool.MIN_POOLED
-    a = pool.get(size)
-    b = pool.get(size)
-    assert a is not b
-    kept = memoryview(a)
-    del a
-    assert pool.get(size) is not kept.obj  # a view still refers to it
-    del kept
-    c = pool.get(size)
-    assert c is not b and len(pool._bufs[size]) == 3
-    assert type(pool.get(4096)) is bytearray and 4096 not in pool._bufs

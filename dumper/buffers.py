@@ -1,0 +1,64 @@
+"""Reusable, page-aligned I/O buffers shared by the readers (dumper.linux) and the pages
+writer (dumper.images.pages).
+
+Why reuse: on this VM (Firecracker, page_reporting_order=11) memory the guest freed goes back
+to the host, and first-touching it again costs ~2.6 s/GiB of host faults — a fresh 8 MiB
+buffer per read made a 1 GiB dump spend ~4 s in page faults (4.7 s to read and write 1 GiB
+in fresh chunks, 0.7 s with one reused buffer). Why aligned: an O_DIRECT write wants the
+buffer, the length and the file offset aligned to the logical block size (at most a page);
+anonymous mmaps are page aligned, so a pooled buffer goes to the disk without a copy.
+"""
+
+from __future__ import annotations
+
+import mmap
+import sys
+
+import numpy as np
+
+from dumper.kabi import PAGE_SIZE
+
+
+def address(buf: object) -> int:
+    """The address of a buffer's first byte (read-only buffers too)."""
+    return int(np.frombuffer(buf, dtype=np.uint8).ctypes.data) if len(buf) else 0  # type: ignore[arg-type]
+
+
+def aligned(buf: object, align: int = PAGE_SIZE) -> bool:
+    """Whether buf can go to an O_DIRECT write as it is: start and length aligned."""
+    n = len(buf)  # type: ignore[arg-type]
+    return n % align == 0 and address(buf) % align == 0
+
+
+def new_buffer(size: int) -> mmap.mmap:
+    """A page-aligned anonymous buffer of size bytes (a whole number of pages)."""
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+class BufferPool:
+    """Buffers handed out again once nothing but the pool refers to them.
+
+    A pooled buffer is reused only when sys.getrefcount says the caller (and anyone it passed
+    it to: a memoryview, numpy, a writer or digesting thread) has let it go, so a caller may
+    keep what it got for as long as it likes. Sizes >= MIN_POOLED that are whole pages are
+    pooled, each size exactly (a dump reads in equal chunks), as page-aligned mmaps; others
+    get a fresh bytearray."""
+
+    MIN_POOLED = 1 << 20
+
+    def __init__(self, keep: int = 32) -> None:
+        self.keep = keep
+        self._bufs: dict[int, list[mmap.mmap]] = {}
+
+    def get(self, size: int) -> mmap.mmap | bytearray:
+        if size < self.MIN_POOLED or size % PAGE_SIZE:
+            return bytearray(size)
+        bufs = self._bufs.setdefault(size, [])
+        for buf in bufs:
+            # References: the list, the loop variable and getrefcount's argument.
+            if sys.getrefcount(buf) == 3:
+                return buf
+        buf = new_buffer(size)
+        if len(bufs) < self.keep:
+            bufs.append(buf)
+        return buf
