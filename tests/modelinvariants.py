@@ -8,7 +8,8 @@ is a bookkeeping rule the real kernel keeps:
   page_remove_rmap), and a page under migration is mapped by none (try_to_migrate unmaps it
   and the folio lock keeps faults and fault-around away until remove_migration_ptes);
 - a swap slot's count (swap_map) is the number of swap PTEs plus shmem page-cache value
-  entries referring to it; a slot with a swap-cache folio has a count (SWAP_HAS_CACHE aside);
+  entries referring to it; a slot with a swap-cache folio has a count, or its folio is mapped
+  (SWAP_HAS_CACHE: a read fault swapped it in and kept the slot);
 - the swap cache link is symmetric (swap.cache[slot] == pfn iff frames.swapslot[pfn] == slot);
 - no PTE, page-cache entry or swap-cache entry refers to a freed frame, and no allocated frame
   is unreachable from all of them (a leak);
@@ -279,9 +280,18 @@ def violations(k: Kernel) -> list[str]:
                    f"{swrefs[j].tolist()} swap PTEs / value entries refer to them")
     if (count < 0).any():
         out.append(f"negative swap counts at slots {np.nonzero(count < 0)[0][:8].tolist()}")
-    if sw.in_use != int((count > 0).sum()):
-        out.append(f"swap.in_use is {sw.in_use}, {int((count > 0).sum())} slots have a count")
-    orphan = (cache != 0) & (count <= 0)
+    allocated = int(((count > 0) | (cache != 0)).sum())
+    if sw.in_use != allocated:
+        out.append(f"swap.in_use is {sw.in_use}, {allocated} slots have a count or a "
+                   "swap-cache folio")
+    # A slot may outlive its last swap entry only while its swap-cache folio is mapped
+    # (SWAP_HAS_CACHE after a read fault's do_swap_page); unmapped, it would have been freed.
+    held = np.zeros(nsl, dtype=bool)
+    hc = np.nonzero(cache)[0]
+    hfi = cache[hc].astype(np.int64) - PFN_BASE
+    ok = (hfi >= 0) & (hfi < nfr)
+    held[hc[ok]] = mapcount[hfi[ok]] > 0
+    orphan = (cache != 0) & (count <= 0) & ~held
     if orphan.any():
         out.append(f"swap-cache pages on freed slots {np.nonzero(orphan)[0][:8].tolist()}")
     if not sw.enabled and nsl > 1:

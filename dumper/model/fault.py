@@ -12,7 +12,7 @@ import numpy as np
 from dumper.kabi import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, PTE_MARKER_GUARD
 from dumper.kabi import PTE_MARKER_POISONED as MARKER_POISONED
 from dumper.model import pte
-from dumper.model.mm import map_frames, swap_free, unmap_frames, vma_range
+from dumper.model.mm import folio_free_swap, map_frames, swap_free, unmap_frames, vma_range
 from dumper.model.shmem import PC_PAGE, pc_kinds, pc_values, shmem_get_folio
 from dumper.model.state import (
     F_ANON,
@@ -92,9 +92,12 @@ def swap_vma_readahead(k: Kernel, vma: Vma, i: int) -> None:
     k.frames.swapslot.a[pfns.astype(np.int64) - PFN_BASE] = slots
 
 
-def do_swap_page(k: Kernel, vma: Vma, i: int) -> None:
+def do_swap_page(k: Kernel, vma: Vma, i: int, write: bool = False) -> None:
     """do_swap_page: take the page from the swap cache or read it from the slot, map it, and
-    drop this PTE's swap reference; exclusive (and writable) once no other entry holds it."""
+    drop this PTE's swap reference; exclusive (and writable) once no other entry holds it.
+    The folio keeps its slot in the swap cache unless should_try_to_free_swap: a write fault
+    on an exclusive folio (measured on 6.18: a read-faulted page paged out again is freed at
+    once, its clean data already in the slot; tests/linux/test_differential.py REPAGEOUT)."""
     slot = pte.value_of(vma.ptes[i])
     pfn = int(k.swap.cache.a[slot])
     if pfn and pfn in k.migrating:  # folio_lock_or_retry waits for the migration
@@ -112,6 +115,8 @@ def do_swap_page(k: Kernel, vma: Vma, i: int) -> None:
     exclusive = k.swap.count.a[slot] == 1 and k.frames.mapcount.a[pfn - PFN_BASE] == 0
     _set_present(k, vma, i, pfn, write=exclusive and bool(vma.prot & PROT_WRITE))
     swap_free(k, np.array([slot], dtype=U64))
+    if write and exclusive:
+        folio_free_swap(k, np.array([pfn], dtype=U64))
 
 
 def do_wp_page(k: Kernel, vma: Vma, i: int) -> None:
@@ -125,9 +130,8 @@ def do_wp_page(k: Kernel, vma: Vma, i: int) -> None:
     if pfn != ZERO_PFN and k.frames.flags.a[fi] & F_ANON and k.frames.mapcount.a[fi] == 1:
         slot = int(k.frames.swapslot.a[fi])
         if slot == 0 or k.swap.count.a[slot] == 0:
-            if slot:  # folio_free_swap: no entry refers to the slot any more
-                k.swap.cache.a[slot] = 0
-                k.frames.swapslot.a[fi] = 0
+            if slot:  # wp_can_reuse_anon_folio: folio_free_swap, no entry needs the slot
+                folio_free_swap(k, np.array([pfn], dtype=U64))
             vma.ptes[i] |= U64(pte.WRITE)
             return
     new = _new_anon(k, vma, k.frames.cid(pfn))
@@ -156,7 +160,7 @@ def handle_mm_fault(k: Kernel, task: Task, vma: Vma, i: int, write: bool) -> Non
         remove_migration_ptes(k, pte.value_of(word))  # migration_entry_wait
         return handle_mm_fault(k, task, vma, i, write)
     if kind == pte.SWAP:
-        do_swap_page(k, vma, i)
+        do_swap_page(k, vma, i, write)
     elif kind == pte.NONE:
         if vma.obj is None:  # do_anonymous_page
             if write:

@@ -38,14 +38,32 @@ def _fidx(pfns: np.ndarray) -> np.ndarray:
     return pfns.astype(np.int64) - PFN_BASE
 
 
+def folio_free_swap(k: Kernel, pfns: np.ndarray) -> None:
+    """folio_free_swap (mm/swapfile.c): a swap-cache folio whose slot no swap entry refers to
+    any more (!folio_swapped) leaves the swap cache, and the slot is freed."""
+    i = _fidx(np.asarray(pfns))
+    slots = k.frames.swapslot.a[i]
+    free = (slots != 0) & (k.swap.count.a[slots] <= 0)
+    if free.any():
+        k.swap.cache.a[slots[free]] = 0
+        k.frames.swapslot.a[i[free]] = 0
+        k.swap.in_use -= int(free.sum())
+
+
 def put_anon_frames(k: Kernel, pfns: np.ndarray) -> None:
-    """folio_put for anonymous frames: free those no longer mapped nor in the swap cache."""
+    """folio_put for anonymous frames: free those no longer mapped nor in the swap cache. An
+    unmapped swap-cache folio is first offered to free_swap_cache (mm/swap_state.c, from the
+    zap's tlb batch and wp_page_copy): it leaves the swap cache if no swap entry needs it."""
     if not len(pfns):
         return
     i = _fidx(np.unique(pfns))
-    dead = (k.frames.mapcount.a[i] <= 0) & (k.frames.swapslot.a[i] == 0)
     anon = (k.frames.flags.a[i] & F_ANON) != 0
-    k.frames.free(i[dead & anon] + PFN_BASE)
+    unmapped = (k.frames.mapcount.a[i] <= 0) & anon
+    cached = unmapped & (k.frames.swapslot.a[i] != 0)
+    if cached.any():
+        folio_free_swap(k, i[cached] + PFN_BASE)
+    dead = unmapped & (k.frames.swapslot.a[i] == 0)
+    k.frames.free(i[dead] + PFN_BASE)
 
 
 def unmap_frames(k: Kernel, pfns: np.ndarray) -> None:
@@ -66,13 +84,19 @@ def map_frames(k: Kernel, pfns: np.ndarray) -> None:
 
 def swap_free(k: Kernel, slots: np.ndarray) -> None:
     """swap_free / free_swap_and_cache: drop one swap_map count per entry; a slot whose count
-    reaches 0 is freed, and its swap-cache page too if nothing maps it."""
+    reaches 0 is freed, and its swap-cache page too if nothing maps it. A slot whose
+    swap-cache folio is mapped stays allocated (SWAP_HAS_CACHE; __try_to_reclaim_swap only
+    takes unmapped folios): reclaim can unmap that folio again without writing it, if clean."""
     if not len(slots):
         return
     s = slots.astype(np.int64)
     np.subtract.at(k.swap.count.a, s, 1)
     u = np.unique(s)
     dead = u[k.swap.count.a[u] <= 0]
+    held = k.swap.cache.a[dead]
+    held = held != 0
+    held[held] = k.frames.mapcount.a[k.swap.cache.a[dead][held] - PFN_BASE] > 0
+    dead = dead[~held]
     if len(dead):
         k.swap.in_use -= len(dead)
         cached = k.swap.cache.a[dead]

@@ -117,13 +117,25 @@ def shrink_folio_list(k: Kernel, pfns: np.ndarray, free_now: bool | None = None)
         free_now = k.swap.sync
     fi = pfns.astype(np.int64) - PFN_BASE
     anon = (k.frames.flags.a[fi] & F_ANON) != 0
+    # A folio still in the swap cache since a read fault swapped it in (do_swap_page keeps
+    # the slot) and not written since: its slot holds its data, so after try_to_unmap there
+    # is nothing to write (pageout is only for dirty folios) and __remove_mapping frees it
+    # at once, even on an asynchronous device (measured on 6.18: REPAGEOUT in
+    # tests/linux/test_differential.py). A dirty one is written to its slot again.
+    slot = k.frames.swapslot.a[fi]
+    dirty = (k.frames.flags.a[fi] & F_DIRTY) != 0
+    clean_cached = anon & (slot != 0) & ~dirty & (k.frames.mapcount.a[fi] > 0)
     if k.swap.enabled:  # add_to_swap for anonymous folios not yet in the swap cache
-        need = anon & (k.frames.swapslot.a[fi] == 0)
+        need = anon & (slot == 0)
         slots = k.swap.alloc(k.frames.content.a[fi[need]])
         k.frames.swapslot.a[fi[need]] = slots.astype(np.int64)
         k.swap.cache.a[slots.astype(np.int64)] = pfns[need].astype(np.int64)
+        rewrite = anon & (slot != 0) & dirty
+        k.swap.content.a[slot[rewrite]] = k.frames.content.a[fi[rewrite]]
+        k.frames.flags.a[fi[anon]] &= ~np.uint8(F_DIRTY)  # pageout: folio_clear_dirty_for_io
     try_to_unmap(k, pfns)
     released = [pfns[anon]]
+    swapcache_release(k, pfns[clean_cached])
     for obj, idx, pages in page_cache_owner(k, pfns[~anon]):
         mapped = k.frames.mapcount.a[pages.astype(np.int64) - PFN_BASE] > 0
         idx, pages = idx[~mapped], pages[~mapped]

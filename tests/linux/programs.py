@@ -227,10 +227,10 @@ def uses_swap(ops: list[Op]) -> bool:
 def random_program(seed: int, length: int = 14, pageout: bool = True,
                    repageout: bool = True) -> list[Op]:
     """A valid program of `length` ops after the two spawns, drawn from everything above;
-    deterministic in seed. repageout=False steers clear of a known model gap
-    (test_differential.REPAGEOUT): a region is never paged out again once it was read after
-    a page-out (a read swap-in leaves a clean folio in the swap cache, which the next reclaim
-    frees at once)."""
+    deterministic in seed. repageout=False steers clear of test_differential.REPAGEOUT's
+    timing: a region is never paged out again once it was read after a page-out, because
+    whether the kernel then frees the clean swap-cache folio at once or keeps it mapped
+    depends on whether the first writeback has ended (the model takes it as ended)."""
     rng = random.Random(seed)
     ops = [Op("spawn", "A"), Op("spawn", "B")]
     c = Checker()
