@@ -24,6 +24,7 @@ from dumper.kabi import (
 )
 from dumper.model import Model, ModelError, load_profile
 from dumper.model.observe import shmem_file_llseek
+from dumper.model.state import PFN_BASE
 
 PROFILES = ["linux-5.14", "pte-marker-rfc", "pagecache-lookup", "linux-6.18"]
 
@@ -425,3 +426,47 @@ def test_observation_costs_are_counted():
     shmem_file_llseek(m.k, obj, 0, SEEK_HOLE)
     cost = m.k.counters.since(before)
     assert (cost.syscalls, cost.pagecache_lookups) == (1, 8)
+
+
+def test_read_swap_in_keeps_the_slot_and_clean_repageout_frees_at_once():
+    """do_swap_page keeps a read-faulted folio in the swap cache with its slot
+    (should_try_to_free_swap wants FAULT_FLAG_WRITE); reclaim then has nothing to write for it
+    and __remove_mapping frees it at once, even on an asynchronous device (measured on 6.18,
+    tests/linux/test_differential.py REPAGEOUT). A write fault's swap-in frees the slot."""
+    m = Model("linux-6.18", swap_sync=False)
+    a = m.spawn("A")
+    r = m.mmap(a, 4 * PAGE)
+    m.write(a, r, 4 * PAGE)
+    before = m.peek(a, r, 4 * PAGE)
+    m.reclaim(a, r, 4 * PAGE)
+    m.swapcache_drop()
+    assert (pm(m, a, r, 4), mc(m, a, r, 4)) == ("SSSS", "0000")
+    used = m.k.swap.in_use
+    m.read(a, r + PAGE, PAGE)  # slot kept: still in use, the folio in the swap cache
+    m.write(a, r + 2 * PAGE, PAGE, before[2 * PAGE : 3 * PAGE])  # slot freed
+    assert m.k.swap.in_use == used - 1
+    fi = frames(m, a, r, 4)
+    assert [int(m.k.frames.swapslot.a[f - PFN_BASE]) != 0 for f in fi[1:3]] == [True, False]
+    m.reclaim(a, r + PAGE, 2 * PAGE)  # page 1 clean: freed; page 2 dirty: written, cached
+    # (pages 0 and 3 came into the swap cache by swap_vma_readahead around page 1's fault)
+    assert (pm(m, a, r, 4), mc(m, a, r, 4)) == ("SSSS", "1011")
+    m.swapcache_drop()
+    assert m.read(a, r, 4 * PAGE) == before
+
+
+def test_write_after_a_read_swap_in_goes_to_the_same_slot_again():
+    """An exclusive read-faulted folio is mapped writable (do_swap_page): a later write takes
+    no fault, the folio stays in the swap cache but dirty, and reclaim writes it to its slot
+    again (pageout) — the slot never serves stale data."""
+    m = Model("linux-6.18", swap_sync=False)
+    a = m.spawn("A")
+    r = m.mmap(a, PAGE)
+    m.write(a, r, PAGE)
+    m.reclaim(a, r, PAGE, free=True)
+    m.read(a, r, PAGE)
+    slot = int(m.k.frames.swapslot.a[frames(m, a, r, 1)[0] - PFN_BASE])
+    assert slot and flags(m, a, r, 1) == "PX"
+    new = bytes([7]) * PAGE
+    m.write(a, r, PAGE, new)
+    m.reclaim(a, r, PAGE, free=True)
+    assert pm(m, a, r, 1) == "S" and m.read(a, r, PAGE) == new
