@@ -178,6 +178,11 @@ class Host(Protocol):
         """Stop the tree for the duration of the context; always thawed on the way out."""
         ...
 
+    def rseq_areas(self, pid: int) -> list[tuple[int, int]]:
+        """(address, size) of each thread's struct rseq while frozen: bytes the kernel itself
+        rewrites (cpu ids) whenever a thread resumes, so comparing them says nothing."""
+        ...
+
     def freeze_tree(self, root: int) -> AbstractContextManager[list[TaskInfo]]:
         """Stop root and its descendants as they are found (so a fork cannot slip between
         finding and stopping); yields them as tasks(root) lists them; always thawed."""

@@ -40,6 +40,7 @@ class LostPage:
 class VerifyReport:
     pages_checked: int = 0
     lost: list[LostPage] = field(default_factory=list)  # one per lost unit (see below)
+    rseq_only: int = 0  # live pages that differed only inside a thread's struct rseq
 
     @property
     def private_lost(self) -> int:
@@ -54,10 +55,13 @@ class VerifyReport:
         return not self.lost
 
     def line(self) -> str:
+        rseq = (f" ({self.rseq_only} differing only in struct rseq, which the kernel "
+                "rewrites)" if self.rseq_only else "")
         if self.ok:
-            return f"verified {self.pages_checked} pages: nothing lost"
+            return f"verified {self.pages_checked} pages{rseq}: nothing lost"
         return (f"LOST {len(self.lost)} pages ({self.private_lost} private, "
-                f"{self.shared_lost} shared-object pages) of {self.pages_checked} checked")
+                f"{self.shared_lost} shared-object pages) of {self.pages_checked} checked"
+                f"{rseq}")
 
 
 def verify(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None) -> VerifyReport:
@@ -116,40 +120,100 @@ def _find(now: dict[int, np.ndarray], vaddr: int, n: int
     return out, mapped
 
 
+VIEW_CHUNK = 1 << 20  # bytes of a run read at a time by image_view
+
+
 def image_view(images: ImageSet, pid: int, vma_start: int, npages: int) -> np.ndarray:
     """blake2b-64 digests of what a restore from the set gives a task's pages: its own or COW
     page, the object's page for shared and object-backed private pages, the referenced file's
     page for a regular file's mapping (read from the file: a restore maps it), zeros
-    otherwise, and the unreadable digest over guard and poison runs (a read faults)."""
-    from dumper.images.checksums import UNREADABLE_DIGEST, page_digest
+    otherwise, and the unreadable digest over guard and poison runs (a read faults).
+
+    The VMA's own runs (the task's pagemap, or its object's) are read in big pieces; only the
+    pages left (COW runs, an object or a file behind a private mapping) are resolved one by
+    one as a restore would (ImageSet.read_page)."""
+    from dumper.images.checksums import UNREADABLE_DIGEST, page_digest, page_digests
 
     zero = page_digest(bytes(PAGE_SIZE))
     t = images.tasks[pid]
     vma = next(v for v in t.vmas if v.start == vma_start)
+    vma_end = vma_start + npages * PAGE_SIZE
     out = np.full(npages, zero, dtype=np.uint64)
-    for i in range(npages):
-        addr = vma_start + i * PAGE_SIZE
-        look = images.read_page(pid, addr)
-        if look.data is not None:
-            out[i] = page_digest(look.data)
-        elif look.source == "none" and vma.obj is not None and vma.obj in images.objects:
-            off = vma.pgoff + addr - vma.start  # a private mapping's untouched object page
-            obj = images.objects[vma.obj]
-            for run in obj.pagemap:
-                if run.present and run.vaddr <= off < run.end():
-                    data = images.reader(obj.pages_id).read(run.offset + off - run.vaddr,
-                                                            PAGE_SIZE)
-                    out[i] = page_digest(data)
-                    break
-        elif vma.path and look.source in ("none", "hole"):
-            data = _file_page(vma.path, vma.pgoff + addr - vma.start)
-            out[i] = UNREADABLE_DIGEST if data is None else page_digest(data)
+    done = np.zeros(npages, dtype=bool)
+    runs, pages_id, shift = [], 0, 0  # shift: a run's vaddr + shift is an address here
+    if vma.private:
+        runs, pages_id = t.pagemap, t.pages_id
+    elif vma.obj is not None and vma.obj in images.objects:
+        obj = images.objects[vma.obj]
+        runs, pages_id, shift = obj.pagemap, obj.pages_id, vma.start - vma.pgoff
+    for run in runs:
+        a, b = max(run.vaddr + shift, vma_start), min(run.end() + shift, vma_end)
+        if a >= b or not run.present:
+            continue
+        reader = images.reader(pages_id)
+        for c in range(a, b, VIEW_CHUNK):
+            d = min(b, c + VIEW_CHUNK)
+            data = reader.read(run.offset + (c - shift - run.vaddr), d - c)
+            i = (c - vma_start) // PAGE_SIZE
+            out[i : i + (d - c) // PAGE_SIZE] = page_digests(data)
+        done[(a - vma_start) // PAGE_SIZE : (b - vma_start) // PAGE_SIZE] = True
+    if not vma.private:
+        done[:] = vma.obj is not None or not vma.path  # the rest: holes, zeros
+    elif vma.obj is None and not vma.path:  # anonymous: only COW runs hold the rest
+        cow = np.zeros(npages, dtype=bool)
+        for c in t.cow:
+            a, b = max(c.vaddr, vma_start), min(c.vaddr + c.nr_pages * PAGE_SIZE, vma_end)
+            if a < b:
+                cow[(a - vma_start) // PAGE_SIZE : (b - vma_start) // PAGE_SIZE] = True
+        done |= ~cow
+    for i in np.nonzero(~done)[0].tolist():
+        out[i] = page_view(images, pid, vma, vma_start + i * PAGE_SIZE)
     for g in t.guards:
         a = max(g.vaddr, vma_start)
-        b = min(g.vaddr + g.nr_pages * PAGE_SIZE, vma_start + npages * PAGE_SIZE)
+        b = min(g.vaddr + g.nr_pages * PAGE_SIZE, vma_end)
         if a < b:
             out[(a - vma_start) // PAGE_SIZE : (b - vma_start) // PAGE_SIZE] = UNREADABLE_DIGEST
     return out
+
+
+def page_view(images: ImageSet, pid: int, vma: Any, addr: int) -> int:
+    """image_view for one page, resolved alone as a restore would (ImageSet.read_page);
+    guard and poison runs aside."""
+    from dumper.images.checksums import UNREADABLE_DIGEST, page_digest
+
+    look = images.read_page(pid, addr)
+    if look.data is not None:
+        return page_digest(look.data)
+    if look.source == "none" and vma.obj is not None and vma.obj in images.objects:
+        off = vma.pgoff + addr - vma.start  # a private mapping's untouched object page
+        obj = images.objects[vma.obj]
+        for run in obj.pagemap:
+            if run.present and run.vaddr <= off < run.end():
+                return page_digest(images.reader(obj.pages_id).read(
+                    run.offset + off - run.vaddr, PAGE_SIZE))
+    elif vma.path and look.source in ("none", "hole"):
+        data = _file_page(vma.path, vma.pgoff + addr - vma.start)
+        return UNREADABLE_DIGEST if data is None else page_digest(data)
+    return page_digest(bytes(PAGE_SIZE))
+
+
+def _rseq_only(images: ImageSet, host: Any, pid: int, hpid: int, addr: int,
+               areas: list[tuple[int, int]]) -> bool:
+    """Whether the live page at addr and the set's differ only inside struct rseq areas
+    (Host.rseq_areas): those bytes are the kernel's, rewritten whenever a thread resumes on
+    another CPU, so a dump of a task that ran nothing can still differ there."""
+    spans = [(max(a, addr) - addr, min(a + n, addr + PAGE_SIZE) - addr) for a, n in areas
+             if a < addr + PAGE_SIZE and a + n > addr]
+    if not spans:
+        return False
+    try:
+        live = bytearray(host.read_memory(hpid, addr, addr + PAGE_SIZE))
+    except OSError:
+        return False
+    saved = bytearray(images.read_page(pid, addr).data or bytes(PAGE_SIZE))
+    for lo, hi in spans:
+        live[lo:hi] = saved[lo:hi] = bytes(hi - lo)
+    return live == saved
 
 
 def _file_page(path: str, offset: int) -> bytes | None:
@@ -175,6 +239,7 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
     for t in images.tasks.values():
         hpid = (pid_map or {}).get(t.pid, t.pid)
         live = dict(host.truth(hpid))
+        rseq = host.rseq_areas(hpid)
         for v in t.vmas:
             n = (v.end - v.start) // PAGE_SIZE
             restored = image_view(images, t.pid, v.start, n)
@@ -183,6 +248,9 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
             bad = np.arange(n) if found is None else np.nonzero(restored != found[0])[0]
             for i in bad:
                 addr = v.start + int(i) * PAGE_SIZE
+                if v.private and _rseq_only(images, host, t.pid, hpid, addr, rseq):
+                    report.rseq_only += 1
+                    continue
                 shmid = offset = None
                 if not v.private and v.obj is not None:
                     shmid, offset = v.obj, v.pgoff + addr - v.start

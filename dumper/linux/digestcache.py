@@ -1,10 +1,9 @@
 """Page digests of what a dump has already read, computed beside it while the tree is frozen.
 
 The pipeline reads every stored page once (read_memory, the objects' pread), then asks for
-the truth of each task, which would read and digest them all again; blake2b-64 of 1 GiB
-takes ~2 s here, as long as writing and checksumming the pages (measured, bench/live.py).
-So while frozen, LinuxHost hands each chunk it reads to one background thread, which
-digests its pages while the writer works (hashlib releases the GIL on page-sized inputs),
+the truth of each task, which would read them all again (digesting is cheap since the
+page digest is XXH3; reading 1 GiB again is not). So while frozen, LinuxHost hands each
+chunk it reads to one background thread, which digests its pages while the writer works,
 and truth() takes those digests instead of reading again:
 
 * a private page only when its pagemap word now is the word it had when read: the same
@@ -19,13 +18,13 @@ LinuxHost.freeze() creates the cache and drops it on the way out: nothing outliv
 from __future__ import annotations
 
 import bisect
-import hashlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from dumper.images.checksums import page_digest
 from dumper.kabi import PAGE_SHIFT, PAGE_SIZE, PM_FILE, PM_PFRAME_MASK, PM_PRESENT
 
 U64 = np.uint64
@@ -36,10 +35,9 @@ MAX_CHUNK = 64 << 20  # larger reads are not kept (a dump reads 8 MiB at a time)
 def _digest(buf: bytes | bytearray | memoryview, mask: np.ndarray) -> np.ndarray:
     view = memoryview(buf)
     out = np.zeros(len(mask), dtype=U64)
-    b2b = hashlib.blake2b
     for i in np.nonzero(mask)[0].tolist():
         o = i << PAGE_SHIFT
-        out[i] = int.from_bytes(b2b(view[o : o + PAGE_SIZE], digest_size=8).digest(), "little")
+        out[i] = page_digest(view[o : o + PAGE_SIZE])
     return out
 
 

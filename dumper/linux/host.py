@@ -173,6 +173,28 @@ class LinuxHost:
             raise UnreadableMemory(pid, bad)
         return memoryview(buf)  # type: ignore[return-value]
 
+    def rseq_areas(self, pid: int) -> list[tuple[int, int]]:
+        """(address, size) of each thread's registered struct rseq, by
+        PTRACE_GET_RSEQ_CONFIGURATION (kernel/ptrace.c ptrace_get_rseq_configuration: the
+        threads must be ptrace-stopped, i.e. frozen). The kernel rewrites these fields on its
+        own — rseq_update_cpu_node_id on every return to user space after the thread ran on
+        another CPU, and clears rseq_cs — so they change between two looks at a task that
+        ran nothing (measured on 6.18: cpu_id 1, then 0, across a freeze and thaw of a task
+        blocked in read(2)). A thread without rseq, or not stopped, gives nothing."""
+        out = []
+        conf = ctypes.create_string_buffer(24)
+        for tid in procfs.threads(pid):
+            try:
+                libc.ptrace(libc.PTRACE_GET_RSEQ_CONFIGURATION, tid, len(conf),
+                            ctypes.addressof(conf))
+            except OSError:  # not stopped by us, gone, or a kernel without it
+                continue
+            ptr, size = int.from_bytes(conf.raw[:8], "little"), int.from_bytes(
+                conf.raw[8:12], "little")
+            if ptr and size:
+                out.append((ptr, size))
+        return out
+
     # -- ground truth --------------------------------------------------------------------------
     def truth(self, pid: int) -> list[tuple[int, np.ndarray]]:
         """For every VMA of pid, (start, blake2b-64 digest of each page as the task would read

@@ -15,6 +15,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 PTRACE_DETACH = 17
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F  # 5.13+: struct ptrace_rseq_configuration
 PTRACE_EVENT_STOP = 128
 WALL = 0x40000000  # __WALL: wait for clone children and tracees alike
 

@@ -188,6 +188,11 @@ class ModelHost:
             self.k.task(pid)
         yield
 
+    def rseq_areas(self, pid: int) -> list[tuple[int, int]]:
+        """The model's tasks register no rseq areas (kernel/rseq.c is not modelled)."""
+        self.k.task(pid)
+        return []
+
     @contextmanager
     def freeze_tree(self, root: int) -> Iterator[list[TaskInfo]]:
         """The tree under root, frozen as found: the model between operations."""
