@@ -10,6 +10,8 @@ per second, as CRIU's figures (1.8-2.2 GB/s here, without any fsync) are.
 
     python -m bench.live --json [--mib 1024] [--repeats 5] [--dir /var/tmp] [--profile]
 
+Also the peak RSS of `dumper dump --pid` run as a process of its own, and the time of
+`verify --pid` (verify_live), for each helper.
 Needs root (ptrace, map_files). Every helper is killed and every file removed on the way
 out, whatever happens.
 """
@@ -28,7 +30,9 @@ import tempfile
 import time
 
 from dumper.dump import dump
+from dumper.images.reader import ImageSet
 from dumper.linux import LinuxHost
+from dumper.verify import verify_live
 
 # The helper: map, write every page (a distinct first word per page, the rest a pattern),
 # say where, then sleep in read(2) until told to go (or until its stdin closes).
@@ -82,6 +86,23 @@ def time_dump(host: LinuxHost, pid: int, base: str, sync: bool = True) -> tuple[
     return dt, s.private_pages + s.shared_pages
 
 
+def time_verify(host: LinuxHost, pid: int, base: str) -> float:
+    """`dumper verify DIR --pid` of a fresh dump, in-process: the set's pages against the
+    live ones (digests on both sides), the helper frozen meanwhile."""
+    out = os.path.join(base, f"verify-{pid}")
+    dump(host, pid, out, "auto", tree=False, truth=False)
+    try:
+        with ImageSet.open(out) as images, host.freeze([pid]):
+            t = time.perf_counter()
+            report = verify_live(images, host)
+            dt = time.perf_counter() - t
+        if not report.ok:
+            raise RuntimeError(f"verify of the helper {pid} found losses: {report.line()}")
+    finally:
+        shutil.rmtree(out)
+    return dt
+
+
 def time_copy(buf: mmap.mmap, base: str, sync: bool) -> float:
     path = os.path.join(base, "copy.img")
     t = time.perf_counter()
@@ -98,6 +119,38 @@ def time_copy(buf: mmap.mmap, base: str, sync: bool) -> float:
     dt = time.perf_counter() - t
     os.unlink(path)
     return dt
+
+
+# Runs the command line in-process, then reports VmHWM: the peak RSS of this exec'd image
+# alone (wait4's ru_maxrss would count the benchmark's own memory, copied by fork).
+_RSS_PROBE = r"""
+import sys
+from dumper.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+else:
+    code = 0
+status = open("/proc/self/status").read()
+hwm = next(l.split()[1] for l in status.splitlines() if l.startswith("VmHWM:"))
+sys.stderr.write(f"VmHWM {hwm}\n")
+sys.exit(code)
+"""
+
+
+def cli_dump_rss(pid: int, base: str) -> int:
+    """Peak RSS (KiB) of `dumper dump --pid PID` run as a process of its own: the
+    interpreter, the pooled buffers and everything else."""
+    out = os.path.join(base, f"cli-{pid}")
+    r = subprocess.run([sys.executable, "-c", _RSS_PROBE, "dump", "--pid", str(pid),
+                        "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True)
+    shutil.rmtree(out, ignore_errors=True)
+    hwm = [line.split()[1] for line in r.stderr.splitlines() if line.startswith("VmHWM ")]
+    if r.returncode != 0 or not hwm:
+        raise RuntimeError(f"dumper dump --pid {pid} exited {r.returncode}: {r.stderr[-300:]}")
+    return int(hwm[0])
 
 
 def gbs(nbytes: int, seconds: float) -> float:
@@ -124,6 +177,10 @@ def run(mib: int, repeats: int, directory: str, profile: bool = False) -> dict:
             for kind, h in zip(("private", "shared"), helpers, strict=True):
                 times[f"{kind}_nofsync"].append(time_dump(host, h.pid, base, False)[0])
             times["copy"].append(time_copy(buf, base, False))
+        rss = {kind: cli_dump_rss(h.pid, base)
+               for kind, h in zip(("private", "shared"), helpers, strict=True)}
+        verify_s = {kind: time_verify(host, h.pid, base)
+                    for kind, h in zip(("private", "shared"), helpers, strict=True)}
         if profile:
             import cProfile
             import pstats
@@ -145,6 +202,9 @@ def run(mib: int, repeats: int, directory: str, profile: bool = False) -> dict:
     for k in ("private", "shared"):  # each against the copy that promises as much
         res[f"{k}_vs_copy_fsync"] = round(med["copy_fsync"] / med[k], 3)
         res[f"{k}_nofsync_vs_copy"] = round(med["copy"] / med[f"{k}_nofsync"], 3)
+    for k in ("private", "shared"):
+        res[f"{k}_cli_peak_rss_mib"] = round(rss[k] / 1024, 1)
+        res[f"{k}_verify_live_s"] = round(verify_s[k], 3)
     for k in KINDS:
         res[f"{k}_runs_s"] = [round(x, 3) for x in times[k]]
     return res
