@@ -167,6 +167,9 @@ def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int
     if not keys or not sum(len(k) for k in keys):
         return 0
     keys_a, owner_a, addr_a = np.concatenate(keys), np.concatenate(owner), np.concatenate(addr)
+    srt = np.sort(keys_a)  # a plain sort is ~6x cheaper than the stable argsort below
+    if not (srt[1:] == srt[:-1]).any():
+        return 0  # no physical page behind two selected pages: nothing is shared
     order = np.argsort(keys_a, kind="stable")
     ks = keys_a[order]
     first = np.concatenate([[True], ks[1:] != ks[:-1]])
