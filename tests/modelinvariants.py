@@ -285,12 +285,13 @@ def violations(k: Kernel) -> list[str]:
         out.append(f"swap.in_use is {sw.in_use}, {allocated} slots have a count or a "
                    "swap-cache folio")
     # A slot may outlive its last swap entry only while its swap-cache folio is mapped
-    # (SWAP_HAS_CACHE after a read fault's do_swap_page); unmapped, it would have been freed.
+    # (SWAP_HAS_CACHE after a read fault's do_swap_page) or being migrated; unmapped, it
+    # would have been freed.
     held = np.zeros(nsl, dtype=bool)
     hc = np.nonzero(cache)[0]
     hfi = cache[hc].astype(np.int64) - PFN_BASE
     ok = (hfi >= 0) & (hfi < nfr)
-    held[hc[ok]] = mapcount[hfi[ok]] > 0
+    held[hc[ok]] = (mapcount[hfi[ok]] > 0) | np.isin(hfi[ok] + PFN_BASE, migrating)
     orphan = (cache != 0) & (count <= 0) & ~held
     if orphan.any():
         out.append(f"swap-cache pages on freed slots {np.nonzero(orphan)[0][:8].tolist()}")

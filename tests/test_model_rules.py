@@ -8,6 +8,7 @@ rules the table does not reach.
 from __future__ import annotations
 
 import pytest
+from modelinvariants import violations
 from modelsupport import PAGE, flags, frames, ls, mc, pm
 
 from dumper.kabi import (
@@ -470,3 +471,44 @@ def test_write_after_a_read_swap_in_goes_to_the_same_slot_again():
     m.write(a, r, PAGE, new)
     m.reclaim(a, r, PAGE, free=True)
     assert pm(m, a, r, 1) == "S" and m.read(a, r, PAGE) == new
+
+
+def test_synchronous_swap_in_skips_the_swap_cache():
+    """do_swap_page on a SWP_SYNCHRONOUS_IO device (zram) with one reference reads into a
+    folio that skips the swap cache: the slot goes with the PTE's reference."""
+    m = Model("linux-6.18", swap_sync=True)
+    a = m.spawn("A")
+    r = m.mmap(a, PAGE)
+    m.write(a, r, PAGE)
+    m.reclaim(a, r, PAGE)
+    m.read(a, r, PAGE)
+    assert m.k.swap.in_use == 0
+    assert int(m.k.frames.swapslot.a[frames(m, a, r, 1)[0] - PFN_BASE]) == 0
+
+
+@pytest.mark.parametrize("zap", ["munmap", "exit-sharer"])
+def test_migrating_a_read_swapped_in_folio_leaks_nothing(zap):
+    """A folio a read fault swapped in keeps its slot in the swap cache; migrate it while the
+    last mapping goes (munmap), or while the other holder of the slot exits: once the
+    migration finishes nothing is left behind (remove_migration_ptes, free_swap_cache)."""
+    m = Model("linux-6.18", swap_sync=False)
+    a = m.spawn("A")
+    r = m.mmap(a, PAGE)
+    m.write(a, r, PAGE)
+    m.reclaim(a, r, PAGE, free=True)
+    c = m.fork(a) if zap == "exit-sharer" else None
+    m.read(a, r, PAGE)
+    m.migrate(a, r, PAGE, finish=False)
+    if c is None:
+        m.munmap(a, r, PAGE)
+    else:
+        m.exit(c)
+    assert violations(m.k) == []
+    m.migrate_finish()
+    assert violations(m.k) == []
+    m.swapcache_drop()
+    assert violations(m.k) == []
+    if c is None:
+        assert (m.k.swap.in_use, m.k.frames.allocated) == (0, 0)
+    else:
+        assert pm(m, a, r, 1) == "P" and m.k.swap.in_use == 1  # mapped, slot kept

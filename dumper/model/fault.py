@@ -105,7 +105,11 @@ def do_swap_page(k: Kernel, vma: Vma, i: int, write: bool = False) -> None:
 
         settle(k, pfn)
         pfn = int(k.swap.cache.a[slot])
-    if pfn == 0 and not (k.swap.sync and k.swap.count.a[slot] == 1):
+    # SWP_SYNCHRONOUS_IO with one reference (zram): read straight into a new folio that
+    # skips the swap cache (do_swap_page's skip_swapcache path), so the slot goes with the
+    # PTE's reference; a later reclaim writes the page to a new slot.
+    skip_swapcache = pfn == 0 and k.swap.sync and k.swap.count.a[slot] == 1
+    if pfn == 0 and not skip_swapcache:
         swap_vma_readahead(k, vma, i)  # the window holds this slot too: it comes back cached
         pfn = int(k.swap.cache.a[slot])
     if pfn == 0:
@@ -115,7 +119,7 @@ def do_swap_page(k: Kernel, vma: Vma, i: int, write: bool = False) -> None:
     exclusive = k.swap.count.a[slot] == 1 and k.frames.mapcount.a[pfn - PFN_BASE] == 0
     _set_present(k, vma, i, pfn, write=exclusive and bool(vma.prot & PROT_WRITE))
     swap_free(k, np.array([slot], dtype=U64))
-    if write and exclusive:
+    if skip_swapcache or write and exclusive:
         folio_free_swap(k, np.array([pfn], dtype=U64))
 
 

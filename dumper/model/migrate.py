@@ -75,6 +75,10 @@ def remove_migration_ptes(k: Kernel, old_pfn: int) -> int:
         k.frames.swapslot.a[ni] = slot
     k.frames.free(np.array([old_pfn], dtype=U64))
     k.migrating.discard(old_pfn)
+    if slot and not mapped and not cached:  # every mapping was zapped while it moved:
+        from dumper.model.mm import put_anon_frames  # free_swap_cache, as the zap would have
+
+        put_anon_frames(k, np.array([new], dtype=U64))
     return new
 
 

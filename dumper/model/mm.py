@@ -93,9 +93,12 @@ def swap_free(k: Kernel, slots: np.ndarray) -> None:
     np.subtract.at(k.swap.count.a, s, 1)
     u = np.unique(s)
     dead = u[k.swap.count.a[u] <= 0]
-    held = k.swap.cache.a[dead]
-    held = held != 0
-    held[held] = k.frames.mapcount.a[k.swap.cache.a[dead][held] - PFN_BASE] > 0
+    cached = k.swap.cache.a[dead]
+    held = cached != 0
+    # Mapped, or isolated by migrate_pages (its migration entries stand for mappings): the
+    # swap cache keeps the slot; remove_migration_ptes settles it once the folio has moved.
+    held[held] = (k.frames.mapcount.a[cached[held] - PFN_BASE] > 0) | np.isin(
+        cached[held], np.array(sorted(k.migrating), dtype=np.int64))
     dead = dead[~held]
     if len(dead):
         k.swap.in_use -= len(dead)

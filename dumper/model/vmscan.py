@@ -88,6 +88,8 @@ def swapcache_release(k: Kernel, pfns: np.ndarray) -> None:
     fi = np.asarray(pfns, dtype=np.int64) - PFN_BASE
     slots = k.frames.swapslot.a[fi]
     free = (slots != 0) & (k.frames.mapcount.a[fi] == 0)
+    # put_swap_folio: a slot no swap entry refers to any more goes with its folio
+    k.swap.in_use -= int((free & (k.swap.count.a[slots] <= 0)).sum())
     k.swap.cache.a[slots[free]] = 0
     k.frames.swapslot.a[fi[free]] = 0
     k.frames.free(fi[free] + PFN_BASE)
