@@ -35,14 +35,24 @@ def new_buffer(size: int) -> mmap.mmap:
     return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
+def _refcounts(items: list) -> list[int]:
+    """sys.getrefcount of each item, as seen from here (the list's reference included)."""
+    return [sys.getrefcount(x) for x in items]
+
+
+# What _refcounts reports for an object only a list refers to. Measured, not assumed: how
+# many references the call itself adds differs between Python versions (3.14 borrows them).
+_FREE_REFS = _refcounts([object()])[0]
+
+
 class BufferPool:
     """Buffers handed out again once nothing but the pool refers to them.
 
-    A pooled buffer is reused only when sys.getrefcount says the caller (and anyone it passed
-    it to: a memoryview, numpy, a writer or digesting thread) has let it go, so a caller may
-    keep what it got for as long as it likes. Sizes >= MIN_POOLED that are whole pages are
-    pooled, each size exactly (a dump reads in equal chunks), as page-aligned mmaps; others
-    get a fresh bytearray."""
+    A pooled buffer is reused only when its reference count says the caller (and anyone it
+    passed it to: a memoryview, numpy, a writer or digesting thread) has let it go, so a
+    caller may keep what it got for as long as it likes. Sizes >= MIN_POOLED that are whole
+    pages are pooled, each size exactly (a dump reads in equal chunks), as page-aligned
+    mmaps; others get a fresh bytearray."""
 
     MIN_POOLED = 1 << 20
 
@@ -54,9 +64,8 @@ class BufferPool:
         if size < self.MIN_POOLED or size % PAGE_SIZE:
             return bytearray(size)
         bufs = self._bufs.setdefault(size, [])
-        for buf in bufs:
-            # References: the list, the loop variable and getrefcount's argument.
-            if sys.getrefcount(buf) == 3:
+        for buf, refs in zip(bufs, _refcounts(bufs), strict=True):
+            if refs == _FREE_REFS:
                 return buf
         buf = new_buffer(size)
         if len(bufs) < self.keep:

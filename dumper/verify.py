@@ -124,7 +124,7 @@ VIEW_CHUNK = 1 << 20  # bytes of a run read at a time by image_view
 
 
 def image_view(images: ImageSet, pid: int, vma_start: int, npages: int) -> np.ndarray:
-    """blake2b-64 digests of what a restore from the set gives a task's pages: its own or COW
+    """Page digests (XXH3-64) of what a restore from the set gives a task's pages: its own or COW
     page, the object's page for shared and object-backed private pages, the referenced file's
     page for a regular file's mapping (read from the file: a restore maps it), zeros
     otherwise, and the unreadable digest over guard and poison runs (a read faults).
@@ -210,7 +210,11 @@ def _rseq_only(images: ImageSet, host: Any, pid: int, hpid: int, addr: int,
         live = bytearray(host.read_memory(hpid, addr, addr + PAGE_SIZE))
     except OSError:
         return False
-    saved = bytearray(images.read_page(pid, addr).data or bytes(PAGE_SIZE))
+    look = images.read_page(pid, addr)
+    vma = next(v for v in images.tasks[pid].vmas if v.start <= addr < v.end)
+    if look.data is None and (vma.obj is not None or vma.path):
+        return False  # the restore's page comes from an object or a file: not rseq's case
+    saved = bytearray(look.data or bytes(PAGE_SIZE))  # anonymous and not stored: zeros
     for lo, hi in spans:
         live[lo:hi] = saved[lo:hi] = bytes(hi - lo)
     return live == saved

@@ -112,3 +112,43 @@ def test_pages_writer_on_a_direct_fd(tmp_path, compress):
         assert r.read(0, len(data)) == data
     finally:
         r.close()
+
+
+def test_a_writer_that_cannot_start_leaves_no_thread(tmp_path):
+    import threading
+
+    before = {t.name for t in threading.enumerate()}
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(ValueError, match="level"):
+            PagesWriter(fd, 1, P, "zstd", level=99)
+    finally:
+        os.close(fd)
+    assert {t.name for t in threading.enumerate()} == before
+
+
+def test_direct_write_refused_falls_back_to_buffered(tmp_path, monkeypatch):
+    # A device with logical blocks larger than the sink's alignment, or a filesystem that
+    # took F_SETFL O_DIRECT but refuses the write itself: EINVAL, then the same bytes again.
+    import dumper.images.pages as pages
+
+    real_write = os.write
+    refused: list[int] = []
+
+    def write(fd, data):
+        if not refused:
+            refused.append(len(data))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(pages.os, "write", write)
+    data = os.urandom(3 * P)
+    fd = _direct_fd(tmp_path / "f")
+    try:
+        sink = Sink(fd)
+        sink.put(data)
+        sink.close()
+        assert not sink.direct and not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+    finally:
+        os.close(fd)
+    assert refused and (tmp_path / "f").read_bytes() == data

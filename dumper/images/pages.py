@@ -4,7 +4,7 @@ A raw store is the pages themselves, in pagemap order. A zstd store is a run of 
 zstd frames of `frame_size` raw bytes each (the last may be shorter), every frame carrying
 its content size and an xxhash content checksum; dumper.img's PagesImageEntry lists the
 frames' stored sizes, which makes random access cost one frame's decompression. Either way
-the CRC-32 of the stored bytes goes to PagesImageEntry and is checked on read.
+the XXH3-128 of the stored bytes goes to PagesImageEntry and is checked on read.
 
 PagesWriter takes byte chunks of any size and never holds more than one frame of its own; the
 bytes go to the file in a thread (a Sink) while the caller reads the next chunk: write(2)
@@ -19,6 +19,7 @@ beyond the size it declares.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import queue
@@ -120,11 +121,20 @@ class Sink:
     def _write(self, mv: memoryview) -> None:
         while len(mv):
             if self.direct and not aligned(mv, self.BLOCK):
-                # The tail of an odd-sized image: O_DIRECT would refuse it (EINVAL).
-                flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-                fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
-                self.direct = False
-            mv = mv[os.write(self.fd, mv) :]
+                self._buffered()  # the tail of an odd-sized image: O_DIRECT refuses it
+            try:
+                mv = mv[os.write(self.fd, mv) :]
+            except OSError as e:
+                if not (self.direct and e.errno == errno.EINVAL):
+                    raise
+                # A device whose logical blocks are larger than BLOCK, or a filesystem that
+                # took F_SETFL O_DIRECT but not the write: the same bytes, buffered.
+                self._buffered()
+
+    def _buffered(self) -> None:
+        flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        self.direct = False
 
 
 class PagesWriter:
@@ -157,7 +167,6 @@ class PagesWriter:
         self.frames: list[int] = []
         self._hash = stored_hash()
         self._buf = bytearray()
-        self._sink = Sink(f if isinstance(f, int) else f.fileno())
         self._cctx = (
             zstandard.ZstdCompressor(
                 level=level, threads=threads, write_checksum=True, write_content_size=True
@@ -165,6 +174,7 @@ class PagesWriter:
             if compress == ZSTD
             else None
         )
+        self._sink = Sink(f if isinstance(f, int) else f.fileno())  # last: it starts a thread
 
     def _store(self, data: Chunk) -> None:
         self._hash.update(data)  # while the chunk is in this core's cache
