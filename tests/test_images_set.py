@@ -270,7 +270,7 @@ def test_pages_file_size_mismatch(tmp_path):
 
 def _zstd_store(path, raw: bytes, frame: bytes | None = None):
     with open(path, "wb") as f:
-        pw = PagesWriter(f, 1, P, "zstd", frame_size=len(raw))
+        pw = PagesWriter(f.fileno(), 1, P, "zstd", frame_size=len(raw))
         pw.write(raw)
         meta = pw.close()
     if frame is not None:

@@ -55,10 +55,13 @@ def page_digest(page: bytes | memoryview) -> int:
 UNREADABLE_DIGEST = page_digest(b"dumper: unreadable page")
 
 
-def page_digests(data: bytes | memoryview, page_size: int = 4096) -> list[int]:
-    """Digests of each page of a page-aligned buffer."""
+def page_digests(data: bytes | bytearray | memoryview, pages: np.ndarray | None = None,
+                 page_size: int = 4096) -> np.ndarray:
+    """Digests (u64) of the pages of a page-aligned buffer: every page, or those indices."""
     mv = memoryview(data)
-    return [page_digest(mv[i : i + page_size]) for i in range(0, len(mv), page_size)]
+    idx = range(len(mv) // page_size) if pages is None else pages.tolist()
+    return np.array([page_digest(mv[i * page_size : (i + 1) * page_size]) for i in idx],
+                    dtype=np.uint64)
 
 
 class TaskDigest:

@@ -25,7 +25,6 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
-from typing import BinaryIO
 
 import zstandard
 
@@ -138,12 +137,12 @@ class Sink:
 
 
 class PagesWriter:
-    """Writes one pages image to an open file (object or descriptor, O_DIRECT or not);
+    """Writes one pages image to an open file descriptor (O_DIRECT or not);
     close() returns its PagesImageEntry, discard() drops what is pending."""
 
     def __init__(
         self,
-        f: BinaryIO | int,
+        fd: int,
         pages_id: int,
         page_size: int,
         compress: str = NONE,
@@ -155,8 +154,6 @@ class PagesWriter:
             raise ValueError(f"unknown compression {compress!r}: none or zstd")
         if frame_size <= 0 or frame_size % page_size:
             raise ValueError("frame_size must be a positive multiple of the page size")
-        if not isinstance(f, int):
-            f.flush()  # from here on the bytes go straight to the descriptor
         self.pages_id = pages_id
         self.page_size = page_size
         self.compress = compress
@@ -174,7 +171,7 @@ class PagesWriter:
             if compress == ZSTD
             else None
         )
-        self._sink = Sink(f if isinstance(f, int) else f.fileno())  # last: it starts a thread
+        self._sink = Sink(fd)  # last: it starts a thread
 
     def _store(self, data: Chunk) -> None:
         self._hash.update(data)  # while the chunk is in this core's cache

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dumper.images.checksums import page_digest
+from dumper.images.checksums import page_digests
 from dumper.kabi import PAGE_SHIFT, PAGE_SIZE, PM_FILE, PM_PFRAME_MASK, PM_PRESENT
 
 U64 = np.uint64
@@ -33,11 +33,9 @@ MAX_CHUNK = 64 << 20  # larger reads are not kept (a dump reads 8 MiB at a time)
 
 
 def _digest(buf: bytes | bytearray | memoryview, mask: np.ndarray) -> np.ndarray:
-    view = memoryview(buf)
     out = np.zeros(len(mask), dtype=U64)
-    for i in np.nonzero(mask)[0].tolist():
-        o = i << PAGE_SHIFT
-        out[i] = page_digest(view[o : o + PAGE_SIZE])
+    idx = np.nonzero(mask)[0]
+    out[idx] = page_digests(buf, idx)
     return out
 
 

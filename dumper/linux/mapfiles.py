@@ -107,27 +107,14 @@ class MapFile:
         """pread(2) -> shmem_file_read_iter (SGP_READ): holes read as zeros without being
         allocated; swapped pages are swapped into the page cache, not into the target.
 
-        With a pool, a big read goes into a pooled buffer and a view of it is returned."""
-        if self.pool is not None and length >= self.pool.MIN_POOLED:
-            buf = self.pool.get(length)
-            data = memoryview(buf)[: self.readinto(offset, buf)]
-            if self.on_read is not None:
-                self.on_read(offset, data)
-            return data  # type: ignore[return-value]
-        data = os.pread(self.fd, length, offset)  # one allocation, read into directly
-        if len(data) != length and data:
-            parts = [data]
-            got = len(data)
-            while got < length:
-                more = os.pread(self.fd, length - got, offset + got)
-                if not more:
-                    break
-                parts.append(more)
-                got += len(more)
-            data = b"".join(parts)
+        Returns a view of the buffer read into: a pooled one for big reads (warm, aligned
+        memory), a new one otherwise; short only at the end of the file."""
+        big = self.pool is not None and length >= self.pool.MIN_POOLED
+        buf = self.pool.get(length) if big else bytearray(length)  # type: ignore[union-attr]
+        data = memoryview(buf)[: self.readinto(offset, buf)]
         if self.on_read is not None:
             self.on_read(offset, data)
-        return data
+        return data  # type: ignore[return-value]
 
     def readinto(self, offset: int, buf: bytearray | memoryview) -> int:
         """Fill buf from offset with as few preadv calls as the kernel allows; returns the

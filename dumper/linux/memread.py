@@ -134,10 +134,3 @@ def read_range_into(pid: int, start: int, words: bytes, show_pfn: bool,
     for s, e in bad:
         ctypes.memset(base + (s - start), 0, e - s)
     return bad
-
-
-def read_range(pid: int, start: int, end: int, words: bytes, show_pfn: bool
-               ) -> tuple[bytearray, list[tuple[int, int]]]:
-    """The bytes of [start, end) in a new buffer, and the unreadable page ranges."""
-    buf = bytearray(end - start)
-    return buf, read_range_into(pid, start, words, show_pfn, buf)

@@ -22,7 +22,12 @@ import stat
 import numpy as np
 
 from dumper.host import MapEntry, parse_maps
-from dumper.images.checksums import PAGE_DIGEST_ALGO, UNREADABLE_DIGEST, page_digest
+from dumper.images.checksums import (
+    PAGE_DIGEST_ALGO,
+    UNREADABLE_DIGEST,
+    page_digest,
+    page_digests,
+)
 from dumper.kabi import (
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -45,14 +50,6 @@ TRUTH_ALGO = PAGE_DIGEST_ALGO
 ZERO_DIGEST = page_digest(bytes(PAGE_SIZE))
 WINDOW_PAGES = 2048  # 8 MiB read and digested at a time, into one reused buffer
 U64 = np.uint64
-
-def digest_pages(buf: bytearray | memoryview, offsets: np.ndarray) -> np.ndarray:
-    """page_digest of the page at each byte offset of buf (XXH3 runs at memory speed: one
-    thread is enough, where blake2b needed every CPU)."""
-    view = memoryview(buf)
-    return np.array([page_digest(view[o : o + PAGE_SIZE]) for o in offsets.tolist()],
-                    dtype=U64)
-
 
 def marker_mask(words: np.ndarray, show_pfn: bool) -> np.ndarray:
     """Guard and poison markers: a read there faults (PM_GUARD_REGION, or with PFNs visible
@@ -128,7 +125,7 @@ class TruthReader:
             for s, t in bad:
                 ok[(s - start) >> PAGE_SHIFT : (t - start) >> PAGE_SHIFT] = False
             idx = np.nonzero(ok)[0]
-            out[lo + idx] = digest_pages(self.buf, idx << PAGE_SHIFT)
+            out[lo + idx] = page_digests(self.buf, idx)
             out[lo + np.nonzero(mask & ~ok)[0]] = UNREADABLE_DIGEST
 
     def _object(self, e: MapEntry, wanted: np.ndarray, out: np.ndarray) -> None:
@@ -176,7 +173,7 @@ class TruthReader:
                     view = memoryview(self.buf)[:length]
                     got = obj.readinto(lo_b + (lo << PAGE_SHIFT), view)
                     view[got:] = bytes(length - got)  # past EOF within the last page
-                    out[lo + idx] = digest_pages(self.buf, idx << PAGE_SHIFT)
+                    out[lo + idx] = page_digests(self.buf, idx)
 
 
 def task_truth(pid: int, show_pfn: bool, zero_pfn: int | None,

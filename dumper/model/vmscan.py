@@ -136,8 +136,8 @@ def shrink_folio_list(k: Kernel, pfns: np.ndarray, free_now: bool | None = None)
         k.swap.content.a[slot[rewrite]] = k.frames.content.a[fi[rewrite]]
         k.frames.flags.a[fi[anon]] &= ~np.uint8(F_DIRTY)  # pageout: folio_clear_dirty_for_io
     try_to_unmap(k, pfns)
-    released = [pfns[anon]]
-    swapcache_release(k, pfns[clean_cached])
+    swapcache_release(k, pfns[clean_cached])  # nothing to write: freed now
+    released = [pfns[anon & ~clean_cached]]
     for obj, idx, pages in page_cache_owner(k, pfns[~anon]):
         mapped = k.frames.mapcount.a[pages.astype(np.int64) - PFN_BASE] > 0
         idx, pages = idx[~mapped], pages[~mapped]
