@@ -113,7 +113,7 @@ class DumpSummary:
 
 def object_kind(entry: MapEntry) -> str:
     """shmem-anon / memfd / sysv from the maps name; any other shmem file is tmpfs."""
-    return entry.shmem_kind or "tmpfs"
+    return entry.object_kind or "tmpfs"
 
 
 def cow_keys(words: np.ndarray, show_pfn: bool, zero_pfn: int | None) -> np.ndarray:
@@ -274,7 +274,7 @@ def collect(host: Host, infos: list[TaskInfo], strategy: str, warn: Callable[[st
 
 def _object_name(e: MapEntry) -> str:
     name = e.path.removesuffix(" (deleted)")
-    return name.removeprefix("/memfd:") if e.shmem_kind == "memfd" else name
+    return name.removeprefix("/memfd:") if e.object_kind == "memfd" else name
 
 
 def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: str = "",

@@ -66,8 +66,12 @@ class MapEntry:
     def shmem_kind(self) -> str | None:
         """Which shared object backs a MAP_SHARED mapping, judged from the name as CRIU does
         (criu/proc_parse.c handle_vma): 'shmem-anon', 'memfd', 'sysv', or None."""
-        if not self.shared:
-            return None
+        return self.object_kind if self.shared else None
+
+    @property
+    def object_kind(self) -> str | None:
+        """The same judgement for any mapping of a shmem file, MAP_PRIVATE ones included (a
+        memfd mapped private is still "/memfd:NAME"); None for other names."""
         if self.path.startswith("/dev/zero"):
             return "shmem-anon"
         if self.path.startswith("/memfd:"):
@@ -171,7 +175,7 @@ class Host(Protocol):
         ...
 
     def read_memory(self, pid: int, start: int, end: int) -> bytes:
-        """The bytes of a private range (process_vm_readv); never populates the target."""
+        """The bytes of a private range (/proc/PID/mem on Linux); never populates the target."""
         ...
 
     def freeze(self, pids: list[int]) -> AbstractContextManager[None]:

@@ -181,17 +181,10 @@ def page_view(images: ImageSet, pid: int, vma: Any, addr: int) -> int:
     guard and poison runs aside."""
     from dumper.images.checksums import UNREADABLE_DIGEST, page_digest
 
-    look = images.read_page(pid, addr)
+    look = images.read_page(pid, addr)  # a private mapping's untouched object page too
     if look.data is not None:
         return page_digest(look.data)
-    if look.source == "none" and vma.obj is not None and vma.obj in images.objects:
-        off = vma.pgoff + addr - vma.start  # a private mapping's untouched object page
-        obj = images.objects[vma.obj]
-        for run in obj.pagemap:
-            if run.present and run.vaddr <= off < run.end():
-                return page_digest(images.reader(obj.pages_id).read(
-                    run.offset + off - run.vaddr, PAGE_SIZE))
-    elif vma.path and look.source in ("none", "hole"):
+    if vma.path and vma.obj is None and look.source in ("none", "hole"):
         data = _file_page(vma.path, vma.pgoff + addr - vma.start)
         return UNREADABLE_DIGEST if data is None else page_digest(data)
     return page_digest(bytes(PAGE_SIZE))

@@ -629,7 +629,10 @@ class ImageSet:
         if vma is None:
             return PageLookup("unmapped", pid=pid, addr=addr)
         if vma.private:
-            return self._private(pid, addr, _COW_DEPTH)
+            look = self._private(pid, addr, _COW_DEPTH)
+            if look.source != "none" or vma.obj is None or vma.obj not in self.objects:
+                return look
+            # A private mapping of an object reads the object's page until the task writes it.
         if vma.obj is None or vma.obj not in self.objects:
             return PageLookup("hole", pid=pid, addr=addr)
         obj = self.objects[vma.obj]

@@ -3,7 +3,7 @@
 procfs    tree discovery, maps, smaps, stat
 pagemap   pagemap words in batches; the PAGEMAP_SCAN ioctl
 mapfiles  /proc/PID/map_files: identity, SEEK_DATA/SEEK_HOLE, pread, mincore via own mapping
-memread   process_vm_readv of private memory, only of pages that hold data; pooled buffers
+memread   /proc/PID/mem reads of private memory, only of pages that hold data; pooled buffers
 truth     the ground truth: a blake2b-64 digest of every page as the task would read it
 digestcache  digests of what a dump read, computed beside it while frozen, for truth()
 freeze    PTRACE_SEIZE/INTERRUPT freezing that always thaws

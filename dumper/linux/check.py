@@ -184,17 +184,17 @@ def check_pfn() -> Check:
                  "entries cannot be told apart")
 
 
-def check_process_vm_readv() -> Check:
+def check_proc_mem() -> Check:
     with _Scratch(1) as s:
         s.touch(0)
         buf = bytearray(PAGE_SIZE)
         try:
             bad = memread.read_runs(os.getpid(), [(s.addr, s.addr + PAGE_SIZE, 0)], buf)
         except ProcError as e:
-            return Check("process_vm_readv", False, str(e))
+            return Check("/proc/PID/mem", False, str(e))
     if bad or buf[0:1] != b"x":
-        return Check("process_vm_readv", False, "read back the wrong bytes")
-    return Check("process_vm_readv", True, "CONFIG_CROSS_MEMORY_ATTACH")
+        return Check("/proc/PID/mem", False, "read back the wrong bytes")
+    return Check("/proc/PID/mem", True, "reads private memory without breaking COW sharing")
 
 
 def check_proc_children() -> Check:
@@ -213,7 +213,7 @@ CHECKS: list[Callable[[], Check]] = [
     check_uffd_wp_async,
     check_guard_regions,
     check_pfn,
-    check_process_vm_readv,
+    check_proc_mem,
     check_proc_children,
 ]
 

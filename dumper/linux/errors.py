@@ -45,15 +45,16 @@ class Unsupported(Exception):
 
 
 class UnreadableMemory(OSError):
-    """Pages process_vm_readv could not read (PROT_NONE, guard pages, ...): an OSError with
-    errno EFAULT, so a caller that reads in chunks (dump.read_runs) falls back page by page."""
+    """Pages /proc/PID/mem could not read (guard pages, VM_IO/VM_PFNMAP, ...): an OSError
+    with errno EFAULT, so a caller that reads in chunks (dump.read_runs) falls back page by
+    page."""
 
     def __init__(self, pid: int, ranges: list[tuple[int, int]]) -> None:
         self.pid = pid
         self.ranges = ranges
         shown = ", ".join(f"{s:#x}-{e:#x}" for s, e in ranges[:4])
         more = f" and {len(ranges) - 4} more" if len(ranges) > 4 else ""
-        super().__init__(errno.EFAULT, f"pid {pid}: process_vm_readv cannot read {shown}{more}")
+        super().__init__(errno.EFAULT, f"pid {pid}: /proc/{pid}/mem cannot read {shown}{more}")
 
     def __str__(self) -> str:
         return str(self.strerror)

@@ -21,11 +21,11 @@ from dumper.linux.mapfiles import MapFile
 
 
 class LinuxHost:
-    """The real kernel through /proc, ptrace, process_vm_readv, PAGEMAP_SCAN and map_files.
+    """The real kernel through /proc, ptrace, /proc/PID/mem, PAGEMAP_SCAN and map_files.
 
-    Shared memory is read through map_files fds and private memory through
-    process_vm_readv of the pages pagemap says hold data, so asking never changes the
-    target's page tables (kernel.md sections 6 and 9)."""
+    Shared memory is read through map_files fds and private memory through /proc/PID/mem
+    of the pages pagemap says hold data, so asking never changes the target's page tables
+    nor its copy-on-write sharing (kernel.md sections 6, 9 and 10)."""
 
     kind = "linux"
     truth_algo = truth.TRUTH_ALGO

@@ -108,10 +108,16 @@ class MapFile:
         allocated; swapped pages are swapped into the page cache, not into the target.
 
         Returns a view of the buffer read into: a pooled one for big reads (warm, aligned
-        memory), a new one otherwise; short only at the end of the file."""
+        memory), a new one otherwise. Past the end of the file it holds zeros, as the last
+        page of an object whose size is no multiple of the page size reads through a
+        mapping (a SysV segment of 56 bytes is one page: 56 bytes of data, then zeros);
+        short only where a whole page lies past the end."""
         big = self.pool is not None and length >= self.pool.MIN_POOLED
         buf = self.pool.get(length) if big else bytearray(length)  # type: ignore[union-attr]
-        data = memoryview(buf)[: self.readinto(offset, buf)]
+        got = self.readinto(offset, buf)
+        end = min(length, -(-got // PAGE_SIZE) * PAGE_SIZE)
+        memoryview(buf)[got:end] = bytes(end - got)
+        data = memoryview(buf)[:end]
         if self.on_read is not None:
             self.on_read(offset, data)
         return data  # type: ignore[return-value]

@@ -225,7 +225,7 @@ _SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]")
 
 
 def vma_kind(entry: MapEntry, smaps: Smaps | None = None) -> str:
-    """anon / private-file (data from pagemap + process_vm_readv), shmem (from map_files),
+    """anon / private-file (data from pagemap + /proc/PID/mem), shmem (from map_files),
     shared-file (a regular file: referenced, not copied), hugetlb, device, special (vdso &
     co., recreated by the kernel) — the last three cannot be dumped."""
     flags = smaps.vmflags if smaps is not None else frozenset()

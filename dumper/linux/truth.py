@@ -3,15 +3,17 @@ page_digest) of each page as the task would read it now, found without changing 
 
 Per page (kernel.md sections 1, 6 and 9):
 * private VMA, page pagemap says holds data (present, or a swap entry that is not a PTE
-  marker): its bytes through process_vm_readv (the zero page is not read: ZERO_DIGEST);
+  marker): its bytes through /proc/PID/mem (the zero page is not read: ZERO_DIGEST);
 * private VMA of a regular file, page without an anonymous copy: the file's page, read with
   pread on the /proc/PID/map_files fd at vm_pgoff (the page cache, never the target's PTEs);
 * private VMA otherwise (anonymous, none pte): zeros;
 * shared VMA: the object's page through map_files pread; a hole reads zeros (SEEK_DATA finds
   the data, the holes are not even read);
-* a page the task cannot read: a guard or poison marker, a page process_vm_readv refuses
-  (PROT_NONE with data, VM_IO), a file page without PROT_READ or past the end of the file,
-  any page of a non-regular file's shared mapping: UNREADABLE_DIGEST.
+* a page that cannot be read: a guard or poison marker, a page /proc/PID/mem refuses
+  (VM_IO, VM_PFNMAP), a file page past the end of the file, any page of a non-regular
+  file's shared mapping: UNREADABLE_DIGEST. The protection does not matter: a PROT_NONE
+  page that holds data holds it for the task to read once it mprotects it back, so its
+  bytes are the truth (/proc/PID/mem reads through it; an object is read through itself).
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from dumper.kabi import (
     PM_PFRAME_MASK,
     PM_PRESENT,
     PM_SWAP,
-    PROT_READ,
     PTE_MARKER_GUARD,
     PTE_MARKER_POISONED,
     SWP_PTE_MARKER,
@@ -105,7 +106,7 @@ class TruthReader:
 
     def _private(self, e: MapEntry, data: np.ndarray, words: np.ndarray,
                  out: np.ndarray) -> None:
-        """process_vm_readv of the data pages, window by window (but not those the cache
+        """/proc/PID/mem reads of the data pages, window by window (but not those the cache
         digested with the same pagemap word)."""
         for lo in range(0, len(data), WINDOW_PAGES):
             hi = min(len(data), lo + WINDOW_PAGES)
@@ -147,9 +148,8 @@ class TruthReader:
             n = len(wanted)
             fidx = first + np.arange(n)
             past = (fidx << PAGE_SHIFT) >= st.st_size  # SIGBUS for the task
-            noread = past | ((e.prot & PROT_READ) == 0)
-            out[wanted & noread] = UNREADABLE_DIGEST
-            wanted = wanted & ~noread
+            out[wanted & past] = UNREADABLE_DIGEST
+            wanted = wanted & ~past
             if not wanted.any():
                 return
             lo_b = first << PAGE_SHIFT

@@ -162,8 +162,8 @@ class ModelHost:
 
     def read_memory(self, pid: int, start: int, end: int) -> bytes:
         """The bytes of [start, end) as the task would read them, without faulting anything
-        in (the model's process_vm_readv never changes the target); EFAULT where a read
-        would fault (a guard or poison marker), as process_vm_readv stops there."""
+        in (as /proc/PID/mem reads only what pagemap says holds data); EFAULT where a read
+        would fault (a guard or poison marker), as access_remote_vm stops there."""
         cids = self.model.observable_cids(pid, start, end - start)
         bad = np.nonzero(cids == np.uint64(UNREADABLE))[0]
         if len(bad):
@@ -214,7 +214,10 @@ class ModelNewObject:
 
         cids = self.model.k.contents.intern_pages(data)
         shmem_write(self.model.k, self.obj, offset >> PAGE_SHIFT, cids)
-        self.obj.size = max(self.obj.size, offset + len(data))
+        # The object was created at its size; a whole last page written past an i_size that
+        # is no page multiple (a 56-byte SysV segment) does not grow it.
+        if offset + len(data) > -(-self.obj.size // PAGE_SIZE) * PAGE_SIZE:
+            self.obj.size = offset + len(data)
 
 
 class ModelRestoreMixin:

@@ -24,6 +24,10 @@ libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+HUGE = 2 << 20  # the default huge page size on x86_64
 
 
 def page_pattern(tag, page):
@@ -108,10 +112,45 @@ class Helper:
         check(libc.mprotect(addr + page * PAGE, npages * PAGE, prot), "mprotect")
         return {}
 
-    def op_memfd(self, name, pages):
-        fd = os.memfd_create(name, 0)
-        os.ftruncate(fd, pages * PAGE)
+    def op_memfd(self, name, pages=0, size=None, huge=False):
+        """A memfd of `pages` pages, or of exactly `size` bytes; MFD_HUGETLB if huge."""
+        fd = os.memfd_create(name, os.MFD_HUGETLB if huge else 0)
+        os.ftruncate(fd, pages * PAGE if size is None else size)
         self.memfds[name] = fd
+        return {}
+
+    def op_shm(self, name, size, huge=False):
+        """A SysV segment of exactly `size` bytes (SHM_HUGETLB if huge), attached and marked
+        IPC_RMID at once: it goes when the last attacher does, whatever becomes of the test."""
+        flags = 0o1000 | 0o600 | (0o4000 if huge else 0)  # IPC_CREAT, SHM_HUGETLB
+        shmid = check(libc.shmget(0, size, flags), "shmget")  # IPC_PRIVATE
+        addr = libc.shmat(shmid, None, 0)
+        check(libc.shmctl(shmid, 0, None), "shmctl(IPC_RMID)")
+        check(addr, "shmat")
+        span = -(-size // (HUGE if huge else PAGE)) * (HUGE if huge else PAGE)
+        self.regions[name] = (addr, span)
+        return {"addr": addr, "shmid": shmid}
+
+    def op_shmdt(self, name):
+        addr, _ = self.regions.pop(name)
+        check(libc.shmdt(ctypes.c_void_p(addr)), "shmdt")
+        return {}
+
+    def op_mmap_huge(self, name, pages, shared=False, memfd=None):
+        """A hugetlb mapping of `pages` 4 KiB pages (a multiple of 512): MAP_HUGETLB
+        anonymous, or a MFD_HUGETLB memfd's."""
+        flags = (0x01 if shared else 0x02) | (0x20 | 0x40000 if memfd is None else 0)
+        fd = -1 if memfd is None else self.memfds[memfd]
+        addr = check(libc.mmap(None, pages * PAGE, 3, flags, fd, 0), "mmap")
+        self.regions[name] = (addr, pages * PAGE)
+        self.spans[name] = (addr, pages * PAGE)
+        return {"addr": addr}
+
+    def op_write_bytes(self, name, offset, length, tag):
+        """length bytes of page_pattern(tag, 0), repeated, at offset into region name."""
+        addr, _ = self.regions[name]
+        data = (page_pattern(tag, 0) * (length // PAGE + 1))[:length]
+        ctypes.memmove(addr + offset, data, length)
         return {}
 
     def op_open(self, name, path):

@@ -32,7 +32,6 @@ from dumper.kabi import (
     MADV_REMOVE,
     PM_PRESENT,
     PM_SWAP,
-    PROT_NONE,
     SEEK_DATA,
 )
 from dumper.linux import LinuxHost, procfs
@@ -230,23 +229,6 @@ def test_punched_holes_are_not_stored(procs, tmp_path):
             (0, 2), (4, 1), (6, 2)]
         assert [s.read_page(p.pid, addr + q * PAGE).source for q in (2, 3, 5)] == ["hole"] * 3
     assert set_bytes(out, p.pid, addr, 8) == pattern(51, {0, 1, 4, 6, 7}, 8)
-
-
-def test_prot_none_page_with_data_is_named_lost(procs, tmp_path):
-    """process_vm_readv cannot read a PROT_NONE page (GUP without FOLL_FORCE), so the dump
-    saves zeros with a warning, and verify names the page: CRIU's parasite would mprotect it
-    readable first."""
-    p = procs.start(cpu=0)
-    addr = p.mmap("priv", 4)
-    p.write("priv", range(4), tag=55)
-    p.call("mprotect", name="priv", page=2, npages=1, prot=PROT_NONE)
-    settle(p)
-    out = tmp_path / "set"
-    r = dump(out, p.pid)
-    assert f"{addr + 2 * PAGE:#x}: unreadable, saved as zeros" in r.stderr
-    r = verify(out, p.pid)
-    assert r.exit_code == 1
-    assert lost(r) == {(p.pid, addr + 2 * PAGE)}
 
 
 def test_pageout_of_shared_memory_scenario_1(procs, swap, tmp_path):

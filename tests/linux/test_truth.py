@@ -46,8 +46,9 @@ def disk_file():
 
 
 def test_private_anonymous(procs):
-    """Written pages, the zero page, none ptes, a guard marker and a PROT_NONE page with data;
-    the target's pagemap is the same before and after."""
+    """Written pages, the zero page, none ptes, a guard marker and a PROT_NONE page with data
+    (its bytes: /proc/PID/mem reads through the protection); the target's pagemap is the
+    same before and after."""
     host = LinuxHost()
     p = procs.start()
     addr = p.mmap("priv", 8)  # fenced by PROT_NONE pages: the run of VMAs ends at addr + 8
@@ -57,8 +58,7 @@ def test_private_anonymous(procs):
     p.call("mprotect", name="priv", page=6, npages=1, prot=PROT_NONE)
     before = words(host, p.pid, addr, 8)
     assert digests(host, p.pid, addr, 8) == [d(3, 0), d(3, 1), ZERO_DIGEST, UNREADABLE_DIGEST,
-                                              ZERO_DIGEST, d(3, 5), UNREADABLE_DIGEST,
-                                              ZERO_DIGEST]
+                                              ZERO_DIGEST, d(3, 5), d(3, 6), ZERO_DIGEST]
     assert words(host, p.pid, addr, 8) == before
     assert ZERO_DIGEST == page_digest(bytes(PAGE)) != UNREADABLE_DIGEST
 
@@ -108,17 +108,25 @@ def test_zero_pfn_is_the_pfn_of_a_read_fault(procs):
     assert host.zero_pfn() == words(host, p.pid, addr, 1)[0] & PM_PFRAME_MASK != 0
 
 
-def test_unreadable_memory_is_an_efault_oserror(procs):
+def test_unreadable_memory_is_an_efault_oserror():
+    err = UnreadableMemory(42, [(0x1000, 0x2000)])
+    assert isinstance(err, OSError) and err.errno == errno.EFAULT
+    assert str(err) == "pid 42: /proc/42/mem cannot read 0x1000-0x2000"
+
+
+def test_prot_none_and_write_only_pages_read_their_data(procs):
+    """/proc/PID/mem reads with FOLL_FORCE (mem_rw): a page written, then mprotect'ed
+    PROT_NONE or PROT_WRITE-only, reads its bytes; nothing is faulted in."""
     host = LinuxHost()
     p = procs.start()
-    addr = p.mmap("priv", 2)
+    addr = p.mmap("priv", 3)
     p.write("priv", [0, 1], tag=6)
-    p.call("mprotect", name="priv", page=1, npages=1, prot=PROT_NONE)
-    with pytest.raises(OSError) as ei:
-        host.read_memory(p.pid, addr, addr + 2 * PAGE)
-    assert isinstance(ei.value, UnreadableMemory) and ei.value.errno == errno.EFAULT
-    assert str(ei.value) == (f"pid {p.pid}: process_vm_readv cannot read "
-                             f"{addr + PAGE:#x}-{addr + 2 * PAGE:#x}")
+    p.call("mprotect", name="priv", page=0, npages=1, prot=PROT_NONE)
+    p.call("mprotect", name="priv", page=1, npages=1, prot=2)  # PROT_WRITE
+    before = words(host, p.pid, addr, 3)
+    assert host.read_memory(p.pid, addr, addr + 3 * PAGE) == (
+        page_pattern(6, 0) + page_pattern(6, 1) + bytes(PAGE))
+    assert words(host, p.pid, addr, 3) == before
 
 
 def test_tree_root_has_no_parent_and_no_gate_area(procs):
