@@ -94,6 +94,8 @@ STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek"
 @click.option("--threads", type=click.IntRange(0, 64), default=0, show_default=True)
 @click.option("-o", "--output", "out", required=True, metavar="DIR", help="Image set to write.")
 @click.option("--force", is_flag=True, help="Replace an existing image set.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No warnings (files referenced, not copied); errors are still printed.")
 @click.option("--fsync/--no-fsync", "sync", default=True, show_default=True,
               help="Write raw pages with O_DIRECT and fsync every file, so the set survives "
               "a machine crash once dump returns; --no-fsync leaves them to the page cache, "
@@ -101,7 +103,7 @@ STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek"
 @user_errors
 def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
          truth: bool | None, kernel: str, strategy: str, compress: str | None, level: int,
-         threads: int, out: str, force: bool, sync: bool) -> None:
+         threads: int, out: str, force: bool, quiet: bool, sync: bool) -> None:
     """Dump a process tree into a CRIU-format image set: a scenario on the model
     (--scenario), or a live process tree (--pid)."""
     from dumper.dump import dump as do_dump
@@ -114,7 +116,8 @@ def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
         fail("dump needs one of --scenario (the model) or --pid (a live process)")
     if os.path.lexists(out) and not force:
         fail(f"{out}: exists; pass --force to replace it")
-    warn = lambda m: click.echo(f"dumper: warning: {m}", err=True)  # noqa: E731
+    warn = (lambda m: None) if quiet else (  # noqa: E731
+        lambda m: click.echo(f"dumper: warning: {m}", err=True))
     if pid is not None:
         from dumper.dump import dump as do_dump
         from dumper.linux.host import LinuxHost
@@ -124,7 +127,7 @@ def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
         summary = do_dump(host, pid, out, strategy, tree=tree, truth=record,
                           profile=f"linux-{os.uname().release}", compress=compress,
                           level=level, threads=threads, force=force, warn=warn, sync=sync)
-        click.echo(summary.line())
+        _dump_result(summary)
         return
     profile = load_profile(kernel)
     sc = resolve(scenario)
@@ -133,7 +136,17 @@ def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
     summary = do_dump(ModelHost(world.model), world.pids[sc.dump_root], out, strategy,
                       profile=profile.name, compress=compress, level=level, threads=threads,
                       force=force, warn=warn, sync=sync)
+    _dump_result(summary)
+
+
+def _dump_result(summary) -> None:
+    """The summary line; pages the dump could not read are named, one line each, and the
+    exit status is 1 (data lost), the set written all the same with them recorded."""
     click.echo(summary.line())
+    for u in summary.unreadable:
+        click.echo(f"dumper: error: {u.describe()}: not saved", err=True)
+    if summary.unreadable:
+        raise click.exceptions.Exit(1)
 
 
 def _restore_model(path: str):

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dumper.host import Host, MapEntry, ObjectHandle, TaskInfo, parse_maps
-from dumper.images.records import CowRun, GuardRun, SharedObject, Vma
+from dumper.images.records import CowRun, Dropped, GuardRun, SharedObject, Unreadable, Vma
 from dumper.images.writer import ImageSetWriter
 from dumper.kabi import (
     MAP_ANONYMOUS,
+    MAP_HUGETLB,
     MAP_PRIVATE,
     MAP_SHARED,
     PAGE_SHIFT,
@@ -32,6 +33,7 @@ from dumper.kabi import (
     PTE_MARKER_POISONED,
     SWP_PTE_MARKER,
     SWP_TYPE_MASK,
+    huge_flags,
 )
 from dumper.select import (
     STRATEGIES,
@@ -63,6 +65,7 @@ class SharedInfo:
     handle: ObjectHandle
     owners: list[Owner] = field(default_factory=list)  # MAP_SHARED mappers
     selected: np.ndarray | None = None
+    page_size: int = PAGE_SIZE  # hugetlb objects: the huge page size
 
 
 @dataclass
@@ -84,6 +87,7 @@ class TaskDump:
     cow: list[CowRun] = field(default_factory=list)
     objects: dict[int, SharedInfo] = field(default_factory=dict)  # VMA start -> its object
     guards: list[GuardRun] = field(default_factory=list)
+    huge: dict[int, int] = field(default_factory=dict)  # VMA start -> huge page size
 
 
 @dataclass
@@ -100,14 +104,17 @@ class DumpSummary:
     bytes_written: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    unreadable: list[Unreadable] = field(default_factory=list)  # selected, not saved
 
     def line(self) -> str:
         mib = self.bytes_written / (1 << 20)
+        lost = sum(u.nr_pages for u in self.unreadable)
         return (
             f"dumped {self.tasks} tasks, {self.vmas} VMAs: {self.private_pages} private pages "
             f"({self.cow_pages} COW-shared stored once), {self.shared_pages} pages of "
             f"{self.shared_objects} shared objects; {mib:.1f} MiB written in "
             f"{self.seconds:.2f} s [{self.strategy}, {self.profile}] -> {self.path}"
+            + (f"; {lost} pages UNREADABLE, not saved" if lost else "")
         )
 
 
@@ -200,22 +207,44 @@ def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int
 
 
 def read_runs(read: Callable[[int, int], bytes], runs: list[tuple[int, int]],
-              warn: Callable[[str], None]) -> Iterator[bytes]:
-    """Bytes of (address, pages) runs, read in CHUNK pieces; a piece that faults (EFAULT:
-    a guard page a naive strategy selected) is read page by page, zeros where it faults."""
+              hole_unit: int = 0) -> Iterator[bytes | Dropped]:
+    """Bytes of (address, pages) runs, read in CHUNK pieces. A piece that faults is read
+    page by page, and a page that still faults is Dropped with the reason: never stored as
+    if it were zeros (the writer records it in unreadable.img). hole_unit: a hugetlb
+    object's huge page size; a huge page that reads all zeros is Dropped as a hole
+    (hugetlbfs answers SEEK_DATA for every offset: default_llseek)."""
     for start, npages in runs:
         end = start + npages * PAGE_SIZE
         for a in range(start, end, CHUNK):
             b = min(end, a + CHUNK)
             try:
-                yield read(a, b)
+                data = read(a, b)
             except OSError:
                 for p in range(a, b, PAGE_SIZE):
                     try:
                         yield read(p, p + PAGE_SIZE)
                     except OSError as e:
-                        warn(f"{p:#x}: unreadable, saved as zeros ({e.strerror or e})")
-                        yield bytes(PAGE_SIZE)
+                        yield Dropped(1, e.strerror or str(e))
+                continue
+            yield from _huge_holes(data, hole_unit) if hole_unit else (data,)
+
+
+def _huge_holes(data: bytes | memoryview, unit: int) -> Iterator[bytes | memoryview | Dropped]:
+    """data in pieces, its all-zero units (huge pages) Dropped as holes."""
+    view = memoryview(data).cast("B")
+    n = len(view) // unit
+    if n == 0 or len(view) % unit:
+        yield data
+        return
+    data_units = np.frombuffer(view, dtype=np.uint64).reshape(n, -1).any(axis=1)
+    pos = 0
+    for first, count in runs_of(data_units):
+        if first > pos:
+            yield Dropped((first - pos) * (unit // PAGE_SIZE))
+        yield view[first * unit : (first + count) * unit]
+        pos = first + count
+    if pos < n:
+        yield Dropped((n - pos) * (unit // PAGE_SIZE))
 
 
 def tree_of(host: Host, root: int, tree: bool = True) -> list[TaskInfo]:
@@ -233,6 +262,7 @@ def collect(host: Host, infos: list[TaskInfo], strategy: str, warn: Callable[[st
     show_pfn, zero_pfn = host.show_pfn(), host.zero_pfn()
     tasks = [TaskDump(info=t, maps=parse_maps(host.maps(t.pid))) for t in infos]
     objects: dict[tuple[int, int], SharedInfo] = {}
+    referenced: dict[str, set[str]] = {}  # regular file -> how the tree maps it
     for t in tasks:
         for e in t.maps:
             # Every VMA's pagemap is read once: guard/poison markers live in any VMA, and
@@ -243,18 +273,24 @@ def collect(host: Host, infos: list[TaskInfo], strategy: str, warn: Callable[[st
                 handle = host.open_object(t.info.pid, e.start, e.end)
                 st = handle.stat()
                 key = (st.dev, st.ino)
-                if not st.shmem:
+                if st.huge_page_size:
+                    t.huge[e.start] = st.huge_page_size
+                # MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB: anonymous memory in huge pages; its
+                # hugetlbfs inode holds nothing (hugetlb_no_page gives private VMAs anon folios).
+                anon_huge = not e.shared and e.path.startswith("/anon_hugepage")
+                if not st.is_object or anon_huge:
                     handle.close()
-                    if e.shared:
-                        warn(f"pid {t.info.pid}: {e.start:#x}-{e.end:#x} maps "
-                             f"{e.path or 'a file'} MAP_SHARED: a regular file is referenced, "
-                             "not copied")
+                    if not anon_huge:
+                        referenced.setdefault(e.path or f"{e.dev_major}:{e.dev_minor} "
+                                              f"inode {e.ino}", set()).add(
+                            "MAP_SHARED" if e.shared else "MAP_PRIVATE")
                 else:
                     info = objects.get(key)
                     if info is None:
                         info = objects[key] = SharedInfo(st.ino, object_kind(e),
                                                          _object_name(e), st.dev, st.ino,
-                                                         st.size, handle)
+                                                         st.size, handle,
+                                                         page_size=st.huge_page_size or PAGE_SIZE)
                     else:
                         handle.close()
                     t.objects[e.start] = info
@@ -267,6 +303,9 @@ def collect(host: Host, infos: list[TaskInfo], strategy: str, warn: Callable[[st
                 t.private.append(PrivateVma(e, cow_keys(words, show_pfn, zero_pfn),
                                             private_selection(strategy, words, show_pfn,
                                                               zero_pfn, backed)))
+    for path, how in referenced.items():
+        warn(f"{path}: mapped {' and '.join(sorted(how))}, referenced, not copied: a restore "
+             "needs this file at this path, unchanged")
     for info in objects.values():
         info.selected = shared_selection(strategy, host, info.owners, info.handle, info.size)
     return tasks, objects
@@ -305,8 +344,9 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
                                     threads=threads, strategy=strategy, profile=profile,
                                     host_kind=host.kind, root_pid=root, sync=sync)
             with writer:
-                shared_pages = _write_objects(writer, objects, note)
-                private_pages = _write_tasks(host, writer, tasks, note, truth)
+                shared_pages = _write_objects(writer, objects)
+                private_pages = _write_tasks(host, writer, tasks, truth)
+                unreadable = list(writer.unreadable)
             written = _dir_bytes(out)
         finally:
             for info in objects.values():
@@ -315,49 +355,53 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
         path=out, strategy=strategy, profile=profile or host.kind, tasks=len(tasks),
         vmas=sum(len(t.maps) for t in tasks), private_pages=private_pages, cow_pages=cow_pages,
         shared_objects=len(objects), shared_pages=shared_pages, bytes_written=written,
-        seconds=time.perf_counter() - t0, warnings=warnings,
+        seconds=time.perf_counter() - t0, warnings=warnings, unreadable=unreadable,
     )
 
 
-def _write_objects(writer: ImageSetWriter, objects: dict[tuple[int, int], SharedInfo],
-                   warn: Callable[[str], None]) -> int:
+def _write_objects(writer: ImageSetWriter, objects: dict[tuple[int, int], SharedInfo]) -> int:
     total = 0
     for info in objects.values():
         runs = [(a << PAGE_SHIFT, n) for a, n in runs_of(info.selected)]
-        total += sum(n for _, n in runs)
-        writer.add_shared_object(
+        huge = info.page_size if info.page_size != PAGE_SIZE else 0
+        pages_id = writer.add_shared_object(
             SharedObject(shmid=info.shmid, kind=info.kind, size=info.size, dev=info.dev,
-                         ino=info.ino, name=info.name),
-            runs, read_runs(lambda a, b, h=info.handle: h.pread(a, b - a), runs, warn),
+                         ino=info.ino, name=info.name, page_size=info.page_size),
+            runs, read_runs(lambda a, b, h=info.handle: h.pread(a, b - a), runs, huge),
         )
+        total += writer.pages_stored(pages_id)
     return total
 
 
-def _vma_record(e: MapEntry, info: SharedInfo | None) -> Vma:
+def _vma_record(e: MapEntry, info: SharedInfo | None, huge: int = 0) -> Vma:
     """The VMA as the images record it: an object's shmid, a referenced regular file's path
-    (its pages are the file's, not the dump's), or anonymous memory."""
-    file = info is None and e.ino != 0
+    (its pages are the file's, not the dump's), or anonymous memory; hugetlb mappings with
+    MAP_HUGETLB and their page size, as CRIU rebuilds the flags from smaps "ht"."""
+    file = info is None and e.ino != 0 and not (huge and e.path.startswith("/anon_hugepage"))
     anon = info.kind == "shmem-anon" if info is not None else not file
     flags = (MAP_SHARED if e.shared else MAP_PRIVATE) | (MAP_ANONYMOUS if anon else 0)
+    if huge:
+        flags |= huge_flags(huge, MAP_HUGETLB)
     return Vma(e.start, e.end, e.prot, flags, pgoff=e.pgoff,
                obj=info.shmid if info is not None else None, path=e.path if file else "")
 
 
 def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
-                 warn: Callable[[str], None], truth: bool = True) -> int:
+                 truth: bool = True) -> int:
     total = 0
     for t in tasks:
         pid = t.info.pid
         writer.add_task(pid, t.info.ppid, t.info.comm,
-                        [_vma_record(e, t.objects.get(e.start)) for e in t.maps],
+                        [_vma_record(e, t.objects.get(e.start), t.huge.get(e.start, 0))
+                         for e in t.maps],
                         pgid=t.info.pgid or None, sid=t.info.sid or None)
         runs = []
         for pv in t.private:
             mask = pv.stored if pv.stored is not None else pv.selected
             runs += [(pv.vma.start + (a << PAGE_SHIFT), n) for a, n in runs_of(mask)]
-        total += sum(n for _, n in runs)
-        writer.add_private_pages(
-            pid, runs, read_runs(lambda a, b, p=pid: host.read_memory(p, a, b), runs, warn))
+        pages_id = writer.add_private_pages(
+            pid, runs, read_runs(lambda a, b, p=pid: host.read_memory(p, a, b), runs))
+        total += writer.pages_stored(pages_id)
         if t.cow:
             writer.add_cow(pid, t.cow)
         if t.guards:

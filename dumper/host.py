@@ -72,7 +72,7 @@ class MapEntry:
     def object_kind(self) -> str | None:
         """The same judgement for any mapping of a shmem file, MAP_PRIVATE ones included (a
         memfd mapped private is still "/memfd:NAME"); None for other names."""
-        if self.path.startswith("/dev/zero"):
+        if self.path.startswith(("/dev/zero", "/anon_hugepage")):
             return "shmem-anon"
         if self.path.startswith("/memfd:"):
             return "memfd"
@@ -124,6 +124,13 @@ class ObjectStat:
     ino: int
     size: int
     shmem: bool = True  # on shmem/tmpfs (TMPFS_MAGIC): its pages are the dump's to save
+    huge_page_size: int = 0  # on hugetlbfs (HUGETLBFS_MAGIC): its pages are too, this big
+
+    @property
+    def is_object(self) -> bool:
+        """Whether a dump saves the pages behind it (shmem or hugetlbfs), rather than
+        referencing the file."""
+        return self.shmem or bool(self.huge_page_size)
 
 
 class ObjectHandle(Protocol):

@@ -75,6 +75,13 @@ MAP_GROWSDOWN = 0x100
 MAP_LOCKED = 0x2000
 MAP_NORESERVE = 0x4000
 MAP_HUGETLB = 0x40000
+MFD_HUGETLB = 0x4
+HUGE_SHIFT = 26  # MAP_HUGE_SHIFT, MFD_HUGE_SHIFT, SHM_HUGE_SHIFT: log2 of the page size there
+
+
+def huge_flags(page_size: int, flag: int = MAP_HUGETLB) -> int:
+    """flag | log2(page_size) << HUGE_SHIFT: mmap's MAP_HUGE_2MB, memfd's MFD_HUGE_2MB."""
+    return flag | (page_size.bit_length() - 1) << HUGE_SHIFT
 
 MADV_DONTNEED = 4
 MADV_FREE = 8

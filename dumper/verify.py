@@ -10,6 +10,7 @@ and found digests.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,20 +74,21 @@ def verify(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None) -
                          f"digests with {host.truth_algo}")
     report = VerifyReport()
     seen_obj: set[tuple[int, int]] = set()
+    view = SetView(images)
     for t in images.tasks.values():
         hpid = (pid_map or {}).get(t.pid, t.pid)
         try:
-            now = dict(host.truth(hpid))
+            now = Live(host.truth(hpid))
         except Exception:  # the task is gone: everything it had is lost
-            now = {}
+            now = Live([])
         for vaddr, digests in images.iter_truth(t.pid):
             exp = np.asarray(digests, dtype=np.uint64)
-            found = _find(now, vaddr, len(exp))
+            found = now.find(vaddr, len(exp))
             bad = np.nonzero(exp != found[0])[0] if found is not None else np.arange(len(exp))
             report.pages_checked += len(exp)
             for i in bad:
                 addr = vaddr + (int(i) << PAGE_SHIFT)
-                vma = next((v for v in t.vmas if v.start <= addr < v.end), None)
+                vma = view.vma_of(t.pid, addr)
                 shmid = offset = None
                 if vma is not None and not vma.private and vma.obj is not None:
                     shmid, offset = vma.obj, vma.pgoff + addr - vma.start
@@ -100,80 +102,236 @@ def verify(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None) -
     return report
 
 
-def _find(now: dict[int, np.ndarray], vaddr: int, n: int
-          ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The host's digests for [vaddr, vaddr + n pages) and which of them are mapped."""
-    out = np.zeros(n, dtype=np.uint64)
-    mapped = np.zeros(n, dtype=bool)
-    end = vaddr + n * PAGE_SIZE
-    for start, d in now.items():
-        stop = start + len(d) * PAGE_SIZE
-        a, b = max(start, vaddr), min(stop, end)
-        if a < b:
+class Live:
+    """A host's digests of a task, VMA by VMA ((start, digests) in address order), looked up
+    by bisection."""
+
+    def __init__(self, runs: list[tuple[int, np.ndarray]]) -> None:
+        self.runs = sorted(runs, key=lambda r: r[0])
+        self.starts = [a for a, _ in self.runs]
+
+    def find(self, vaddr: int, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The digests for [vaddr, vaddr + n pages) and which of them are mapped."""
+        out = np.zeros(n, dtype=np.uint64)
+        mapped = np.zeros(n, dtype=bool)
+        end = vaddr + n * PAGE_SIZE
+        for start, d in _spans(self.starts, self.runs, vaddr, end,
+                               lambda r: r[0] + len(r[1]) * PAGE_SIZE):
+            stop = start + len(d) * PAGE_SIZE
+            a, b = max(start, vaddr), min(stop, end)
             i, j = (a - vaddr) >> PAGE_SHIFT, (b - vaddr) >> PAGE_SHIFT
             k = (a - start) >> PAGE_SHIFT
             out[i:j] = d[k : k + j - i]
             mapped[i:j] = True
-    if not mapped.any():
-        return None
-    out[~mapped] = ~np.uint64(0) ^ np.uint64(1)  # never equal to a recorded digest by chance
-    return out, mapped
+        if not mapped.any():
+            return None
+        out[~mapped] = ~np.uint64(0) ^ np.uint64(1)  # never equal to a recorded digest by chance
+        return out, mapped
 
 
-VIEW_CHUNK = 1 << 20  # bytes of a run read at a time by image_view
+VIEW_CHUNK = 1 << 20  # bytes of a run read at a time by SetView
+
+
+def _spans(starts: list[int], items: list, lo: int, hi: int, end=None):
+    """The items (sorted by start, not overlapping) that overlap [lo, hi), by bisection."""
+    i = max(0, bisect.bisect_right(starts, lo) - 1)
+    while i < len(items) and starts[i] < hi:
+        it = items[i]
+        if end(it) > lo:
+            yield it
+        i += 1
+
+
+class SetView:
+    """Page digests (XXH3-64) of what a restore from the set gives each task's pages: its own
+    or COW page, the object's page for shared and object-backed private pages, the
+    referenced file's page for a regular file's mapping (read from the file: a restore maps
+    it), zeros otherwise, and the unreadable digest over guard and poison runs (a read
+    faults) and pages the dump could not read (unreadable.img).
+
+    Built once per verify: runs, COW runs, guards and VMAs are found by bisection and read in
+    big pieces, and a task's own digests are kept for the COW runs of the tasks forked from
+    it, so a set of 30,000 VMAs or of 1 GiB of COW-shared pages is seen in linear time. Only
+    a COW run whose source page is itself another task's (a chain) is resolved page by page,
+    as a restore would (ImageSet.read_page)."""
+
+    def __init__(self, images: ImageSet) -> None:
+        from dumper.images.checksums import UNREADABLE_DIGEST, page_digest
+
+        self.images = images
+        self.zero = page_digest(bytes(PAGE_SIZE))
+        self.unreadable_digest = UNREADABLE_DIGEST
+        self._own: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._index: dict[int, dict[str, Any]] = {}
+        self._unreadable: dict[int | None, list] = {}
+        for u in images.unreadable:
+            self._unreadable.setdefault(u.pid if u.pid else -int(u.shmid or 0), []).append(u)
+
+    def _ix(self, pid: int) -> dict[str, Any]:
+        ix = self._index.get(pid)
+        if ix is None:
+            t = self.images.tasks[pid]
+            cow = sorted(t.cow, key=lambda c: c.vaddr)
+            guards = sorted(t.guards, key=lambda g: g.vaddr)
+            ix = self._index[pid] = {
+                "vmas": [v.start for v in t.vmas], "runs": [r.vaddr for r in t.pagemap],
+                "cow": cow, "cow_starts": [c.vaddr for c in cow],
+                "guards": guards, "guard_starts": [g.vaddr for g in guards],
+            }
+        return ix
+
+    def vma_of(self, pid: int, addr: int) -> Any:
+        ix = self._ix(pid)
+        vmas = self.images.tasks[pid].vmas
+        i = bisect.bisect_right(ix["vmas"], addr) - 1
+        return vmas[i] if i >= 0 and addr < vmas[i].end else None
+
+    def _read_runs(self, runs, starts, pages_id: int, shift: int, lo: int, hi: int,
+                   out: np.ndarray, have: np.ndarray) -> None:
+        """Digest the present runs' pages inside [lo, hi) (a run's vaddr + shift is an
+        address) into out/have, indexed from lo."""
+        from dumper.images.checksums import page_digests
+
+        reader = None
+        for run in _spans(starts, runs, lo - shift, hi - shift, lambda r: r.end()):
+            a, b = max(run.vaddr + shift, lo), min(run.end() + shift, hi)
+            if a >= b or not run.present:
+                continue
+            reader = reader or self.images.reader(pages_id)
+            for c in range(a, b, VIEW_CHUNK):
+                d = min(b, c + VIEW_CHUNK)
+                data = reader.read(run.offset + (c - shift - run.vaddr), d - c)
+                i = (c - lo) // PAGE_SIZE
+                out[i : i + (d - c) // PAGE_SIZE] = page_digests(data)
+            have[(a - lo) // PAGE_SIZE : (b - lo) // PAGE_SIZE] = True
+
+    def own(self, pid: int, vma: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Digests of the VMA's pages stored in pid's own pagemap, and which those are."""
+        key = (pid, vma.start)
+        got = self._own.get(key)
+        if got is None:
+            n = (vma.end - vma.start) // PAGE_SIZE
+            out, have = np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=bool)
+            t = self.images.tasks[pid]
+            self._read_runs(t.pagemap, self._ix(pid)["runs"], t.pages_id, 0, vma.start,
+                            vma.end, out, have)
+            got = self._own[key] = (out, have)
+        return got
+
+    def _object(self, vma: Any, out: np.ndarray, want: np.ndarray) -> None:
+        """The VMA's object pages where wanted: data runs read, holes zeros."""
+        obj = self.images.objects[vma.obj]
+        runs = list(obj.pagemap)
+        have = np.zeros(len(out), dtype=bool)
+        got = np.zeros(len(out), dtype=np.uint64)
+        self._read_runs(runs, [r.vaddr for r in runs], obj.pages_id, vma.start - vma.pgoff,
+                        vma.start, vma.end, got, have)
+        out[want] = np.where(have[want], got[want], self.zero)
+
+    def _cow_mask(self, pid: int, vma: Any) -> np.ndarray:
+        ix = self._ix(pid)
+        mask = np.zeros((vma.end - vma.start) // PAGE_SIZE, dtype=bool)
+        for c in _spans(ix["cow_starts"], ix["cow"], vma.start, vma.end,
+                        lambda c: c.vaddr + c.nr_pages * PAGE_SIZE):
+            a, b = max(c.vaddr, vma.start), min(c.vaddr + c.nr_pages * PAGE_SIZE, vma.end)
+            mask[(a - vma.start) // PAGE_SIZE : (b - vma.start) // PAGE_SIZE] = True
+        return mask
+
+    def _cow(self, t: Any, vma: Any, out: np.ndarray, done: np.ndarray) -> None:
+        """COW runs inside the VMA, from their source task's own digests."""
+        ix = self._ix(t.pid)
+        for c in _spans(ix["cow_starts"], ix["cow"], vma.start, vma.end,
+                        lambda c: c.vaddr + c.nr_pages * PAGE_SIZE):
+            a = max(c.vaddr, vma.start)
+            b = min(c.vaddr + c.nr_pages * PAGE_SIZE, vma.end)
+            i, j = (a - vma.start) // PAGE_SIZE, (b - vma.start) // PAGE_SIZE
+            src_lo = c.src_vaddr + (a - c.vaddr)
+            svma = self.vma_of(c.src_pid, src_lo) if c.src_pid in self.images.tasks else None
+            if svma is None or src_lo + (b - a) > svma.end:
+                continue  # left for page_view
+            sd, sh = self.own(c.src_pid, svma)
+            k = (src_lo - svma.start) // PAGE_SIZE
+            out[i:j] = np.where(sh[k : k + j - i], sd[k : k + j - i], out[i:j])
+            done[i:j] |= sh[k : k + j - i]
+
+    def _file(self, vma: Any, out: np.ndarray, want: np.ndarray) -> None:
+        """A referenced file's pages where wanted, read in one piece from the file."""
+        from dumper.images.checksums import page_digests
+
+        idx = np.nonzero(want)[0]
+        if not len(idx):
+            return
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        try:
+            with open(vma.path.removesuffix(" (deleted)"), "rb") as f:
+                f.seek(vma.pgoff + lo * PAGE_SIZE)
+                data = f.read((hi - lo) * PAGE_SIZE)
+        except OSError:
+            data = b""
+        whole = len(data) // PAGE_SIZE  # pages read whole; one partial page may follow
+        tail = data[whole * PAGE_SIZE :]
+        if whole:
+            rel = idx - lo
+            inside = rel < whole
+            out[idx[inside]] = page_digests(data[: whole * PAGE_SIZE], rel[inside])
+        for i in idx[idx - lo >= whole].tolist():
+            if i - lo == whole and tail:  # the file's last page: zeros past EOF
+                out[i] = page_digests(tail.ljust(PAGE_SIZE, b"\0"))[0]
+            else:  # SIGBUS past EOF, or no file to map
+                out[i] = self.unreadable_digest
+
+    def vma(self, pid: int, vma: Any) -> np.ndarray:
+        """The digest of every page of one VMA of pid."""
+        t = self.images.tasks[pid]
+        n = (vma.end - vma.start) // PAGE_SIZE
+        out = np.full(n, self.zero, dtype=np.uint64)
+        every = np.ones(n, dtype=bool)
+        has_obj = vma.obj is not None and vma.obj in self.images.objects
+        if vma.private:
+            own, have = self.own(pid, vma)
+            out[have] = own[have]
+            done = have.copy()
+            cow = self._cow_mask(pid, vma) if t.cow else np.zeros(n, dtype=bool)
+            if t.cow:
+                self._cow(t, vma, out, done)
+            rest = ~done & ~cow  # neither its own nor another task's: object, file, zeros
+            if has_obj:
+                self._object(vma, out, rest)
+            elif vma.path:
+                self._file(vma, out, rest)
+            done |= rest
+            for i in np.nonzero(~done)[0].tolist():  # a COW chain: as a restore resolves it
+                out[i] = page_view(self.images, pid, vma, vma.start + i * PAGE_SIZE)
+        elif has_obj:
+            self._object(vma, out, every)
+        elif vma.path:
+            self._file(vma, out, every)
+        self._unreadable_runs(pid, vma, out)
+        return out
+
+    def _unreadable_runs(self, pid: int, vma: Any, out: np.ndarray) -> None:
+        ix = self._ix(pid)
+        spans = [(g.vaddr, g.nr_pages) for g in _spans(
+            ix["guard_starts"], ix["guards"], vma.start, vma.end,
+            lambda g: g.vaddr + g.nr_pages * PAGE_SIZE)]
+        if vma.private:
+            spans += [(u.vaddr, u.nr_pages) for u in self._unreadable.get(pid, ())]
+        if vma.obj is not None:
+            spans += [(vma.start + u.vaddr - vma.pgoff, u.nr_pages)
+                      for u in self._unreadable.get(-int(vma.obj), ())]
+        for lo, npages in spans:
+            a, b = max(lo, vma.start), min(lo + npages * PAGE_SIZE, vma.end)
+            if a < b:
+                out[(a - vma.start) // PAGE_SIZE : (b - vma.start) // PAGE_SIZE] = (
+                    self.unreadable_digest)
 
 
 def image_view(images: ImageSet, pid: int, vma_start: int, npages: int) -> np.ndarray:
-    """Page digests (XXH3-64) of what a restore from the set gives a task's pages: its own or COW
-    page, the object's page for shared and object-backed private pages, the referenced file's
-    page for a regular file's mapping (read from the file: a restore maps it), zeros
-    otherwise, and the unreadable digest over guard and poison runs (a read faults).
-
-    The VMA's own runs (the task's pagemap, or its object's) are read in big pieces; only the
-    pages left (COW runs, an object or a file behind a private mapping) are resolved one by
-    one as a restore would (ImageSet.read_page)."""
-    from dumper.images.checksums import UNREADABLE_DIGEST, page_digest, page_digests
-
-    zero = page_digest(bytes(PAGE_SIZE))
-    t = images.tasks[pid]
-    vma = next(v for v in t.vmas if v.start == vma_start)
-    vma_end = vma_start + npages * PAGE_SIZE
-    out = np.full(npages, zero, dtype=np.uint64)
-    done = np.zeros(npages, dtype=bool)
-    runs, pages_id, shift = [], 0, 0  # shift: a run's vaddr + shift is an address here
-    if vma.private:
-        runs, pages_id = t.pagemap, t.pages_id
-    elif vma.obj is not None and vma.obj in images.objects:
-        obj = images.objects[vma.obj]
-        runs, pages_id, shift = obj.pagemap, obj.pages_id, vma.start - vma.pgoff
-    for run in runs:
-        a, b = max(run.vaddr + shift, vma_start), min(run.end() + shift, vma_end)
-        if a >= b or not run.present:
-            continue
-        reader = images.reader(pages_id)
-        for c in range(a, b, VIEW_CHUNK):
-            d = min(b, c + VIEW_CHUNK)
-            data = reader.read(run.offset + (c - shift - run.vaddr), d - c)
-            i = (c - vma_start) // PAGE_SIZE
-            out[i : i + (d - c) // PAGE_SIZE] = page_digests(data)
-        done[(a - vma_start) // PAGE_SIZE : (b - vma_start) // PAGE_SIZE] = True
-    if not vma.private:
-        done[:] = vma.obj is not None or not vma.path  # the rest: holes, zeros
-    elif vma.obj is None and not vma.path:  # anonymous: only COW runs hold the rest
-        cow = np.zeros(npages, dtype=bool)
-        for c in t.cow:
-            a, b = max(c.vaddr, vma_start), min(c.vaddr + c.nr_pages * PAGE_SIZE, vma_end)
-            if a < b:
-                cow[(a - vma_start) // PAGE_SIZE : (b - vma_start) // PAGE_SIZE] = True
-        done |= ~cow
-    for i in np.nonzero(~done)[0].tolist():
-        out[i] = page_view(images, pid, vma, vma_start + i * PAGE_SIZE)
-    for g in t.guards:
-        a = max(g.vaddr, vma_start)
-        b = min(g.vaddr + g.nr_pages * PAGE_SIZE, vma_end)
-        if a < b:
-            out[(a - vma_start) // PAGE_SIZE : (b - vma_start) // PAGE_SIZE] = UNREADABLE_DIGEST
-    return out
+    """SetView of one VMA (the one starting at vma_start, of npages pages)."""
+    view = SetView(images)
+    vma = view.vma_of(pid, vma_start)
+    assert vma is not None and vma.start == vma_start and vma.npages == npages
+    return view.vma(pid, vma)
 
 
 def page_view(images: ImageSet, pid: int, vma: Any, addr: int) -> int:
@@ -233,14 +391,15 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
     (frozen, or unchanged since the dump) reads now: digests of real bytes on both sides."""
     report = VerifyReport()
     seen_obj: set[tuple[int, int]] = set()
+    view = SetView(images)
     for t in images.tasks.values():
         hpid = (pid_map or {}).get(t.pid, t.pid)
-        live = dict(host.truth(hpid))
+        live = Live(host.truth(hpid))
         rseq = host.rseq_areas(hpid)
         for v in t.vmas:
             n = (v.end - v.start) // PAGE_SIZE
-            restored = image_view(images, t.pid, v.start, n)
-            found = _find(live, v.start, n)
+            restored = view.vma(t.pid, v)
+            found = live.find(v.start, n)
             report.pages_checked += n
             bad = np.arange(n) if found is None else np.nonzero(restored != found[0])[0]
             for i in bad:

@@ -58,6 +58,7 @@ KINDS = (
     Kind("TRUTH", M.TRUTH_MAGIC, own.TruthRun, head=own.TruthHead),
     Kind("COW", M.COW_MAGIC, own.CowEntry),
     Kind("GUARDS", M.GUARDS_MAGIC, own.GuardEntry),
+    Kind("UNREADABLE", M.UNREADABLE_MAGIC, own.UnreadableEntry),
 )
 BY_MAGIC = {k.magic: k for k in KINDS}
 BY_NAME = {k.name: k for k in KINDS}

@@ -1,7 +1,7 @@
 """Magic numbers and file names of an image set (criu.md §3.2-3.3, plus dumper's own).
 
 CRIU's values come from its magic.h; dumper's are four ASCII letters on disk ("DUMP", "DOBJ",
-"DTRU", "DCOW", "DGRD"), none of them a CRIU magic, so crit reports them as unknown.
+"DTRU", "DCOW", "DGRD", "DUNR"), none of them a CRIU magic, so crit reports them as unknown.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ OBJECTS_MAGIC = 0x4A424F44  # b"DOBJ"
 TRUTH_MAGIC = 0x55525444  # b"DTRU"
 COW_MAGIC = 0x574F4344  # b"DCOW"
 GUARDS_MAGIC = 0x44524744  # b"DGRD"
+UNREADABLE_MAGIC = 0x524E5544  # b"DUNR"
 
 # Fixed names; per-id names are built by the functions below.
 INVENTORY = "inventory.img"
@@ -32,6 +33,7 @@ FILES = "files.img"
 MEMFD = "memfd.img"
 DUMPER = "dumper.img"
 OBJECTS = "objects.img"
+UNREADABLE = "unreadable.img"
 
 
 def core(tid: int) -> str:

@@ -51,6 +51,7 @@ from dumper.images.records import (
     SharedObject,
     Task,
     Truth,
+    Unreadable,
     Vma,
 )
 from dumper.kabi import PAGE_SIZE
@@ -92,6 +93,7 @@ class ImageSet:
         self.objects: dict[int, SharedObject] = {}
         self.pages: dict[int, PagesInfo] = {}
         self.truths: dict[int, Truth] = {}
+        self.unreadable: list[Unreadable] = []  # unreadable.img: pages the dump lost
         self.root = 0
         self._pages_meta: dict[int, own.PagesImageEntry] = {}
         self._readers: dict[int, PagesReader] = {}
@@ -146,8 +148,19 @@ class ImageSet:
             self._load_guards(task)
         for task in self.tasks.values():
             self._check_cow_sources(task)
+        self._load_unreadable()
         for task in self.tasks.values():
             self._load_truth(task, verify)
+
+    def _load_unreadable(self) -> None:
+        img = self._load_opt(M.UNREADABLE, codec.BY_NAME["UNREADABLE"])
+        for off, e in zip(img.offsets, img.entries, strict=True) if img else ():
+            shmid = e.shmid if e.HasField("shmid") else None
+            if (e.pid not in self.tasks if e.pid else shmid not in self.objects) or (
+                    e.nr_pages == 0 or e.vaddr % PAGE_SIZE):
+                raise ImageError(img.path, f"entry {e.vaddr:#x}+{e.nr_pages} pages names "
+                                 "no task or object of the set, or is malformed", off)
+            self.unreadable.append(Unreadable(e.pid, e.vaddr, e.nr_pages, e.reason, shmid))
 
     def _load_meta(self) -> None:
         img = self._load_opt(M.DUMPER, codec.BY_NAME["DUMPER"])
@@ -365,6 +378,7 @@ class ImageSet:
                 ino=e.ino,
                 name=e.name,
                 pages_id=e.pages_id,
+                page_size=e.page_size if e.HasField("page_size") else PAGE_SIZE,
             )
             if e.HasField("file_id"):
                 self._object_by_file[e.file_id] = e.shmid

@@ -90,6 +90,33 @@ GUARD_KINDS = ("guard", "poison")
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """Pages a dump selected and could not read: task pid's [vaddr, +nr_pages), or, with pid
+    0, object shmid's pages at offset vaddr. Not stored: a restore gives zeros there."""
+
+    pid: int
+    vaddr: int
+    nr_pages: int
+    reason: str
+    shmid: int | None = None
+
+    def describe(self) -> str:
+        where = f"pid {self.pid} {self.vaddr:#x}" if self.pid else (
+            f"object {self.shmid} offset {self.vaddr:#x}")
+        return f"{where}+{self.nr_pages} pages: unreadable ({self.reason})"
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """In a stream of page chunks given to the writer: the next nr_pages selected pages are
+    not stored after all — a hole found while reading (reason ""), or pages that could not
+    be read (reason: why). The writer takes them out of the runs it records."""
+
+    nr_pages: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class SharedObject:
     """A shared object: what a MAP_SHARED mapping is backed by. size is in bytes.
 
@@ -108,6 +135,7 @@ class SharedObject:
     gid: int = 0
     pages_id: int = 0
     pagemap: tuple[PageRun, ...] = ()
+    page_size: int = PAGE_SIZE  # a hugetlb object's huge page size
 
     @property
     def label(self) -> str:

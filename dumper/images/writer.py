@@ -48,12 +48,14 @@ from dumper.images.records import (
     GUARD_KINDS,
     SHARED_KINDS,
     CowRun,
+    Dropped,
     GuardRun,
     PageRun,
     SharedObject,
+    Unreadable,
     Vma,
 )
-from dumper.kabi import MAP_SHARED, PAGE_SIZE
+from dumper.kabi import MAP_SHARED, MFD_HUGETLB, PAGE_SIZE, huge_flags
 
 FORMAT_VERSION = 1
 TRUTH_RUN_MAX = 1 << 16  # digests per TruthRun entry: 512 KiB
@@ -84,6 +86,38 @@ def _runs(runs: Iterable[RunLike], page_size: int, what: str) -> list[PageRun]:
             raise ValueError(f"{what}: runs unsorted or overlapping at {run.vaddr:#x}")
         out.append(run)
     return out
+
+
+def _drop(runs: list[PageRun], dropped: list[tuple[int, int]], page_size: int
+          ) -> tuple[list[PageRun], list[tuple[int, int]]]:
+    """The runs without the dropped present pages ((position among the present pages,
+    count), in order), and each dropped span as (vaddr, count)."""
+    out: list[PageRun] = []
+    spans: list[tuple[int, int]] = []
+    pos = 0  # present pages before the current run
+    d = 0
+    for run in runs:
+        if not run.present:
+            out.append(run)
+            continue
+        cut = run.vaddr  # the part of the run not yet emitted starts here
+        end = run.end(page_size)
+        while d < len(dropped) and dropped[d][0] < pos + run.nr_pages:
+            at, n = dropped[d]
+            take = min(n, pos + run.nr_pages - at)
+            lo = run.vaddr + (at - pos) * page_size
+            if lo > cut:
+                out.append(PageRun(cut, (lo - cut) // page_size, run.flags))
+            spans.append((lo, take))
+            cut = lo + take * page_size
+            if take < n:  # the drop goes on into the next present run
+                dropped[d] = (at + take, n - take)
+                break
+            d += 1
+        if cut < end:
+            out.append(PageRun(cut, (end - cut) // page_size, run.flags))
+        pos += run.nr_pages
+    return out, spans
 
 
 def _pagemap_entries(runs: list[PageRun]) -> Iterable[criu.PagemapEntry]:
@@ -189,6 +223,8 @@ class ImageSetWriter:
         self._truth: set[int] = set()
         self._cow: set[int] = set()
         self._guards: set[int] = set()
+        # Pages the chunks said could not be read (Dropped with a reason): unreadable.img.
+        self.unreadable: list[Unreadable] = []
         self._done = False
 
     # -- files ------------------------------------------------------------------------------
@@ -221,7 +257,11 @@ class ImageSetWriter:
         finally:
             self._close(f)
 
-    def _write_pages(self, chunks: Iterable[bytes | bytearray | memoryview]) -> own.PagesImageEntry:
+    def _write_pages(self, chunks: Iterable[bytes | bytearray | memoryview | Dropped],
+                     dropped: list[tuple[int, int, str]] | None = None
+                     ) -> own.PagesImageEntry:
+        """The pages image of the chunks; Dropped items are recorded in dropped as
+        (position among the pages, count, reason) and write nothing."""
         pages_id = len(self._pages) + 1  # CRIU's page_ids start at 1
         fd = os.open(self.tmp / M.pages(pages_id),
                      os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -231,8 +271,15 @@ class ImageSetWriter:
             pw = PagesWriter(fd, pages_id, self.page_size, self.compress, self.level,
                              self.threads, self.frame_size)
             try:
+                done = 0  # bytes written
                 for chunk in chunks:
+                    if isinstance(chunk, Dropped):
+                        if dropped is None or done % self.page_size:
+                            raise ValueError("pages dropped where the writer cannot take them")
+                        dropped.append((done // self.page_size, chunk.nr_pages, chunk.reason))
+                        continue
                     pw.write(chunk)
+                    done += len(chunk)
                 meta = pw.close()
             except BaseException:
                 pw.discard()
@@ -245,9 +292,23 @@ class ImageSetWriter:
         return meta
 
     def _pagemap(
-        self, name: str, runs: list[PageRun], chunks: Iterable[bytes | bytearray | memoryview]
+        self, name: str, runs: list[PageRun],
+        chunks: Iterable[bytes | bytearray | memoryview | Dropped],
+        owner: tuple[int, int | None] = (0, None),
     ) -> int:
-        meta = self._write_pages(chunks)
+        """pages-N.img from chunks and the pagemap image name of runs, without the pages the
+        chunks dropped; unreadable ones are recorded for owner (pid, or 0 and shmid)."""
+        dropped: list[tuple[int, int, str]] = []
+        meta = self._write_pages(chunks, dropped)
+        if dropped:
+            runs, spans = _drop(runs, [(at, n) for at, n, _ in dropped], self.page_size)
+            reasons = [why for _, n, why in dropped for _ in range(n)]
+            k = 0
+            for vaddr, n in spans:
+                if reasons[k]:
+                    self.unreadable.append(Unreadable(owner[0], vaddr, n, reasons[k],
+                                                      owner[1]))
+                k += n
         want = sum(r.nr_pages for r in runs if r.present)
         if meta.nr_pages != want or meta.raw_size % self.page_size:
             raise ValueError(
@@ -295,6 +356,10 @@ class ImageSetWriter:
             mm=dict(mm or {}),
         )
 
+    def pages_stored(self, pages_id: int) -> int:
+        """How many pages pages-<pages_id>.img holds."""
+        return self._pages[pages_id - 1].nr_pages
+
     def add_private_pages(
         self, pid: int, runs: Iterable[RunLike], chunks: Iterable[bytes | bytearray | memoryview]
     ) -> int:
@@ -306,7 +371,7 @@ class ImageSetWriter:
         if pid in self._task_pages:
             raise ValueError(f"pages of task {pid} added twice")
         runs_ = _runs(runs, self.page_size, f"task {pid}")
-        self._task_pages[pid] = self._pagemap(M.pagemap(pid), runs_, chunks)
+        self._task_pages[pid] = self._pagemap(M.pagemap(pid), runs_, chunks, (pid, None))
         return self._task_pages[pid]
 
     def add_shared_object(
@@ -328,7 +393,7 @@ class ImageSetWriter:
             and runs_[-1].end(self.page_size) > -(-obj.size // self.page_size) * self.page_size
         ):
             raise ValueError(f"object {obj.shmid}: runs go past its size {obj.size}")
-        pages_id = self._pagemap(M.pagemap_shmem(obj.shmid), runs_, chunks)
+        pages_id = self._pagemap(M.pagemap_shmem(obj.shmid), runs_, chunks, (0, obj.shmid))
         self._objects[obj.shmid] = obj
         self._object_pages[obj.shmid] = pages_id
         if obj.kind == "memfd":
@@ -344,6 +409,8 @@ class ImageSetWriter:
                     inode_id=inode_id,
                 )
             )
+            if obj.page_size != PAGE_SIZE:  # memfd_create(MFD_HUGETLB | MFD_HUGE_<size>)
+                self._memfds[-1].hugetlb_flag = huge_flags(obj.page_size, MFD_HUGETLB)
             fid = self._add_file(criu.MEMFD)
             self._files[-1].memfd.CopyFrom(
                 criu.MemfdFileEntry(id=fid, flags=os.O_RDWR, pos=0, fown=_fown(), inode_id=inode_id)
@@ -525,6 +592,8 @@ class ImageSetWriter:
             )
             if shmid in self._object_file:
                 e.file_id = self._object_file[shmid]
+            if o.page_size != PAGE_SIZE:
+                e.page_size = o.page_size
             out.append(e)
         return out
 
@@ -539,6 +608,11 @@ class ImageSetWriter:
             if self._memfds:
                 self._write_image(M.MEMFD, codec.BY_NAME["MEMFD_INODE"], self._memfds)
             self._write_image(M.OBJECTS, codec.BY_NAME["OBJECTS"], self._objects_img())
+            if self.unreadable:
+                self._write_image(M.UNREADABLE, codec.BY_NAME["UNREADABLE"], [
+                    own.UnreadableEntry(pid=u.pid, shmid=u.shmid, vaddr=u.vaddr,
+                                        nr_pages=u.nr_pages, reason=u.reason)
+                    for u in self.unreadable])
             self._write_image(M.DUMPER, codec.BY_NAME["DUMPER"], [self._dump_entry()])
             inv = criu.InventoryEntry(img_version=2, fdinfo_per_id=True, ns_per_id=True)
             self._write_image(M.INVENTORY, codec.BY_NAME["INVENTORY"], [inv])

@@ -130,6 +130,7 @@ def mincore(addr: int, length: int) -> bytes:
 # include/uapi/linux/magic.h
 TMPFS_MAGIC = 0x01021994
 HUGETLBFS_MAGIC = 0x958458F6
+HUGETLBFS_MAGIC = 0x958458F6
 
 
 def fstatfs_type(fd: int) -> int:

@@ -69,8 +69,12 @@ class MapFile:
         Measured: st_dev is makedev() of the maps line's major:minor and st_ino its inode,
         the same from every process that maps the object (memfd passed by SCM_RIGHTS too)."""
         st = os.fstat(self.fd)
-        shmem = stat.S_ISREG(st.st_mode) and libc.fstatfs_type(self.fd) == libc.TMPFS_MAGIC
-        return ObjectStat(dev=st.st_dev, ino=st.st_ino, size=st.st_size, shmem=shmem)
+        fs = libc.fstatfs_type(self.fd) if stat.S_ISREG(st.st_mode) else 0
+        # hugetlbfs (MAP_HUGETLB, MFD_HUGETLB, SHM_HUGETLB): st_blksize is the huge page size
+        # (hugetlbfs_getattr via generic_fillattr: i_blkbits = huge_page_shift).
+        huge = st.st_blksize if fs == libc.HUGETLBFS_MAGIC else 0
+        return ObjectStat(dev=st.st_dev, ino=st.st_ino, size=st.st_size,
+                          shmem=fs == libc.TMPFS_MAGIC, huge_page_size=huge)
 
     def lseek(self, offset: int, whence: int) -> int:
         """lseek(2) -> mm/shmem.c shmem_file_llseek (mapping_seek_hole_data for DATA/HOLE).

@@ -26,7 +26,7 @@ from dumper.kabi import (
     PM_UFFD_WP,
 )
 from dumper.model import Model, observe
-from dumper.model.content import UNREADABLE
+from dumper.model.content import UNREADABLE, ZERO
 from dumper.model.shmem import shmem_file_read
 from dumper.model.state import ZERO_PFN, Inode, ModelError
 
@@ -162,13 +162,10 @@ class ModelHost:
 
     def read_memory(self, pid: int, start: int, end: int) -> bytes:
         """The bytes of [start, end) as the task would read them, without faulting anything
-        in (as /proc/PID/mem reads only what pagemap says holds data); EFAULT where a read
-        would fault (a guard or poison marker), as access_remote_vm stops there."""
+        in; zeros over guard and poison markers, which hold no data — as LinuxHost reads only
+        the pages pagemap says hold data through /proc/PID/mem."""
         cids = self.model.observable_cids(pid, start, end - start)
-        bad = np.nonzero(cids == np.uint64(UNREADABLE))[0]
-        if len(bad):
-            raise OSError(errno.EFAULT, f"pid {pid}: {start + int(bad[0]) * PAGE_SIZE:#x} "
-                          "is not readable")
+        cids = np.where(cids == np.uint64(UNREADABLE), np.uint64(ZERO), cids)
         return self.k.contents.pages_bytes(cids)
 
     truth_algo = "model-cid-64"

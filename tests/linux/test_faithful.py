@@ -245,3 +245,85 @@ def test_private_mapping_of_a_memfd_at_an_offset_over_holes(procs, tmp_path):
     want = [page_pattern(79, 2), page_pattern(79, 3), page_pattern(80, 2), bytes(PAGE),
             bytes(PAGE), page_pattern(80, 5)]
     assert set_bytes(out, p.pid, addr, 6) == b"".join(want)
+
+
+@pytest.fixture
+def hugepages():
+    """vm.nr_hugepages raised to 16 (2 MiB pages) for the test, put back in every outcome."""
+    path = "/proc/sys/vm/nr_hugepages"
+    with open(path) as f:
+        before = int(f.read())
+    with open(path, "w") as f:
+        f.write(str(before + 16))
+    try:
+        with open(path) as f:
+            if int(f.read()) < before + 16:
+                pytest.skip("the kernel could not reserve 16 huge pages")
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(str(before))
+
+
+HUGE = 512  # 4 KiB pages in a 2 MiB huge page
+
+
+@pytest.mark.parametrize("kind", ["shmem-anon", "memfd", "sysv"])
+def test_shared_hugetlb_objects_are_dumped_once(procs, tmp_path, hugepages, kind):
+    """Item 4: MAP_SHARED|MAP_ANONYMOUS|MAP_HUGETLB, a MFD_HUGETLB memfd and a SHM_HUGETLB
+    segment are shared objects: dumped once through the object in huge pages (the page size
+    recorded), a huge page never written left a hole, and the sharer verifies."""
+    parent = procs.start(children=1, cpu=0)
+    if kind == "shmem-anon":
+        addr = parent.call("mmap_huge", name="h", pages=3 * HUGE, shared=True)["addr"]
+    elif kind == "memfd":
+        parent.call("memfd", name="h", size=3 * HUGE * PAGE, huge=True)
+        addr = parent.call("mmap_huge", name="h", pages=3 * HUGE, shared=True,
+                           memfd="h")["addr"]
+    else:
+        addr = parent.call("shm", name="h", size=3 * HUGE * PAGE, huge=True)["addr"]
+    parent.write("h", [0, 5, 2 * HUGE + 1], tag=81)  # huge pages 0 and 2; 1 stays a hole
+    child = procs.fork(parent)
+    settle(parent, child)
+    out = tmp_path / "set"
+    with stopped_after_dump(out, parent, child) as r:
+        assert r.exit_code == 0, r.output
+        assert not any(n in r.output for n in ("anon_hugepage", "memfd:h", "SYSV"))
+        v = verify(out, parent.pid)
+        assert v.exit_code == 0, v.output
+    (obj,) = info(out)["objects"]
+    assert (obj["kind"], obj["size"], obj["pages"]) == (kind, 3 * HUGE * PAGE, 2 * HUGE)
+    with ImageSet.open(out) as s:
+        (o,) = s.objects.values()
+        assert o.page_size == HUGE * PAGE
+        assert [(r_.vaddr // PAGE, r_.nr_pages) for r_ in o.pagemap] == [
+            (0, HUGE), (2 * HUGE, HUGE)]
+        vma = next(v for v in s.tasks[child.pid].vmas if v.start == addr)
+        assert vma.flags & 0x40000 and vma.flags >> 26 == 21  # MAP_HUGETLB | MAP_HUGE_2MB
+    for page in (0, 5, 2 * HUGE + 1, HUGE):
+        want = page_pattern(81, page) if page != HUGE else bytes(PAGE)
+        assert set_bytes(out, child.pid, addr + page * PAGE, 1) == want
+
+
+def test_private_hugetlb_is_anonymous_in_huge_pages(procs, tmp_path, hugepages):
+    """Item 4, private: MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB is anonymous memory with its
+    page size (MAP_HUGE_2MB), not a private mapping of the file "/anon_hugepage"; its pages
+    are the task's own."""
+    p = procs.start(cpu=0)
+    addr = p.call("mmap_huge", name="h", pages=2 * HUGE)["addr"]
+    p.write("h", [0, 1, HUGE + 7], tag=82)
+    settle(p)
+    out = tmp_path / "set"
+    with stopped_after_dump(out, p) as r:
+        assert r.exit_code == 0, r.output
+        assert "anon_hugepage" not in r.output
+        v = verify(out, p.pid)
+        assert v.exit_code == 0, v.output
+    with ImageSet.open(out) as s:
+        vma = next(v for v in s.tasks[p.pid].vmas if v.start == addr)
+        assert vma.private and vma.obj is None and not vma.path
+        assert vma.flags & 0x20 and vma.flags & 0x40000 and vma.flags >> 26 == 21
+        assert not s.objects
+    for page in (0, 1, HUGE + 7, 3):
+        want = page_pattern(82, page) if page != 3 else bytes(PAGE)
+        assert set_bytes(out, p.pid, addr + page * PAGE, 1) == want
