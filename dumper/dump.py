@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dumper.host import Host, MapEntry, ObjectHandle, TaskInfo, parse_maps
+from dumper.images import criustate
 from dumper.images.records import CowRun, GuardRun, SharedObject, Vma
 from dumper.images.writer import ImageSetWriter
 from dumper.kabi import (
@@ -41,6 +42,7 @@ from dumper.select import (
     runs_of,
     shared_selection,
 )
+from dumper.state import DEAD, TaskState
 
 CHUNK = 8 << 20  # bytes per read of target memory or object
 U64 = np.uint64
@@ -280,9 +282,11 @@ def _object_name(e: MapEntry) -> str:
 def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: str = "",
          compress: str | None = None, level: int = 3, threads: int = 0, force: bool = False,
          warn: Callable[[str], None] | None = None, tree: bool = True,
-         truth: bool = True, sync: bool = True) -> DumpSummary:
+         truth: bool = True, sync: bool = True,
+         leave_out: frozenset[str] = frozenset()) -> DumpSummary:
     """Dump the tree rooted at root into the image set directory out; sync=False leaves
-    the files to the kernel's writeback (ImageSetWriter)."""
+    the files to the kernel's writeback (ImageSetWriter). leave_out: fd kinds (e.g.
+    "socket") left out of the images instead of refused."""
     if strategy not in STRATEGIES:
         raise DumpError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
     t0 = time.perf_counter()
@@ -300,13 +304,15 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
         infos = frozen if tree else tree_of(host, root, tree=False)
         tasks, objects = collect(host, infos, strategy, note)
         try:
+            states, own_ns = host.task_states(infos, leave_out)  # threads, registers, files
             cow_pages = find_cow(tasks, host.show_pfn(), host.zero_pfn())
             writer = ImageSetWriter(out, force=force, compress=compress, level=level,
                                     threads=threads, strategy=strategy, profile=profile,
                                     host_kind=host.kind, root_pid=root, sync=sync)
             with writer:
                 shared_pages = _write_objects(writer, objects, note)
-                private_pages = _write_tasks(host, writer, tasks, note, truth)
+                private_pages = _write_tasks(host, writer, tasks, note, truth,
+                                             {s.pid: s for s in states}, own_ns)
             written = _dir_bytes(out)
         finally:
             for info in objects.values():
@@ -344,13 +350,26 @@ def _vma_record(e: MapEntry, info: SharedInfo | None) -> Vma:
 
 
 def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
-                 warn: Callable[[str], None], truth: bool = True) -> int:
+                 warn: Callable[[str], None], truth: bool = True,
+                 states: dict[int, TaskState] | None = None,
+                 own_ns: dict[str, int] | None = None) -> int:
     total = 0
+    states = states or {}
+    ns = criustate.NsIds()
+    if any(s.live for s in states.values()):
+        writer.root_ids = criustate.own_ids(ns, own_ns or {}, states.values())
     for t in tasks:
         pid = t.info.pid
-        writer.add_task(pid, t.info.ppid, t.info.comm,
-                        [_vma_record(e, t.objects.get(e.start)) for e in t.maps],
-                        pgid=t.info.pgid or None, sid=t.info.sid or None)
+        vmas = [_vma_record(e, t.objects.get(e.start)) for e in t.maps]
+        st = states.get(pid)
+        if st is not None and st.live:
+            for r in criustate.task_images(writer, st, ns, t.info, t.maps, vmas):
+                warn(r)
+            if st.state == DEAD:
+                continue
+        else:
+            writer.add_task(pid, t.info.ppid, t.info.comm, vmas,
+                            pgid=t.info.pgid or None, sid=t.info.sid or None)
         runs = []
         for pv in t.private:
             mask = pv.stored if pv.stored is not None else pv.selected

@@ -53,6 +53,8 @@ KINDS = (
     Kind("PAGEMAP", M.PAGEMAP_MAGIC, criu.PagemapEntry, head=criu.PagemapHead),
     Kind("FILES", M.FILES_MAGIC, criu.FileEntry),
     Kind("MEMFD_INODE", M.MEMFD_INODE_MAGIC, criu.MemfdInodeEntry),
+    Kind("FS", M.FS_MAGIC, criu.FsEntry),
+    Kind("FDINFO", M.FDINFO_MAGIC, criu.FdinfoEntry),
     Kind("DUMPER", M.DUMPER_MAGIC, own.DumpEntry),
     Kind("OBJECTS", M.OBJECTS_MAGIC, own.SharedObjectEntry),
     Kind("TRUTH", M.TRUTH_MAGIC, own.TruthRun, head=own.TruthHead),
