@@ -283,10 +283,12 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
          compress: str | None = None, level: int = 3, threads: int = 0, force: bool = False,
          warn: Callable[[str], None] | None = None, tree: bool = True,
          truth: bool = True, sync: bool = True,
-         leave_out: frozenset[str] = frozenset()) -> DumpSummary:
+         leave_out: frozenset[str] = frozenset(), cow_once: bool = True) -> DumpSummary:
     """Dump the tree rooted at root into the image set directory out; sync=False leaves
     the files to the kernel's writeback (ImageSetWriter). leave_out: fd kinds (e.g.
-    "socket") left out of the images instead of refused."""
+    "socket") left out of the images instead of refused. cow_once=False stores every
+    task's COW-shared pages in its own pagemap, as CRIU does and needs (its restore reads
+    no cow-PID.img: an inherited page missing from a child's pagemap is zeroed)."""
     if strategy not in STRATEGIES:
         raise DumpError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
     t0 = time.perf_counter()
@@ -305,7 +307,7 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
         tasks, objects = collect(host, infos, strategy, note)
         try:
             states, own_ns = host.task_states(infos, leave_out)  # threads, registers, files
-            cow_pages = find_cow(tasks, host.show_pfn(), host.zero_pfn())
+            cow_pages = find_cow(tasks, host.show_pfn(), host.zero_pfn()) if cow_once else 0
             writer = ImageSetWriter(out, force=force, compress=compress, level=level,
                                     threads=threads, strategy=strategy, profile=profile,
                                     host_kind=host.kind, root_pid=root, sync=sync)
@@ -371,18 +373,28 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
             writer.add_task(pid, t.info.ppid, t.info.comm, vmas,
                             pgid=t.info.pgid or None, sid=t.info.sid or None)
         runs = []
+        vdso = st.vdso if st is not None else None
         for pv in t.private:
             mask = pv.stored if pv.stored is not None else pv.selected
+            if vdso is not None and pv.vma.start == vdso[0]:
+                mask = np.ones(pv.vma.npages, dtype=bool)  # whole, as CRIU stores it
             runs += [(pv.vma.start + (a << PAGE_SHIFT), n) for a, n in runs_of(mask)]
         total += sum(n for _, n in runs)
-        writer.add_private_pages(
-            pid, runs, read_runs(lambda a, b, p=pid: host.read_memory(p, a, b), runs, warn))
+
+        def read(a: int, b: int, p: int = pid, vdso=vdso) -> bytes:
+            if vdso is not None and vdso[0] <= a < vdso[0] + len(vdso[1]):
+                return vdso[1][a - vdso[0] : b - vdso[0]]
+            return host.read_memory(p, a, b)
+
+        writer.add_private_pages(pid, runs, read_runs(read, runs, warn))
         if t.cow:
             writer.add_cow(pid, t.cow)
         if t.guards:
             writer.add_guards(pid, t.guards)
         if truth:  # the ground truth a model restore is verified against (truth-PID.img)
             writer.add_truth(pid, host.truth(pid), algo=host.truth_algo)
+    if states:
+        criustate.write_pipes_data(writer, ns)
     return total
 
 

@@ -115,6 +115,9 @@ class TaskState:
     kobj: dict[str, int] = field(default_factory=dict)  # vm/files/fs/sighand -> shared id
     vmflags: dict[int, list[str]] = field(default_factory=dict)  # VMA start -> smaps VmFlags
     files_stat: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> size, mode
+    # The task's [vdso] (start, bytes): CRIU's restore parses the image's vdso ELF, so the
+    # whole VMA is stored (should_dump_entire_vma), its pages taken from the kernel's image.
+    vdso: tuple[int, bytes] | None = None
     live: bool = False  # gathered from a real task (registers and all)
 
     @classmethod

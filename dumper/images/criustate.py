@@ -158,6 +158,7 @@ class NsIds:
         self.ids: dict[tuple[str, int], int] = {}
         self.files: dict[tuple, int] = {}
         self.fdinfo_written: set[int] = set()
+        self.pipes_data: dict[int, tuple[bytes, int]] = {}  # pipe inode -> bytes, capacity
 
     def get(self, kind: str, ino: int) -> int:
         return self.ids.setdefault((kind, ino), len(self.ids) + 1)
@@ -251,11 +252,24 @@ def criu_vmas(maps, vmas, vmflags: dict[int, list[str]]):
     return out
 
 
+def write_pipes_data(writer, ns: NsIds) -> None:
+    """pipes-data.img: each pipe's buffered bytes once, whichever fds name it (pipes.c
+    dump_one_pipe_data: an entry, then the bytes)."""
+    full = {ino: d for ino, d in ns.pipes_data.items() if d[0]}
+    if full:
+        writer.add_image("pipes-data.img", "PIPES_DATA",
+                         [criu.PipeDataEntry(pipe_id=ino & 0xFFFFFFFF, bytes=len(data),
+                                             size=size) for ino, (data, size) in full.items()],
+                         [data for data, _ in full.values()])
+
+
 def fd_file_id(writer, ns: NsIds, fd: FdState) -> int:
     key = (fd.kind, fd.dev, fd.ino, fd.flags, fd.pos, fd.path)
     fid = ns.files.get(key)
     if fid is None:
         fid = ns.files[key] = writer.add_file(lambda i: file_entry(i, fd))
+    if fd.kind == "pipe":
+        ns.pipes_data.setdefault(fd.ino, (fd.data, fd.pipe_size))
     return fid
 
 

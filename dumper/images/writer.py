@@ -446,9 +446,15 @@ class ImageSetWriter:
         self._files.append(make(fid))
         return fid
 
-    def add_image(self, name: str, kind: str, msgs: Iterable[Message]) -> None:
-        """Any other image of the set (ids, fs, fdinfo, ...), written now."""
-        self._write_image(name, codec.BY_NAME[kind], msgs)
+    def add_image(self, name: str, kind: str, msgs: Iterable[Message],
+                  extras: Iterable[bytes] = ()) -> None:
+        """Any other image of the set (ids, fs, fdinfo, ...), written now; extras are the
+        entries' raw payloads for a kind that has them (pipes-data)."""
+        f = self._open(name)
+        try:
+            f.write(codec.encode(codec.BY_NAME[kind], msgs, extras))
+        finally:
+            self._close(f)
 
     def _vma_entry(self, pid: int, v: Vma) -> criu.VmaEntry:
         status, shmid = v.status, v.shmid

@@ -205,6 +205,7 @@ def task_state(pid: int, tids: list[int], leave_out: Collection[str] = ()) -> Ta
     st.fds = files.collect_fds(pid, leave_out)
     st.shared_pending = pending_signals(pid, shared=True)
     st.vmflags = {s.start: sorted(s.vmflags) for s in procfs.read_smaps(pid)}
+    st.vdso = vdso_image(pid)
     for path in {st.exe, *(e.path for e in _file_maps(pid))}:
         try:
             s = os.stat(path)
@@ -222,6 +223,23 @@ def task_state(pid: int, tids: list[int], leave_out: Collection[str] = ()) -> Ta
             tinj = inj if tid == pid else inject.Injector(pid, tid, inj.gate)
             st.threads.append(thread_state(pid, tid, tinj, buf))
     return st
+
+
+def vdso_image(pid: int) -> tuple[int, bytes] | None:
+    """(start, bytes) of pid's [vdso], the bytes read from our own: the kernel maps the same
+    image (vdso_image_64) into every 64-bit task (restore.md §5.3), and reading the task's
+    would fault in pages it never touched. A vdso of another size (a 32-bit task) is left
+    to the memory dump."""
+    from dumper.host import parse_maps
+
+    def find(p: int):
+        return next(((e.start, e.end) for e in parse_maps(procfs.task_maps(p))
+                     if e.path == "[vdso]"), None)
+
+    theirs, mine = find(pid), find(os.getpid())
+    if theirs is None or mine is None or theirs[1] - theirs[0] != mine[1] - mine[0]:
+        return None
+    return theirs[0], ctypes.string_at(mine[0], mine[1] - mine[0])
 
 
 def _file_maps(pid: int):
