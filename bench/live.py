@@ -80,7 +80,7 @@ def stop_helper(p: subprocess.Popen[str]) -> None:
 def time_dump(host: LinuxHost, pid: int, base: str, sync: bool = True) -> tuple[float, int]:
     out = os.path.join(base, f"set-{pid}")
     t = time.perf_counter()
-    s = dump(host, pid, out, "auto", tree=False, truth=False,  # as `dumper dump --pid` does
+    s = dump(host, pid, out, "auto", tree=False, truth=False, leave_out=frozenset({"any"}),
              sync=sync)
     dt = time.perf_counter() - t
     shutil.rmtree(out)
@@ -91,7 +91,7 @@ def time_verify(host: LinuxHost, pid: int, base: str) -> float:
     """`dumper verify DIR --pid` of a fresh dump, in-process: the set's pages against the
     live ones (digests on both sides), the helper frozen meanwhile."""
     out = os.path.join(base, f"verify-{pid}")
-    dump(host, pid, out, "auto", tree=False, truth=False)
+    dump(host, pid, out, "auto", tree=False, truth=False, leave_out=frozenset({"any"}))
     try:
         with ImageSet.open(out) as images, host.freeze([pid]):
             t = time.perf_counter()
@@ -145,8 +145,8 @@ def cli_dump_rss(pid: int, base: str) -> int:
     interpreter, the pooled buffers and everything else."""
     out = os.path.join(base, f"cli-{pid}")
     r = subprocess.run([sys.executable, "-c", _RSS_PROBE, "dump", "--pid", str(pid),
-                        "-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       text=True)
+                        "--leave-out", "any", "-o", out], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
     shutil.rmtree(out, ignore_errors=True)
     hwm = [line.split()[1] for line in r.stderr.splitlines() if line.startswith("VmHWM ")]
     if r.returncode != 0 or not hwm:

@@ -82,6 +82,13 @@ STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek"
               help="Dump this live process (and, with --tree, its descendants).")
 @click.option("--tree", is_flag=True, help="With --pid: the whole tree under it.")
 @click.option("--leave-stopped", is_flag=True, help="With --pid: leave the tree stopped.")
+@click.option("--leave-out", "leave_out", multiple=True, metavar="KIND",
+              help="With --pid: leave descriptors of this kind (socket, eventfd, tty, ...; "
+              "'any' for every kind dumper cannot dump yet) out of the set instead of "
+              "refusing; a restore has them closed.")
+@click.option("--cow-per-task", is_flag=True,
+              help="With --pid: store COW-shared pages in every task's own pagemap, as CRIU "
+              "does (CRIU's restore reads no cow-PID.img); default: once, in the first task.")
 @click.option("--truth/--no-truth", default=None,
               help="Record every page's digest (truth-PID.img). Default: on for --scenario; "
               "off for --pid, whose sets `verify --pid` checks against the live tree.")
@@ -102,8 +109,9 @@ STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek"
               "as CRIU does (faster where memory has room; still renamed into place whole).")
 @user_errors
 def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
-         truth: bool | None, kernel: str, strategy: str, compress: str | None, level: int,
-         threads: int, out: str, force: bool, quiet: bool, sync: bool) -> None:
+         leave_out: tuple[str, ...], cow_per_task: bool, truth: bool | None, kernel: str,
+         strategy: str, compress: str | None, level: int, threads: int, out: str, force: bool,
+         quiet: bool, sync: bool) -> None:
     """Dump a process tree into a CRIU-format image set: a scenario on the model
     (--scenario), or a live process tree (--pid)."""
     from dumper.dump import dump as do_dump
@@ -126,7 +134,8 @@ def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
         host = LinuxHost(leave_stopped=leave_stopped, digest_while_reading=record)
         summary = do_dump(host, pid, out, strategy, tree=tree, truth=record,
                           profile=f"linux-{os.uname().release}", compress=compress,
-                          level=level, threads=threads, force=force, warn=warn, sync=sync)
+                          level=level, threads=threads, force=force, warn=warn, sync=sync,
+                          leave_out=frozenset(leave_out), cow_once=not cow_per_task)
         _dump_result(summary)
         return
     profile = load_profile(kernel)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dumper.host import Host, MapEntry, ObjectHandle, TaskInfo, parse_maps
+from dumper.images import criustate
 from dumper.images.records import CowRun, Dropped, GuardRun, SharedObject, Unreadable, Vma
 from dumper.images.writer import ImageSetWriter
 from dumper.kabi import (
@@ -43,6 +44,7 @@ from dumper.select import (
     runs_of,
     shared_selection,
 )
+from dumper.state import DEAD, TaskState
 
 CHUNK = 8 << 20  # bytes per read of target memory or object
 U64 = np.uint64
@@ -319,9 +321,13 @@ def _object_name(e: MapEntry) -> str:
 def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: str = "",
          compress: str | None = None, level: int = 3, threads: int = 0, force: bool = False,
          warn: Callable[[str], None] | None = None, tree: bool = True,
-         truth: bool = True, sync: bool = True) -> DumpSummary:
+         truth: bool = True, sync: bool = True,
+         leave_out: frozenset[str] = frozenset(), cow_once: bool = True) -> DumpSummary:
     """Dump the tree rooted at root into the image set directory out; sync=False leaves
-    the files to the kernel's writeback (ImageSetWriter)."""
+    the files to the kernel's writeback (ImageSetWriter). leave_out: fd kinds (e.g.
+    "socket") left out of the images instead of refused. cow_once=False stores every
+    task's COW-shared pages in its own pagemap, as CRIU does and needs (its restore reads
+    no cow-PID.img: an inherited page missing from a child's pagemap is zeroed)."""
     if strategy not in STRATEGIES:
         raise DumpError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
     t0 = time.perf_counter()
@@ -339,13 +345,15 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
         infos = frozen if tree else tree_of(host, root, tree=False)
         tasks, objects = collect(host, infos, strategy, note)
         try:
-            cow_pages = find_cow(tasks, host.show_pfn(), host.zero_pfn())
+            states, own_ns = host.task_states(infos, leave_out)  # threads, registers, files
+            cow_pages = find_cow(tasks, host.show_pfn(), host.zero_pfn()) if cow_once else 0
             writer = ImageSetWriter(out, force=force, compress=compress, level=level,
                                     threads=threads, strategy=strategy, profile=profile,
                                     host_kind=host.kind, root_pid=root, sync=sync)
             with writer:
                 shared_pages = _write_objects(writer, objects)
-                private_pages = _write_tasks(host, writer, tasks, truth)
+                private_pages = _write_tasks(host, writer, tasks, note, truth,
+                                             {s.pid: s for s in states}, own_ns)
                 unreadable = list(writer.unreadable)
             written = _dir_bytes(out)
         finally:
@@ -387,20 +395,41 @@ def _vma_record(e: MapEntry, info: SharedInfo | None, huge: int = 0) -> Vma:
 
 
 def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
-                 truth: bool = True) -> int:
+                 warn: Callable[[str], None], truth: bool = True,
+                 states: dict[int, TaskState] | None = None,
+                 own_ns: dict[str, int] | None = None) -> int:
     total = 0
+    states = states or {}
+    ns = criustate.NsIds()
+    if any(s.live for s in states.values()):
+        writer.root_ids = criustate.own_ids(ns, own_ns or {}, states.values())
     for t in tasks:
         pid = t.info.pid
-        writer.add_task(pid, t.info.ppid, t.info.comm,
-                        [_vma_record(e, t.objects.get(e.start), t.huge.get(e.start, 0))
-                         for e in t.maps],
-                        pgid=t.info.pgid or None, sid=t.info.sid or None)
+        vmas = [_vma_record(e, t.objects.get(e.start), t.huge.get(e.start, 0))
+                for e in t.maps]
+        st = states.get(pid)
+        if st is not None and st.live:
+            for r in criustate.task_images(writer, st, ns, t.info, t.maps, vmas):
+                warn(r)
+            if st.state == DEAD:
+                continue
+        else:
+            writer.add_task(pid, t.info.ppid, t.info.comm, vmas,
+                            pgid=t.info.pgid or None, sid=t.info.sid or None)
         runs = []
+        vdso = st.vdso if st is not None else None
         for pv in t.private:
             mask = pv.stored if pv.stored is not None else pv.selected
+            if vdso is not None and pv.vma.start == vdso[0]:
+                mask = np.ones(pv.vma.npages, dtype=bool)  # whole, as CRIU stores it
             runs += [(pv.vma.start + (a << PAGE_SHIFT), n) for a, n in runs_of(mask)]
-        pages_id = writer.add_private_pages(
-            pid, runs, read_runs(lambda a, b, p=pid: host.read_memory(p, a, b), runs))
+
+        def read(a: int, b: int, p: int = pid, vdso=vdso) -> bytes:
+            if vdso is not None and vdso[0] <= a < vdso[0] + len(vdso[1]):
+                return vdso[1][a - vdso[0] : b - vdso[0]]
+            return host.read_memory(p, a, b)
+
+        pages_id = writer.add_private_pages(pid, runs, read_runs(read, runs))
         total += writer.pages_stored(pages_id)
         if t.cow:
             writer.add_cow(pid, t.cow)
@@ -408,6 +437,8 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
             writer.add_guards(pid, t.guards)
         if truth:  # the ground truth a model restore is verified against (truth-PID.img)
             writer.add_truth(pid, host.truth(pid), algo=host.truth_algo)
+    if states:
+        criustate.write_pipes_data(writer, ns)
     return total
 
 

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from dumper.kabi import PROT_EXEC, PROT_READ, PROT_WRITE
+from dumper.state import TaskState
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,13 @@ class Host(Protocol):
 
     def zero_pfn(self) -> int | None:
         """The shared zero page's PFN (as CRIU's kerndat finds it), or None if hidden."""
+        ...
+
+    def task_states(self, tasks: list[TaskInfo], leave_out: frozenset[str] = frozenset()
+                    ) -> tuple[list[TaskState], dict[str, int]]:
+        """While frozen: each task's non-memory state (threads, registers, signal actions,
+        files, ...; zombies as such) and the dumper's own namespaces (kind -> inode). fd kinds
+        in leave_out are left out instead of refused."""
         ...
 
     truth_algo: str  # how truth() digests a page

@@ -42,6 +42,7 @@ class Kind:
     entry: type[Message]
     head: type[Message] | None = None  # type of the first entry, when it differs
     common: bool = True  # False: no IMG_COMMON_MAGIC before the magic (inventory)
+    extra: str | None = None  # field giving the raw bytes that follow each entry (pipes-data)
 
 
 KINDS = (
@@ -53,6 +54,9 @@ KINDS = (
     Kind("PAGEMAP", M.PAGEMAP_MAGIC, criu.PagemapEntry, head=criu.PagemapHead),
     Kind("FILES", M.FILES_MAGIC, criu.FileEntry),
     Kind("MEMFD_INODE", M.MEMFD_INODE_MAGIC, criu.MemfdInodeEntry),
+    Kind("FS", M.FS_MAGIC, criu.FsEntry),
+    Kind("FDINFO", M.FDINFO_MAGIC, criu.FdinfoEntry),
+    Kind("PIPES_DATA", M.PIPES_DATA_MAGIC, criu.PipeDataEntry, extra="bytes"),
     Kind("DUMPER", M.DUMPER_MAGIC, own.DumpEntry),
     Kind("OBJECTS", M.OBJECTS_MAGIC, own.SharedObjectEntry),
     Kind("TRUTH", M.TRUTH_MAGIC, own.TruthRun, head=own.TruthHead),
@@ -107,8 +111,11 @@ def truth_run(vaddr: int, digests) -> bytes:
     return _U32.pack(len(payload)) + payload
 
 
-def encode(kind: Kind, messages: Iterable[Message]) -> bytes:
-    return header(kind) + b"".join(frame(m) for m in messages)
+def encode(kind: Kind, messages: Iterable[Message], extras: Iterable[bytes] = ()) -> bytes:
+    """A whole image; extras: each entry's raw payload, for a kind that has them."""
+    extras = list(extras)
+    return header(kind) + b"".join(
+        frame(m) + (extras[i] if i < len(extras) else b"") for i, m in enumerate(messages))
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -122,6 +129,7 @@ class Image:
     kind: Kind
     entries: list[Message] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
+    extras: list[bytes] = field(default_factory=list)  # raw payloads (Kind.extra)
 
     @property
     def head(self) -> Message | None:
@@ -191,9 +199,11 @@ def parse(msg_type: type[Message], payload: bytes, path: str, offset: int) -> Me
 
 
 def iter_entries(
-    f: BinaryIO, path: str, kind: Kind, max_entry: int = MAX_ENTRY
+    f: BinaryIO, path: str, kind: Kind, max_entry: int = MAX_ENTRY,
+    extras: list[bytes] | None = None,
 ) -> Iterator[tuple[int, Message]]:
-    """(offset, message) for each entry after the header; streams, one entry in memory."""
+    """(offset, message) for each entry after the header; streams, one entry in memory.
+    A kind with raw payloads after its entries has them appended to extras (or skipped)."""
     size = _size(f)
     offset = f.tell()
     index = 0
@@ -211,8 +221,17 @@ def iter_entries(
                 path, f"entry length {n} runs past the end of the file ({size} bytes)", offset
             )
         payload = _read_exact(f, n, path, offset + 4, "entry")
-        yield offset, parse(message_type(kind, index), payload, path, offset)
-        offset += 4 + n
+        msg = parse(message_type(kind, index), payload, path, offset)
+        entry_offset, offset = offset, offset + 4 + n
+        if kind.extra is not None:
+            size = getattr(msg, kind.extra)
+            if offset + size > _size(f):
+                raise ImageError(path, f"{size} bytes of payload run past the end", offset)
+            data = _read_exact(f, size, path, offset, "payload")
+            if extras is not None:
+                extras.append(data)
+            offset += size
+        yield entry_offset, msg
         index += 1
 
 
@@ -222,7 +241,7 @@ def read(f: BinaryIO, path: str, expect: Kind | None = None) -> Image:
     if expect is not None and kind is not expect:
         raise ImageError(path, f"is a {kind.name} image, expected {expect.name}", 0)
     img = Image(path, kind)
-    for off, msg in iter_entries(f, path, kind):
+    for off, msg in iter_entries(f, path, kind, extras=img.extras):
         img.offsets.append(off)
         img.entries.append(msg)
     if kind.head is not None and not img.entries:

@@ -181,8 +181,14 @@ def _as_list(v: Any) -> list[Any]:
     return v
 
 
+EXTRA_KEY = "extra"  # an entry's raw payload (pipes-data), base64, as crit shows it
+
+
 def image_to_json(img: codec.Image, pretty: bool = False) -> dict[str, Any]:
-    return {"magic": img.kind.name, "entries": [to_json(m, pretty) for m in img.entries]}
+    entries = [to_json(m, pretty) for m in img.entries]
+    for e, extra in zip(entries, img.extras, strict=False):
+        e[EXTRA_KEY] = base64.b64encode(extra).decode()
+    return {"magic": img.kind.name, "entries": entries}
 
 
 def image_from_json(doc: Any) -> bytes:
@@ -192,14 +198,17 @@ def image_from_json(doc: Any) -> bytes:
     kind = codec.BY_NAME.get(doc["magic"])
     if kind is None:
         raise ValueError(f"unknown magic {doc['magic']!r}")
-    msgs = []
+    msgs, extras = [], []
     for i, entry in enumerate(_as_list(doc["entries"])):
+        if kind.extra is not None and isinstance(entry, dict) and EXTRA_KEY in entry:
+            entry = dict(entry)
+            extras.append(base64.b64decode(entry.pop(EXTRA_KEY), validate=True))
         msg = from_json(entry, codec.message_type(kind, i)(), f"entries[{i}]")
         if not msg.IsInitialized():
             missing = ", ".join(msg.FindInitializationErrors())
             raise ValueError(f"entries[{i}]: missing required fields: {missing}")
         msgs.append(msg)
     try:
-        return codec.encode(kind, msgs)
+        return codec.encode(kind, msgs, extras)
     except EncodeError as e:  # pragma: no cover - IsInitialized caught it above
         raise ValueError(str(e)) from None

@@ -18,6 +18,9 @@ MM_MAGIC = 0x57492820
 PAGEMAP_MAGIC = 0x56084025  # SHMEM_PAGEMAP_MAGIC too
 FILES_MAGIC = 0x56303138
 MEMFD_INODE_MAGIC = 0x48453499
+FS_MAGIC = 0x51403912
+PIPES_DATA_MAGIC = 0x56453709
+FDINFO_MAGIC = 0x56213732
 
 DUMPER_MAGIC = 0x504D5544  # b"DUMP"
 OBJECTS_MAGIC = 0x4A424F44  # b"DOBJ"
@@ -38,6 +41,18 @@ UNREADABLE = "unreadable.img"
 
 def core(tid: int) -> str:
     return f"core-{tid}.img"
+
+
+def ids(pid: int) -> str:
+    return f"ids-{pid}.img"
+
+
+def fs(pid: int) -> str:
+    return f"fs-{pid}.img"
+
+
+def fdinfo(files_id: int) -> str:
+    return f"fdinfo-{files_id}.img"
 
 
 def mm(pid: int) -> str:

@@ -225,6 +225,10 @@ class ImageSetWriter:
         self._guards: set[int] = set()
         # Pages the chunks said could not be read (Dropped with a reason): unreadable.img.
         self.unreadable: list[Unreadable] = []
+        # Set by a live dump: size and mode of the files it references (RegFileEntry), and
+        # the dumper's own ids for the inventory (CRIU's root_ids).
+        self.reg_stat: dict[str, tuple[int, int]] = {}
+        self.root_ids: criu.TaskKobjIdsEntry | None = None
         self._done = False
 
     # -- files ------------------------------------------------------------------------------
@@ -333,10 +337,16 @@ class ImageSetWriter:
         state: int = F.TASK_ALIVE,
         exe: str = "",
         mm: dict[str, int] | None = None,
+        cores: dict[int, criu.CoreEntry] | None = None,
+        ids: criu.TaskKobjIdsEntry | None = None,
+        mm_extra: criu.MmEntry | None = None,
     ) -> None:
         """A task: pstree entry, core-TID.img per thread, mm-PID.img (written on commit).
 
-        ppid 0 marks the root. mm holds MmEntry's mm_* fields (0 when left out).
+        ppid 0 marks the root. mm holds MmEntry's mm_* fields (0 when left out). cores,
+        when given, are the threads' core images as they are (dumper.images.criustate);
+        ids is written as ids-PID.img; mm_extra is merged into the MmEntry (auxv, ...).
+        A dead task (a zombie) has no mm.
         """
         if pid in self._tasks:
             raise ValueError(f"task {pid} added twice")
@@ -354,6 +364,9 @@ class ImageSetWriter:
             state=state,
             exe=exe,
             mm=dict(mm or {}),
+            cores=cores,
+            ids=ids,
+            mm_extra=mm_extra,
         )
 
     def pages_stored(self, pages_id: int) -> int:
@@ -489,7 +502,26 @@ class ImageSetWriter:
         self._files[-1].reg.CopyFrom(
             criu.RegFileEntry(id=fid, flags=flags, pos=0, fown=_fown(), name=name)
         )
+        if name in self.reg_stat:  # CRIU checks the size of a mapped file at restore
+            size, mode = self.reg_stat[name]
+            self._files[-1].reg.size, self._files[-1].reg.mode = size, mode
         return fid
+
+    def add_file(self, make: Any) -> int:
+        """A files.img entry made by make(id) -> FileEntry; returns the id."""
+        fid = len(self._files) + 1
+        self._files.append(make(fid))
+        return fid
+
+    def add_image(self, name: str, kind: str, msgs: Iterable[Message],
+                  extras: Iterable[bytes] = ()) -> None:
+        """Any other image of the set (ids, fs, fdinfo, ...), written now; extras are the
+        entries' raw payloads for a kind that has them (pipes-data)."""
+        f = self._open(name)
+        try:
+            f.write(codec.encode(codec.BY_NAME[kind], msgs, extras))
+        finally:
+            self._close(f)
 
     def _vma_entry(self, pid: int, v: Vma) -> criu.VmaEntry:
         status, shmid = v.status, v.shmid
@@ -509,7 +541,8 @@ class ImageSetWriter:
             status = status or F.VMA_AREA_REGULAR | derived
         elif v.path and not status:  # a regular file: referenced by name, as CRIU's reg-files
             shared = bool(v.flags & MAP_SHARED)
-            shmid = self._add_reg(v.path, os.O_RDWR if shared else os.O_RDONLY)
+            fdflags = os.O_RDWR if shared else os.O_RDONLY
+            shmid = self._add_reg(v.path, fdflags)
             status = F.VMA_AREA_REGULAR | (F.VMA_FILE_SHARED if shared else F.VMA_FILE_PRIVATE)
         elif not status:
             if v.flags & MAP_SHARED:
@@ -527,11 +560,15 @@ class ImageSetWriter:
         )
         if v.madv:
             e.madv = v.madv
+        if status & (F.VMA_FILE_SHARED | F.VMA_FILE_PRIVATE) and not status & F.VMA_AREA_MEMFD:
+            e.fdflags = os.O_RDWR if v.flags & MAP_SHARED else os.O_RDONLY  # as CRIU opens it
         return e
 
     def _write_task(self, t: dict[str, Any]) -> criu.PstreeEntry:
         pid = t["pid"]
-        for tid in t["threads"]:
+        if t["ids"] is not None:
+            self._write_image(M.ids(pid), codec.BY_NAME["IDS"], [t["ids"]])
+        for tid in t["threads"] if t["cores"] is None else ():
             core = criu.CoreEntry(mtype=self.mtype)
             core.thread_core.CopyFrom(
                 criu.ThreadCoreEntry(futex_rla=0, futex_rla_len=0, comm=t["comm"])
@@ -548,17 +585,24 @@ class ImageSetWriter:
                     )
                 )
             self._write_image(M.core(tid), codec.BY_NAME["CORE"], [core])
+        for tid, core in (t["cores"] or {}).items():
+            self._write_image(M.core(tid), codec.BY_NAME["CORE"], [core])
+        entry = criu.PstreeEntry(
+            pid=pid, ppid=t["ppid"], pgid=t["pgid"], sid=t["sid"], threads=t["threads"]
+        )
+        if t["state"] == F.TASK_DEAD:
+            return entry  # a zombie: core alone, as CRIU's dump_one_zombie
         exe_id = self._exe_ids.get(t["exe"])
         if exe_id is None:
             exe_id = self._exe_ids[t["exe"]] = self._add_reg(t["exe"])
         mm = criu.MmEntry(exe_file_id=exe_id, **{k: t["mm"].get(k, 0) for k in _MM_FIELDS})
         mm.vmas.extend(self._vma_entry(pid, v) for v in t["vmas"])
+        if t["mm_extra"] is not None:
+            mm.MergeFrom(t["mm_extra"])
         self._write_image(M.mm(pid), codec.BY_NAME["MM"], [mm])
         if pid not in self._task_pages:  # crit x rss opens every task's pagemap
             self.add_private_pages(pid, [], [])
-        return criu.PstreeEntry(
-            pid=pid, ppid=t["ppid"], pgid=t["pgid"], sid=t["sid"], threads=t["threads"]
-        )
+        return entry
 
     def _dump_entry(self) -> own.DumpEntry:
         roots = [p for p, t in self._tasks.items() if t["ppid"] == 0]
@@ -615,6 +659,8 @@ class ImageSetWriter:
                     for u in self.unreadable])
             self._write_image(M.DUMPER, codec.BY_NAME["DUMPER"], [self._dump_entry()])
             inv = criu.InventoryEntry(img_version=2, fdinfo_per_id=True, ns_per_id=True)
+            if self.root_ids is not None:
+                inv.root_ids.CopyFrom(self.root_ids)
             self._write_image(M.INVENTORY, codec.BY_NAME["INVENTORY"], [inv])
             self._validate()
             if self.sync:

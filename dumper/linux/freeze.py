@@ -133,6 +133,9 @@ class Freezer:
         while stack:
             pid = stack.pop()
             try:
+                if pid != root and _zombie(pid):
+                    out.append(procfs.read_stat(pid).task_info())  # no threads to seize
+                    continue
                 self.seize_process(pid)
                 info = procfs.read_stat(pid).task_info()
                 kids = procfs.children(pid)
@@ -211,6 +214,15 @@ def _wait_group_stop(pid: int, timeout: float = 5.0) -> bool:
         if time.monotonic() > deadline:
             return False
         os.sched_yield()
+
+
+def _zombie(pid: int) -> bool:
+    """An exited process its parent has not waited for (state Z, no thread left running:
+    a leader that called pthread_exit shows Z too while its other threads live)."""
+    try:
+        return procfs.read_stat(pid).state == "Z" and procfs.threads(pid) == [pid]
+    except ProcError:
+        return False
 
 
 def _exiting(pid: int, tid: int) -> bool:

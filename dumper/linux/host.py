@@ -14,7 +14,7 @@ import numpy as np
 from dumper.buffers import BufferPool
 from dumper.host import MapEntry, TaskInfo, parse_maps
 from dumper.kabi import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PM_PFRAME_MASK, PM_PRESENT, PROT_READ
-from dumper.linux import check, freeze, libc, memread, pagemap, procfs, truth
+from dumper.linux import check, freeze, libc, memread, pagemap, procfs, taskstate, truth
 from dumper.linux.digestcache import DigestCache
 from dumper.linux.errors import ProcError, UnreadableMemory, Unsupported
 from dumper.linux.mapfiles import MapFile
@@ -194,6 +194,16 @@ class LinuxHost:
             if ptr and size:
                 out.append((ptr, size))
         return out
+
+    # -- process state -------------------------------------------------------------------------
+    def task_states(self, tasks: list[TaskInfo], leave_out: frozenset[str] = frozenset()
+                    ) -> tuple[list[taskstate.TaskState], dict[str, int]]:
+        """Registers, signal state, credentials, files... of each frozen task
+        (dumper.linux.taskstate); zombies as CRIU records them."""
+        states = [taskstate.task_state(t.pid, procfs.threads(t.pid), leave_out)
+                  for t in tasks]
+        taskstate.assign_kobj_ids(states)
+        return states, taskstate.ns_inodes(os.getpid())
 
     # -- ground truth --------------------------------------------------------------------------
     def truth(self, pid: int) -> list[tuple[int, np.ndarray]]:

@@ -29,6 +29,7 @@ from dumper.model import Model, observe
 from dumper.model.content import UNREADABLE, ZERO
 from dumper.model.shmem import shmem_file_read
 from dumper.model.state import ZERO_PFN, Inode, ModelError
+from dumper.state import TaskState
 
 
 class ModelObject:
@@ -184,6 +185,13 @@ class ModelHost:
         for pid in pids:
             self.k.task(pid)
         yield
+
+    def task_states(self, tasks: list[TaskInfo], leave_out: frozenset[str] = frozenset()
+                    ) -> tuple[list[TaskState], dict[str, int]]:
+        """The model has memory only: one thread per task, no registers, no files (the
+        images stay as a memory dump writes them)."""
+        del leave_out
+        return [TaskState.minimal(t.pid, t.comm) for t in tasks], {}
 
     def rseq_areas(self, pid: int) -> list[tuple[int, int]]:
         """The model's tasks register no rseq areas (kernel/rseq.c is not modelled)."""

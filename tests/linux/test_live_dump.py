@@ -50,7 +50,8 @@ def cli(*args: object) -> Result:
 
 
 def dump(out, root: int, strategy: str = "auto") -> Result:
-    r = cli("dump", "--pid", root, "--tree", "--strategy", strategy, "-o", out)
+    r = cli("dump", "--pid", root, "--tree", "--strategy", strategy, "--leave-out", "any",
+            "-o", out)
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("dumped "), r.output
     return r
@@ -281,7 +282,7 @@ def test_error_pid_gone(procs, tmp_path):
     p.call("exit")
     p.popen.wait(10)
     out = tmp_path / "set"
-    r = cli("dump", "--pid", pid, "--tree", "-o", out)
+    r = cli("dump", "--pid", pid, "--tree", "--leave-out", "any", "-o", out)
     assert r.exit_code == 2
     assert r.stderr == f"dumper: error: pid {pid}: /proc/{pid}/task: no such process (gone)\n"
     assert not out.exists() and os.listdir(tmp_path) == []
@@ -292,7 +293,7 @@ def test_error_output_exists(procs, tmp_path):
     out = tmp_path / "set"
     out.mkdir()
     (out / "keep").write_text("mine")
-    r = cli("dump", "--pid", p.pid, "-o", out)
+    r = cli("dump", "--pid", p.pid, "--leave-out", "any", "-o", out)
     assert r.exit_code == 2
     assert r.stderr == f"dumper: error: {out}: exists; pass --force to replace it\n"
     assert os.listdir(out) == ["keep"] and sorted(os.listdir(tmp_path)) == ["set"]
@@ -408,7 +409,8 @@ def test_dump_of_a_quiet_tree_matches_truth(procs, tmp_path):
     child = procs.fork(parent)
     settle(parent, child)
     out = tmp_path / "set"
-    r = cli("dump", "--pid", parent.pid, "--tree", "--truth", "-o", out)  # live: opt-in
+    r = cli("dump", "--pid", parent.pid, "--tree", "--truth", "--leave-out", "any",  # live: opt-in
+            "-o", out)
     assert r.exit_code == 0, r.output
     host = LinuxHost()
     with ImageSet.open(out) as s, host.freeze([parent.pid, child.pid]):
