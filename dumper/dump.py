@@ -346,13 +346,14 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
         tasks, objects = collect(host, infos, strategy, note)
         try:
             states, own_ns = host.task_states(infos, leave_out)  # threads, registers, files
-            cow_pages = find_cow(tasks, host.show_pfn(), host.zero_pfn()) if cow_once else 0
+            if cow_once:
+                find_cow(tasks, host.show_pfn(), host.zero_pfn())
             writer = ImageSetWriter(out, force=force, compress=compress, level=level,
                                     threads=threads, strategy=strategy, profile=profile,
                                     host_kind=host.kind, root_pid=root, sync=sync)
             with writer:
                 shared_pages = _write_objects(writer, objects)
-                private_pages = _write_tasks(host, writer, tasks, note, truth,
+                private_pages, cow_pages = _write_tasks(host, writer, tasks, note, truth,
                                              {s.pid: s for s in states}, own_ns)
                 unreadable = list(writer.unreadable)
             written = _dir_bytes(out)
@@ -397,8 +398,9 @@ def _vma_record(e: MapEntry, info: SharedInfo | None, huge: int = 0) -> Vma:
 def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
                  warn: Callable[[str], None], truth: bool = True,
                  states: dict[int, TaskState] | None = None,
-                 own_ns: dict[str, int] | None = None) -> int:
-    total = 0
+                 own_ns: dict[str, int] | None = None) -> tuple[int, int]:
+    """Every task's images; returns (private pages stored, COW pages recorded)."""
+    total = cow_total = 0
     states = states or {}
     ns = criustate.NsIds()
     if any(s.live for s in states.values()):
@@ -431,15 +433,29 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
 
         pages_id = writer.add_private_pages(pid, runs, read_runs(read, runs))
         total += writer.pages_stored(pages_id)
-        if t.cow:
-            writer.add_cow(pid, t.cow)
+        cow = t.cow if vdso is None else _cow_outside(t.cow, vdso[0], vdso[0] + len(vdso[1]))
+        if cow:
+            writer.add_cow(pid, cow)
+            cow_total += sum(c.nr_pages for c in cow)
         if t.guards:
             writer.add_guards(pid, t.guards)
         if truth:  # the ground truth a model restore is verified against (truth-PID.img)
             writer.add_truth(pid, host.truth(pid), algo=host.truth_algo)
     if states:
         criustate.write_pipes_data(writer, ns)
-    return total
+    return total, cow_total
+
+
+def _cow_outside(runs: list[CowRun], lo: int, hi: int) -> list[CowRun]:
+    """The COW runs without their pages in [lo, hi) (a [vdso] each task stores whole)."""
+    out = []
+    for c in runs:
+        end = c.vaddr + c.nr_pages * PAGE_SIZE
+        for a, b in ((c.vaddr, min(end, lo)), (max(c.vaddr, hi), end)):
+            if a < b:
+                out.append(CowRun(c.pid, a, (b - a) // PAGE_SIZE, c.src_pid,
+                                  c.src_vaddr + (a - c.vaddr)))
+    return out
 
 
 def _dir_bytes(path: str) -> int:

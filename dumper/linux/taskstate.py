@@ -74,12 +74,37 @@ def read_creds(status: dict[str, str]) -> Creds:
 
 
 def rlimits(pid: int) -> list[tuple[int, int]]:
-    """prlimit64(pid, r, NULL, &old) for every resource (kernel/sys.c do_prlimit)."""
+    """prlimit64(pid, r, NULL, &old) for every resource (kernel/sys.c do_prlimit); for a task
+    of another uid that needs CAP_SYS_RESOURCE (check_prlimit_permission), which root lacks
+    here (restore.md §8.3), so /proc/PID/limits answers instead."""
     out = []
     buf = (ctypes.c_uint64 * 2)()
     for r in range(RLIMIT_NLIMITS):
-        _sys(SYS_prlimit64, pid, r, 0, ctypes.addressof(buf))
+        try:
+            _sys(SYS_prlimit64, pid, r, 0, ctypes.addressof(buf))
+        except PermissionError:
+            return proc_limits(pid)
         out.append((buf[0], buf[1]))
+    return out
+
+
+RLIM_INFINITY = (1 << 64) - 1
+
+
+def proc_limits(pid: int) -> list[tuple[int, int]]:
+    """(soft, hard) per resource from /proc/PID/limits (fs/proc/base.c proc_pid_limits: one
+    row per resource in RLIMIT_ order, "%-25s %-20s %-20s", "unlimited" for RLIM_INFINITY)."""
+    with open(f"/proc/{pid}/limits") as f:
+        rows = f.read().splitlines()[1:]
+
+    def value(text: str) -> int:
+        text = text.strip()
+        return RLIM_INFINITY if text == "unlimited" else int(text)
+
+    out = [(value(row[26:47]), value(row[47:68])) for row in rows[:RLIMIT_NLIMITS]]
+    if len(out) != RLIMIT_NLIMITS:
+        raise OSError(errno.EIO, f"/proc/{pid}/limits: {len(out)} rows, expected "
+                      f"{RLIMIT_NLIMITS}")
     return out
 
 

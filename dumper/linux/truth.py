@@ -46,6 +46,7 @@ from dumper.linux import memread, pagemap, procfs
 from dumper.linux.digestcache import DigestCache
 from dumper.linux.errors import ProcError
 from dumper.linux.mapfiles import MapFile
+from dumper.linux.taskstate import vdso_image
 
 TRUTH_ALGO = PAGE_DIGEST_ALGO
 ZERO_DIGEST = page_digest(bytes(PAGE_SIZE))
@@ -86,6 +87,10 @@ class TruthReader:
     def vma(self, pmfd: int, e: MapEntry) -> np.ndarray:
         n = e.npages
         out = np.full(n, ZERO_DIGEST, dtype=U64)
+        if e.path == "[vdso]":  # what any page of it reads, faulted in or not: the image
+            vdso = vdso_image(self.pid)
+            if vdso is not None and vdso[0] == e.start and len(vdso[1]) == n * PAGE_SIZE:
+                return page_digests(vdso[1])
         if e.shared:
             self._object(e, np.ones(n, dtype=bool), out)
             return out

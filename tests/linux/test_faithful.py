@@ -29,7 +29,8 @@ pytestmark = pytest.mark.linux
 
 def dump_stopped(out, root: int, *extra: object):
     """`dumper dump --pid ROOT --tree --leave-stopped`: the tree stays stopped for verify."""
-    return cli("dump", "--pid", root, "--tree", "--leave-stopped", "-o", out, *extra)
+    return cli("dump", "--pid", root, "--tree", "--leave-stopped", "--leave-out", "any", "-o", out,
+               *extra)
 
 
 @contextlib.contextmanager
