@@ -33,6 +33,7 @@ from dumper.kabi import (
     SWP_PTE_MARKER,
     SWP_TYPE_MASK,
 )
+from dumper.progress import Progress
 from dumper.select import (
     STRATEGIES,
     Owner,
@@ -41,6 +42,7 @@ from dumper.select import (
     runs_of,
     shared_selection,
 )
+from dumper.words import count
 
 CHUNK = 8 << 20  # bytes per read of target memory or object
 U64 = np.uint64
@@ -100,14 +102,17 @@ class DumpSummary:
     bytes_written: int
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    frozen_seconds: float = 0.0  # how long the tree was stopped
 
     def line(self) -> str:
         mib = self.bytes_written / (1 << 20)
         return (
-            f"dumped {self.tasks} tasks, {self.vmas} VMAs: {self.private_pages} private pages "
+            f"dumped {count(self.tasks, 'task')}, {count(self.vmas, 'VMA')}: "
+            f"{self.private_pages} private pages "
             f"({self.cow_pages} COW-shared stored once), {self.shared_pages} pages of "
-            f"{self.shared_objects} shared objects; {mib:.1f} MiB written in "
-            f"{self.seconds:.2f} s [{self.strategy}, {self.profile}] -> {self.path}"
+            f"{count(self.shared_objects, 'shared object')}; {mib:.1f} MiB written in "
+            f"{self.seconds:.2f} s, tree frozen {self.frozen_seconds:.2f} s "
+            f"[{self.strategy}, {self.profile}] -> {self.path}"
         )
 
 
@@ -280,9 +285,10 @@ def _object_name(e: MapEntry) -> str:
 def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: str = "",
          compress: str | None = None, level: int = 3, threads: int = 0, force: bool = False,
          warn: Callable[[str], None] | None = None, tree: bool = True,
-         truth: bool = True, sync: bool = True) -> DumpSummary:
+         truth: bool = True, sync: bool = True, progress: Progress | None = None
+         ) -> DumpSummary:
     """Dump the tree rooted at root into the image set directory out; sync=False leaves
-    the files to the kernel's writeback (ImageSetWriter)."""
+    the files to the kernel's writeback (ImageSetWriter); progress hears the phases."""
     if strategy not in STRATEGIES:
         raise DumpError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
     t0 = time.perf_counter()
@@ -295,32 +301,38 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
 
     # The tree is frozen as it is found: a process forking meanwhile is stopped before its
     # children are listed, so none can be missed (or dumped while running).
+    tell = progress or Progress()
+    tell.phase("freezing and collecting", 0)
     freezing = host.freeze_tree(root) if tree else host.freeze([root])
     with freezing as frozen:
+        t_frozen = time.perf_counter()
         infos = frozen if tree else tree_of(host, root, tree=False)
         tasks, objects = collect(host, infos, strategy, note)
         try:
             cow_pages = find_cow(tasks, host.show_pfn(), host.zero_pfn())
+            tell.phase("writing pages", PAGE_SIZE * _selected_pages(tasks, objects))
             writer = ImageSetWriter(out, force=force, compress=compress, level=level,
                                     threads=threads, strategy=strategy, profile=profile,
                                     host_kind=host.kind, root_pid=root, sync=sync)
             with writer:
-                shared_pages = _write_objects(writer, objects, note)
-                private_pages = _write_tasks(host, writer, tasks, note, truth)
+                shared_pages = _write_objects(writer, objects, note, tell)
+                private_pages = _write_tasks(host, writer, tasks, note, truth, tell)
             written = _dir_bytes(out)
         finally:
             for info in objects.values():
                 info.handle.close()
+        frozen_for = time.perf_counter() - t_frozen
+    tell.done()
     return DumpSummary(
         path=out, strategy=strategy, profile=profile or host.kind, tasks=len(tasks),
         vmas=sum(len(t.maps) for t in tasks), private_pages=private_pages, cow_pages=cow_pages,
         shared_objects=len(objects), shared_pages=shared_pages, bytes_written=written,
-        seconds=time.perf_counter() - t0, warnings=warnings,
+        seconds=time.perf_counter() - t0, warnings=warnings, frozen_seconds=frozen_for,
     )
 
 
 def _write_objects(writer: ImageSetWriter, objects: dict[tuple[int, int], SharedInfo],
-                   warn: Callable[[str], None]) -> int:
+                   warn: Callable[[str], None], tell: Progress) -> int:
     total = 0
     for info in objects.values():
         runs = [(a << PAGE_SHIFT, n) for a, n in runs_of(info.selected)]
@@ -328,7 +340,8 @@ def _write_objects(writer: ImageSetWriter, objects: dict[tuple[int, int], Shared
         writer.add_shared_object(
             SharedObject(shmid=info.shmid, kind=info.kind, size=info.size, dev=info.dev,
                          ino=info.ino, name=info.name),
-            runs, read_runs(lambda a, b, h=info.handle: h.pread(a, b - a), runs, warn),
+            runs, tell.counted(read_runs(lambda a, b, h=info.handle: h.pread(a, b - a), runs,
+                                         warn)),
         )
     return total
 
@@ -344,7 +357,8 @@ def _vma_record(e: MapEntry, info: SharedInfo | None) -> Vma:
 
 
 def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
-                 warn: Callable[[str], None], truth: bool = True) -> int:
+                 warn: Callable[[str], None], truth: bool = True,
+                 tell: Progress | None = None) -> int:
     total = 0
     for t in tasks:
         pid = t.info.pid
@@ -357,7 +371,8 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
             runs += [(pv.vma.start + (a << PAGE_SHIFT), n) for a, n in runs_of(mask)]
         total += sum(n for _, n in runs)
         writer.add_private_pages(
-            pid, runs, read_runs(lambda a, b, p=pid: host.read_memory(p, a, b), runs, warn))
+            pid, runs, (tell or Progress()).counted(
+                read_runs(lambda a, b, p=pid: host.read_memory(p, a, b), runs, warn)))
         if t.cow:
             writer.add_cow(pid, t.cow)
         if t.guards:
@@ -365,6 +380,13 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
         if truth:  # the ground truth a model restore is verified against (truth-PID.img)
             writer.add_truth(pid, host.truth(pid), algo=host.truth_algo)
     return total
+
+
+def _selected_pages(tasks: list[TaskDump], objects: dict[tuple[int, int], SharedInfo]) -> int:
+    """Pages the writing phase will store (for progress)."""
+    own = sum(int(np.count_nonzero(pv.stored if pv.stored is not None else pv.selected))
+              for t in tasks for pv in t.private)
+    return own + sum(int(np.count_nonzero(i.selected)) for i in objects.values())
 
 
 def _dir_bytes(path: str) -> int:

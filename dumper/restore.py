@@ -21,6 +21,7 @@ from dumper.images.reader import ImageSet
 from dumper.images.records import Task, Vma
 from dumper.kabi import MAP_SHARED, PAGE_SHIFT, PAGE_SIZE
 from dumper.select import runs_of
+from dumper.words import count
 
 
 class RestoreError(Exception):
@@ -36,7 +37,8 @@ class RestoreSummary:
     pages_discarded: int
 
     def line(self) -> str:
-        return (f"restored {self.tasks} tasks and {self.objects} shared objects: "
+        return (f"restored {count(self.tasks, 'task')} and "
+                f"{count(self.objects, 'shared object')}: "
                 f"{self.pages_written} pages written, {self.pages_shared} kept shared "
                 f"copy-on-write, {self.pages_discarded} discarded")
 

@@ -158,7 +158,7 @@ def test_memfd_shared_by_scm_rights_dumped_once(procs, tmp_path):
 
     out = tmp_path / "set"
     r = dump(out, root.pid)
-    assert "8 pages of 1 shared objects" in r.stdout
+    assert "8 pages of 1 shared object;" in r.stdout
     r = verify(out, root.pid)
     assert r.exit_code == 0, r.output
     d = info(out)
