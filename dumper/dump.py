@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dumper.host import Host, MapEntry, ObjectHandle, TaskInfo, parse_maps
+from dumper.images.flags import VMA_ANON_PRIVATE, VMA_AREA_VSYSCALL
 from dumper.images.records import CowRun, GuardRun, SharedObject, Vma
 from dumper.images.writer import ImageSetWriter
 from dumper.kabi import (
@@ -356,15 +357,24 @@ def _vma_record(e: MapEntry, info: SharedInfo | None) -> Vma:
                obj=info.shmid if info is not None else None, path=e.path if file else "")
 
 
+# The x86_64 vsyscall page (arch/x86/entry/vsyscall: get_gate_vma): not in the mm, but in
+# every task's maps, and CRIU records it as a VMA without pages (VMA_AREA_VSYSCALL); crit's
+# explorers read mm-PID.img's VMA list, which a task must not leave empty.
+GATE_VMA = Vma(0xFFFFFFFFFF600000, 0xFFFFFFFFFF601000, 4, MAP_PRIVATE | MAP_ANONYMOUS,
+               status=VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE)
+
+
 def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
                  warn: Callable[[str], None], truth: bool = True,
                  tell: Progress | None = None) -> int:
     total = 0
     for t in tasks:
         pid = t.info.pid
+        gate = [GATE_VMA] if getattr(host, "gate_area", lambda p: True)(pid) else []
         writer.add_task(pid, t.info.ppid, t.info.comm,
-                        [_vma_record(e, t.objects.get(e.start)) for e in t.maps],
-                        pgid=t.info.pgid or None, sid=t.info.sid or None)
+                        [_vma_record(e, t.objects.get(e.start)) for e in t.maps] + gate,
+                        pgid=t.info.pgid or None, sid=t.info.sid or None,
+                        exe=getattr(host, "exe", lambda p: "")(pid))
         runs = []
         for pv in t.private:
             mask = pv.stored if pv.stored is not None else pv.selected

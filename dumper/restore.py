@@ -12,11 +12,12 @@ instead of a memcmp.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from dumper.images.flags import VMA_AREA_VSYSCALL
 from dumper.images.reader import ImageSet
 from dumper.images.records import Task, Vma
 from dumper.kabi import MAP_SHARED, PAGE_SHIFT, PAGE_SIZE
@@ -84,6 +85,8 @@ def restore(images: ImageSet, target: Any) -> RestoreSummary:
     written = shared = discarded = 0
     restored: dict[int, Task] = {}
     for t in images.tasks.values():  # pstree order: parents before children
+        # The vsyscall gate is the kernel's (get_gate_vma): recorded, never mapped back.
+        t = replace(t, vmas=[v for v in t.vmas if not v.status & VMA_AREA_VSYSCALL])
         parent = restored.get(t.ppid)
         target.create_task(t.pid, t.ppid if parent else 0, t.comm)
         kept: list[Vma] = []

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from dumper.images.flags import VMA_AREA_VSYSCALL
 from dumper.images.reader import ImageSet
 from dumper.kabi import PAGE_SHIFT, PAGE_SIZE
 from dumper.progress import Progress
+from dumper.words import count
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class VerifyReport:
                 "rewrites)" if self.rseq_only else "")
         if self.ok:
             return f"verified {self.pages_checked} pages{rseq}: nothing lost"
-        return (f"LOST {len(self.lost)} pages ({self.private_lost} private, "
+        return (f"LOST {count(len(self.lost), 'page')} ({self.private_lost} private, "
                 f"{self.shared_lost} shared-object pages) of {self.pages_checked} checked"
                 f"{rseq}")
 
@@ -247,12 +249,15 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
     report = VerifyReport()
     seen_obj: set[tuple[int, int]] = set()
     tell = progress or Progress()
-    tell.phase("verifying", sum(v.end - v.start for t in images.tasks.values() for v in t.vmas))
+    tell.phase("verifying", sum(v.end - v.start for t in images.tasks.values() for v in t.vmas
+                                if not v.status & VMA_AREA_VSYSCALL))
     for t in images.tasks.values():
         hpid = (pid_map or {}).get(t.pid, t.pid)
         live = dict(host.truth(hpid))
         rseq = host.rseq_areas(hpid)
         for v in t.vmas:
+            if v.status & VMA_AREA_VSYSCALL:
+                continue  # the kernel's gate page, not the task's memory
             n = (v.end - v.start) // PAGE_SIZE
             restored = image_view(images, t.pid, v.start, n)
             found = _find(live, v.start, n)
