@@ -57,6 +57,9 @@ def progress(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
+
+
 def run_standalone(invoke: Callable[[], Any]) -> None:
     """Click's standalone mode, with dumper's habits: a usage error is one line
     `dumper: error: ...` (exit 2), and a closed stdout (`dumper ... | head`) ends quietly."""
@@ -74,7 +77,13 @@ def run_standalone(invoke: Callable[[], Any]) -> None:
     except BrokenPipeError:
         # Point stdout at /dev/null so the interpreter's last flush cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a killed writer
+        sys.exit(EXIT_PIPE)
+    except SystemExit as e:
+        # click ends a write to a closed pipe itself (wrapping stdout to pacify its last
+        # flush) with status 1, which is dumper's "data lost"
+        if e.code == 1 and type(sys.stdout).__name__.endswith("PacifyFlushWrapper"):
+            sys.exit(EXIT_PIPE)
+        raise
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -243,8 +252,6 @@ def dump(scenario: str | None, pid: int | None, tree_pid: int | None, tree: bool
     if out is not None and images_dir is not None and out != images_dir:
         fail("-o/--output and -D/--images-dir name different directories")
     out = out or images_dir
-    if out is None:
-        fail("dump needs -o/--output DIR (or criu's -D/--images-dir DIR)")
     if leave_stopped and leave_running:
         fail("--leave-stopped and --leave-running contradict each other")
     if scenario is not None:
@@ -256,6 +263,8 @@ def dump(scenario: str | None, pid: int | None, tree_pid: int | None, tree: bool
     elif kernel is not None:
         fail("--kernel is the model's kernel profile: a live dump (--pid) runs on this "
              f"kernel ({os.uname().release})")
+    if out is None:
+        fail("dump needs -o/--output DIR (or criu's -D/--images-dir DIR)")
     assert out is not None
     force = _usable_output(out, force)
     log = Log(verbose, log_file)
