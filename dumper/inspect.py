@@ -242,24 +242,6 @@ def _info(s: ImageSet) -> dict[str, Any]:
     }
 
 
-def _count(path: str) -> dict[str, Any]:
-    """crit info: the image's magic name and how many entries it holds (its head not counted,
-    as crit counts pagemap)."""
-    from dumper.images import codec, fds
-    from dumper.images import magic as M
-
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if len(head) == 8 and int.from_bytes(head[:4], "little") == M.IMG_COMMON_MAGIC:
-        other = {fds.FDINFO_MAGIC: "FDINFO", fds.FS_MAGIC: "FS"}.get(
-            int.from_bytes(head[4:], "little"))
-        if other is not None:  # images dumper does not decode as a table yet: frames counted
-            magic = fds.FDINFO_MAGIC if other == "FDINFO" else fds.FS_MAGIC
-            return {"magic": other, "count": len(fds.raw_entries(path, magic))}
-    img = codec.load(path)
-    return {"magic": img.kind.name, "count": len(img.body)}
-
-
 @inspect.command()
 @click.argument("path", metavar="DIR|FILE")
 @json_option
@@ -269,7 +251,9 @@ def info(path: str, as_json: bool, no_verify: bool) -> None:
     """Summary of image set DIR (how it was made, tasks, objects, pages, sizes), or of one
     image FILE: its kind and entry count, as `crit info` prints them."""
     if os.path.isfile(path):
-        c = _count(path)
+        from dumper.images.criu_magic import info as crit_info
+
+        c = crit_info(path)
         if as_json:
             return _emit_json(c)
         n = c["count"]

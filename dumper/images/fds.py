@@ -10,7 +10,6 @@ pipe 18 ...); criu/include/magic.h has the magics. fdinfo and fs are read by fie
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass, field
 
 from dumper.images import codec
@@ -19,7 +18,6 @@ from dumper.images.errors import ImageError
 
 FDINFO_MAGIC = 0x56213732
 FS_MAGIC = 0x51403912
-_U32 = struct.Struct("<I")
 
 
 def wire_fields(payload: bytes) -> dict[int, list[object]]:
@@ -34,25 +32,13 @@ def wire_fields(payload: bytes) -> dict[int, list[object]]:
 
 
 def raw_entries(path: str, magic: int) -> list[bytes]:
-    """The entry payloads of a CRIU image with this magic (common magic first)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ImageError(path, e.strerror or str(e)) from None
-    if len(data) < 8 or _U32.unpack_from(data, 0)[0] != M.IMG_COMMON_MAGIC or \
-            _U32.unpack_from(data, 4)[0] != magic:
-        raise ImageError(path, f"not an image with magic {magic:#010x}", 0)
-    out, off = [], 8
-    while off < len(data):
-        if off + 4 > len(data):
-            raise ImageError(path, "truncated entry length", off)
-        (n,) = _U32.unpack_from(data, off)
-        if off + 4 + n > len(data):
-            raise ImageError(path, f"entry length {n} runs past the end of the file", off)
-        out.append(data[off + 4 : off + 4 + n])
-        off += 4 + n
-    return out
+    """The entry payloads of a CRIU image with this magic."""
+    from dumper.images.criu_magic import read_frames
+
+    m, frames = read_frames(path)
+    if m != magic:
+        raise ImageError(path, f"magic {m:#010x}, expected {magic:#010x}", 0)
+    return frames
 
 
 @dataclass
