@@ -23,32 +23,37 @@ def fail(message: str) -> None:
     raise click.exceptions.Exit(2)
 
 
+# The project's error types, by module: a module that is not loaded raised none of them, so
+# mapping errors imports nothing (start-up).
+USER_ERRORS = {
+    "dumper.dump": ("DumpError",), "dumper.images.errors": ("ImageError",),
+    "dumper.images.writer": ("ImageSetExists",),
+    "dumper.linux.errors": ("ProcError", "UnreadableMemory", "Unsupported"),
+    "dumper.model": ("ModelError",), "dumper.restore": ("RestoreError",),
+    "dumper.scenarios.format": ("ScenarioError",),
+}
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    return tuple(getattr(sys.modules[m], n) for m, names in USER_ERRORS.items()
+                 if m in sys.modules for n in names)
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Map the project's error types (and OS errors) to `dumper: error: ...`, exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from dumper.dump import DumpError
-        from dumper.images.errors import ImageError
-        from dumper.images.writer import ImageSetExists
-        from dumper.linux.errors import ProcError, UnreadableMemory, Unsupported
-        from dumper.model import ModelError
-        from dumper.restore import RestoreError
-        from dumper.scenarios.format import ScenarioError
-
         try:
             return fn(*args, **kwargs)
-        except (ImageError, ScenarioError, DumpError, RestoreError, ModelError, ProcError,
-                Unsupported, UnreadableMemory) as e:
-            fail(str(e))
-        except ImageSetExists as e:
-            fail(str(e))
-        except ValueError as e:
-            fail(str(e))
         except BrokenPipeError:
             raise  # stdout's reader went away: silent (run_standalone)
-        except OSError as e:
-            fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+        except Exception as e:
+            if isinstance(e, (*_user_error_types(), ValueError)):
+                fail(str(e))
+            if isinstance(e, OSError):
+                fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+            raise
 
     return wrapper
 
