@@ -482,7 +482,9 @@ def replay(scenarios: tuple[str, ...], all_: bool, list_: bool, kernels: tuple[s
         [load(p) for p in library()]
     r = rp.replay(scs, _profiles(kernels), list(strategies) or list(STRATEGIES),
                   pictures=fmt == "html", progress=None if quiet else progress)
-    text = {"table": rp.format_table, "json": rp.format_json, "html": rp.format_html}[fmt](r)
+    from dumper.scenarios.report import format_html
+
+    text = {"table": rp.format_table, "json": rp.format_json, "html": format_html}[fmt](r)
     _emit(text, out)
     for f in r.failures:
         click.echo(f"dumper: expectation failed: {f.line_text()}", err=True)
