@@ -331,7 +331,7 @@ def _resolve(spec: str):
         fail(f"{spec}: no such scenario file or library scenario{hint}")
 
 
-def _restore_model(path: str):
+def _restore_model(path: str, quiet: bool = True):
     from dumper.images.reader import ImageSet
     from dumper.model import Model
     from dumper.model.host import ModelTarget
@@ -345,7 +345,9 @@ def _restore_model(path: str):
         fail(f"{path}: not a model image set (restore on Linux is not supported); "
              "inspect it with `dumper inspect`")
     target = ModelTarget(Model(load_profile(meta.profile)))
-    summary = restore(images, target)
+    from dumper.progress import for_stderr
+
+    summary = restore(images, target, progress=for_stderr(quiet))
     return images, target, summary
 
 
@@ -363,7 +365,7 @@ def restore(directory: str, do_verify: bool, show: int, as_json: bool, quiet: bo
     """Restore an image set into a fresh model of the kernel it was dumped from."""
     import dataclasses
 
-    images, target, summary = _restore_model(directory)
+    images, target, summary = _restore_model(directory, quiet)
     with images:
         doc = {"restore": {"summary": summary.line(), **dataclasses.asdict(summary)}}
         if not as_json:
@@ -406,7 +408,7 @@ def verify(directory: str, pid: int | None, show: int, as_json: bool, quiet: boo
         if meta is not None and meta.host_kind != "model":
             fail(f"{directory}: a live set (dumped from pid {probe.root}) is verified against "
                  f"the live tree: pass --pid {probe.root} while it still runs unchanged")
-    images, target, _ = _restore_model(directory)
+    images, target, _ = _restore_model(directory, quiet)
     with images:
         _verify_report(images, target, show, as_json=as_json, quiet=quiet)
 

@@ -21,6 +21,7 @@ from dumper.images.flags import VMA_AREA_VSYSCALL
 from dumper.images.reader import ImageSet
 from dumper.images.records import Task, Vma
 from dumper.kabi import MAP_SHARED, PAGE_SHIFT, PAGE_SIZE
+from dumper.progress import Progress
 from dumper.select import runs_of
 from dumper.words import count
 
@@ -74,13 +75,16 @@ def page_sources(t: Task, vma: Vma) -> tuple[np.ndarray, np.ndarray]:
     return spid, saddr
 
 
-def restore(images: ImageSet, target: Any) -> RestoreSummary:
+def restore(images: ImageSet, target: Any, progress: Progress | None = None) -> RestoreSummary:
     """Rebuild the image set's tree on target (a host with the restore operations)."""
+    tell = progress or Progress()
+    tell.phase("restoring", sum(p.raw_size for p in images.pages.values()))
     objs = {}
     for shmid, o in images.objects.items():
         h = target.create_object(o.kind, o.size, o.name, o.ino)
         for off, data in images.iter_object_pages(shmid):
             h.write(off, data)
+            tell.advance(len(data))
         objs[shmid] = h
     written = shared = discarded = 0
     restored: dict[int, Task] = {}
@@ -129,6 +133,7 @@ def restore(images: ImageSet, target: Any) -> RestoreSummary:
                     target.write_memory(t.pid, v.start + (x << PAGE_SHIFT), page)
                 written += n
         for vaddr, data in images.iter_pages(t.pid):  # the task's own pages, streamed
+            tell.advance(len(data))
             for a, piece in _outside_markers(t, vaddr, data):
                 target.write_memory(t.pid, a, piece)
                 written += len(piece) // PAGE_SIZE
@@ -136,6 +141,7 @@ def restore(images: ImageSet, target: Any) -> RestoreSummary:
         restored[t.pid] = t
     if hasattr(target, "release_objects"):
         target.release_objects(list(objs.values()))
+    tell.done()
     return RestoreSummary(len(restored), len(objs), written, shared, discarded)
 
 

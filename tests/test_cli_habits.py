@@ -130,7 +130,7 @@ def test_progress_only_on_a_terminal_and_not_when_quiet(tmp_path):
     assert "freezing and collecting" in tty and "writing pages" in tty and "100%" in tty, tty
     assert "MiB/s" in tty
     rc, out, tty = on_tty("verify", tmp_path / "a")
-    assert rc == 0 and "verifying" in tty and "100%" in tty
+    assert rc == 0 and "restoring" in tty and "verifying" in tty and "100%" in tty
     rc, out, tty = on_tty("dump", "--scenario", "14", "-o", tmp_path / "b", "--quiet")
     assert rc == 0 and tty == ""
     r = run("dump", "--scenario", "14", "-o", tmp_path / "c")  # stderr is a pipe
