@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from dumper.kabi import PAGE_SIZE
+
 MIB = 1 << 20
 
 
@@ -57,7 +59,8 @@ class TerminalProgress(Progress):
 
     def _rate(self, _item: Any) -> str:
         secs = max(time.monotonic() - self._t0, 1e-6)
-        return f"{self._done / MIB:.1f} MiB, {self._done / MIB / secs:.0f} MiB/s"
+        return (f"{self._done // PAGE_SIZE:,} pages, {self._done / MIB:.1f} MiB, "
+                f"{self._done / MIB / secs:.0f} MiB/s")
 
     def advance(self, nbytes: int) -> None:
         self._done += nbytes
