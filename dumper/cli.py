@@ -1,8 +1,9 @@
 """The `dumper` command line (click).
 
 Every user error — a malformed image, a bad scenario line, a pid that is gone, a missing
-permission — ends as one line `dumper: error: ...` and exit status 2, never a traceback.
-Data loss found by verify is exit status 1.
+permission, click's own usage errors — ends as one line `dumper: error: ...` and exit
+status 2, never a traceback. Data loss found by verify is exit status 1; `check` exits 3
+when the kernel lacks what a dump needs; a closed stdout ends quietly with 141.
 """
 
 from __future__ import annotations
