@@ -19,6 +19,7 @@ BENCHES = [
     ("explore", "bench.explore", 3),
     ("pipeline", "bench.pipeline", 1),
     ("live", "bench.live", 1),  # real processes: needs root
+    ("startup", "bench.startup", 1),  # interleaved rounds inside; dumps need root and CRIU
 ]
 
 

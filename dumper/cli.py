@@ -1,8 +1,9 @@
 """The `dumper` command line (click).
 
 Every user error — a malformed image, a bad scenario line, a pid that is gone, a missing
-permission — ends as one line `dumper: error: ...` and exit status 2, never a traceback.
-Data loss found by verify is exit status 1.
+permission, click's own usage errors — ends as one line `dumper: error: ...` and exit
+status 2, never a traceback. Data loss found by verify is exit status 1; `check` exits 3
+when the kernel lacks what a dump needs; a closed stdout ends quietly with 141.
 """
 
 from __future__ import annotations
@@ -23,30 +24,37 @@ def fail(message: str) -> None:
     raise click.exceptions.Exit(2)
 
 
+# The project's error types, by module: a module that is not loaded raised none of them, so
+# mapping errors imports nothing (start-up).
+USER_ERRORS = {
+    "dumper.dump": ("DumpError",), "dumper.images.errors": ("ImageError",),
+    "dumper.images.writer": ("ImageSetExists",),
+    "dumper.linux.errors": ("ProcError", "UnreadableMemory", "Unsupported"),
+    "dumper.model": ("ModelError",), "dumper.restore": ("RestoreError",),
+    "dumper.scenarios.format": ("ScenarioError",),
+}
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    return tuple(getattr(sys.modules[m], n) for m, names in USER_ERRORS.items()
+                 if m in sys.modules for n in names)
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Map the project's error types (and OS errors) to `dumper: error: ...`, exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from dumper.dump import DumpError
-        from dumper.images.errors import ImageError
-        from dumper.images.writer import ImageSetExists
-        from dumper.linux.errors import ProcError, UnreadableMemory, Unsupported
-        from dumper.model import ModelError
-        from dumper.restore import RestoreError
-        from dumper.scenarios.format import ScenarioError
-
         try:
             return fn(*args, **kwargs)
-        except (ImageError, ScenarioError, DumpError, RestoreError, ModelError, ProcError,
-                Unsupported, UnreadableMemory) as e:
-            fail(str(e))
-        except ImageSetExists as e:
-            fail(str(e))
-        except ValueError as e:
-            fail(str(e))
-        except OSError as e:
-            fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+        except BrokenPipeError:
+            raise  # stdout's reader went away: silent (run_standalone)
+        except Exception as e:
+            if isinstance(e, (*_user_error_types(), ValueError)):
+                fail(str(e))
+            if isinstance(e, OSError):
+                fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+            raise
 
     return wrapper
 
@@ -55,13 +63,58 @@ def progress(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-@click.group()
+EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
+
+
+def run_standalone(invoke: Callable[[], Any]) -> None:
+    """Click's standalone mode, with dumper's habits: a usage error is one line
+    `dumper: error: ...` (exit 2), and a closed stdout (`dumper ... | head`) ends quietly."""
+    try:
+        rv = invoke()
+        sys.stdout.flush()
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "dumper"
+        msg = e.format_message().replace("\n", " ")
+        click.echo(f"dumper: error: {msg} (see '{where} --help')", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"dumper: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_PIPE)
+    except SystemExit as e:
+        # click ends a write to a closed pipe itself (wrapping stdout to pacify its last
+        # flush) with status 1, which is dumper's "data lost"
+        if e.code == 1 and type(sys.stdout).__name__.endswith("PacifyFlushWrapper"):
+            sys.exit(EXIT_PIPE)
+        raise
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class DumperGroup(click.Group):
+    """The top-level group: standalone runs go through run_standalone."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        return run_standalone(lambda: super(DumperGroup, self).main(
+            args, prog_name, complete_var, False, **extra))
+
+
+CONTEXT = {"max_content_width": 100, "help_option_names": ["-h", "--help"]}
+
+
+@click.group(cls=DumperGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="dumper")
 def main() -> None:
     """A CRIU-like checkpoint/restore memory dumper, with an executable model of Linux mm."""
 
 
-@main.command()
+@main.command(short_help="Replay the thread's scenario library on the model: the matrix "
+              "and an HTML report.")
 @click.option("-o", "--output", "out", default="out/replay.html", show_default=True,
               metavar="FILE", help="Where to write the HTML report.")
 @user_errors
@@ -73,13 +126,86 @@ def demo(out: str) -> None:
 
 
 STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek", "all"])
+STRATEGY_HELP = ("How shared pages are found: lseek (SEEK_DATA on the object), pagemap / "
+                 "mincore-or / mincore-and (the thread's flawed views), all (every page), "
+                 "auto (lseek where it works).")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON document on stdout instead of text.")
+quiet_option = click.option("-q", "--quiet", is_flag=True,
+                            help="No progress on stderr (shown only when it is a terminal).")
 
 
-@main.command()
+class Log:
+    """Warnings and (with -v) phases on stderr, and everything in --log-file as well."""
+
+    def __init__(self, verbose: int = 0, path: str | None = None) -> None:
+        self.verbose = verbose
+        self.file = open(path, "a") if path else None  # noqa: SIM115 (closed by close())
+
+    def __call__(self, msg: str, level: int = 0) -> None:
+        if level <= self.verbose:
+            click.echo(f"dumper: {msg}", err=True)
+        if self.file is not None:
+            self.file.write(f"{msg}\n")
+            self.file.flush()
+
+    def warn(self, msg: str) -> None:
+        self(f"warning: {msg}")
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _usable_output(out: str, force: bool) -> bool:
+    """May the set go to out: new, --force, or an existing empty directory (criu's -D)."""
+    if not os.path.lexists(out) or force:
+        return force
+    if os.path.isdir(out) and not os.path.islink(out) and not os.listdir(out):
+        return True  # nothing to lose: replace the empty directory
+    fail(f"{out}: exists; pass --force to replace it")
+    return False
+
+
+def _live_checks(pid: int, tree: bool, log: Log) -> None:
+    from dumper.linux import procfs
+    from dumper.linux.target import refusal
+
+    why = refusal(pid)
+    if why:
+        fail(why)
+    if not tree:
+        try:
+            kids = procfs.children(pid)
+        except Exception:  # the dump itself reports a pid it cannot read
+            kids = []
+        if kids:
+            n = f"{len(kids)} child{'ren' if len(kids) != 1 else ''}"
+            log.warn(f"pid {pid} has {n} ({', '.join(map(str, kids[:8]))}"
+                     f"{', ...' if len(kids) > 8 else ''}) that this dump leaves out; "
+                     "pass --tree (or criu's -t PID) to dump the whole tree")
+
+
+def _summary_json(summary: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {"summary": summary.line(), **dataclasses.asdict(summary)}
+
+
+def _emit_json(doc: Any) -> None:
+    import json
+
+    click.echo(json.dumps(doc, indent=2))
+
+
+@main.command(short_help="Dump a live process tree (--pid/-t) or a model scenario into "
+              "a CRIU-format image set.")
 @click.option("--scenario", "scenario", metavar="NAME|FILE",
               help="Build this scenario on the model and dump it at its dump line.")
 @click.option("--pid", type=int, default=None,
               help="Dump this live process (and, with --tree, its descendants).")
+@click.option("-t", "--tree-pid", "tree_pid", type=int, default=None, metavar="PID",
+              help="criu's spelling: the whole tree under PID (--pid PID --tree).")
 @click.option("--tree", is_flag=True, help="With --pid: the whole tree under it.")
 @click.option("--leave-stopped", is_flag=True, help="With --pid: leave the tree stopped.")
 @click.option("--leave-out", "leave_out", multiple=True, metavar="KIND",
@@ -89,76 +215,137 @@ STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek"
 @click.option("--cow-per-task", is_flag=True,
               help="With --pid: store COW-shared pages in every task's own pagemap, as CRIU "
               "does (CRIU's restore reads no cow-PID.img); default: once, in the first task.")
+@click.option("--leave-running", is_flag=True,
+              help="criu's option: the tree runs on after the dump (dumper's default).")
+@click.option("--shell-job", is_flag=True,
+              help="criu's option, accepted: dumper does not restore live trees, so a tree "
+              "on a terminal or in a shell's session needs nothing more.")
 @click.option("--truth/--no-truth", default=None,
               help="Record every page's digest (truth-PID.img). Default: on for --scenario; "
               "off for --pid, whose sets `verify --pid` checks against the live tree.")
-@click.option("--kernel", "kernel", default="linux-6.18", show_default=True,
-              metavar="PROFILE|FILE", help="Kernel behaviour profile of the model.")
-@click.option("--strategy", type=STRATEGY, default="auto", show_default=True)
+@click.option("--kernel", "kernel", default=None, metavar="PROFILE|FILE",
+              help="Kernel behaviour profile of the model, with --scenario "
+              "[default: linux-6.18].")
+@click.option("--strategy", type=STRATEGY, default="auto", show_default=True,
+              help=STRATEGY_HELP)
 @click.option("--compress", type=click.Choice(["zstd"]), default=None,
               help="Write pages as zstd frames (raw by default, as crit expects).")
-@click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True)
-@click.option("--threads", type=click.IntRange(0, 64), default=0, show_default=True)
-@click.option("-o", "--output", "out", required=True, metavar="DIR", help="Image set to write.")
+@click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True,
+              help="zstd compression level, with --compress zstd (higher: smaller, slower).")
+@click.option("--threads", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="zstd worker threads, with --compress zstd; 0 compresses in the calling "
+              "thread.")
+@click.option("-o", "--output", "out", metavar="DIR", help="Image set to write.")
+@click.option("-D", "--images-dir", "images_dir", metavar="DIR",
+              help="criu's spelling of -o/--output (an existing empty directory is fine).")
 @click.option("--force", is_flag=True, help="Replace an existing image set.")
-@click.option("-q", "--quiet", is_flag=True,
-              help="No warnings (files referenced, not copied); errors are still printed.")
 @click.option("--fsync/--no-fsync", "sync", default=True, show_default=True,
               help="Write raw pages with O_DIRECT and fsync every file, so the set survives "
               "a machine crash once dump returns; --no-fsync leaves them to the page cache, "
               "as CRIU does (faster where memory has room; still renamed into place whole).")
+@click.option("-v", "verbose", count=True, help="More messages on stderr (-v: the phases).")
+@click.option("--log-file", metavar="FILE",
+              help="Also append every message to FILE (criu's -o LOGFILE; our -o is the set).")
+@json_option
+@quiet_option
 @user_errors
-def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
-         leave_out: tuple[str, ...], cow_per_task: bool, truth: bool | None, kernel: str,
-         strategy: str, compress: str | None, level: int, threads: int, out: str, force: bool,
-         quiet: bool, sync: bool) -> None:
+def dump(scenario: str | None, pid: int | None, tree_pid: int | None, tree: bool,
+         leave_stopped: bool, leave_out: tuple[str, ...], cow_per_task: bool,
+         leave_running: bool, shell_job: bool, truth: bool | None,
+         kernel: str | None, strategy: str, compress: str | None, level: int, threads: int,
+         out: str | None, images_dir: str | None, force: bool, sync: bool, verbose: int,
+         log_file: str | None, as_json: bool, quiet: bool) -> None:
     """Dump a process tree into a CRIU-format image set: a scenario on the model
-    (--scenario), or a live process tree (--pid)."""
-    from dumper.dump import dump as do_dump
-    from dumper.model.host import ModelHost
-    from dumper.model.kernels import load_profile
-    from dumper.scenarios.check import resolve
-    from dumper.scenarios.run import build
-
+    (--scenario), or a live process tree (--pid, or criu's -t PID)."""
+    if tree_pid is not None:
+        if pid is not None and pid != tree_pid:
+            fail("-t PID and --pid name different processes")
+        pid, tree = tree_pid, True
     if (scenario is None) == (pid is None):
-        fail("dump needs one of --scenario (the model) or --pid (a live process)")
-    if os.path.lexists(out) and not force:
-        fail(f"{out}: exists; pass --force to replace it")
-    warn = (lambda m: None) if quiet else (  # noqa: E731
-        lambda m: click.echo(f"dumper: warning: {m}", err=True))
-    if pid is not None:
-        from dumper.dump import dump as do_dump
-        from dumper.linux.host import LinuxHost
+        fail("dump needs one of --scenario (the model) or --pid/-t (a live process)")
+    if out is not None and images_dir is not None and out != images_dir:
+        fail("-o/--output and -D/--images-dir name different directories")
+    out = out or images_dir
+    if leave_stopped and leave_running:
+        fail("--leave-stopped and --leave-running contradict each other")
+    if scenario is not None:
+        bad = [o for o, v in (("--tree", tree), ("--leave-stopped", leave_stopped),
+                              ("--leave-running", leave_running), ("--shell-job", shell_job))
+               if v]
+        if bad:
+            fail(f"{', '.join(bad)}: only for a live dump (--pid), not with --scenario")
+    elif kernel is not None:
+        fail("--kernel is the model's kernel profile: a live dump (--pid) runs on this "
+             f"kernel ({os.uname().release})")
+    if out is None:
+        fail("dump needs -o/--output DIR (or criu's -D/--images-dir DIR)")
+    assert out is not None
+    force = _usable_output(out, force)
+    log = Log(verbose, log_file)
+    from dumper.dump import dump as do_dump
+    from dumper.progress import for_stderr
 
-        record = bool(truth)
-        host = LinuxHost(leave_stopped=leave_stopped, digest_while_reading=record)
-        summary = do_dump(host, pid, out, strategy, tree=tree, truth=record,
-                          profile=f"linux-{os.uname().release}", compress=compress,
-                          level=level, threads=threads, force=force, warn=warn, sync=sync,
-                          leave_out=frozenset(leave_out), cow_once=not cow_per_task)
-        _dump_result(summary)
-        return
-    profile = load_profile(kernel)
-    sc = resolve(scenario)
-    progress(f"building {sc.name} on the {profile.name} model")
-    world = build(sc, profile)
-    summary = do_dump(ModelHost(world.model), world.pids[sc.dump_root], out, strategy,
-                      profile=profile.name, compress=compress, level=level, threads=threads,
-                      force=force, warn=warn, sync=sync)
-    _dump_result(summary)
+    tell = for_stderr(quiet)
+    try:
+        if pid is not None:
+            from dumper.linux.host import LinuxHost
 
+            _live_checks(pid, tree, log)
+            record = bool(truth)
+            log(f"dumping pid {pid}{' and its tree' if tree else ''} -> {out}", 1)
+            host = LinuxHost(leave_stopped=leave_stopped, digest_while_reading=record)
+            summary = do_dump(host, pid, out, strategy, tree=tree, truth=record,
+                              profile=f"linux-{os.uname().release}", compress=compress,
+                              level=level, threads=threads, force=force,
+                              warn=None if quiet else log.warn, sync=sync, progress=tell,
+                              leave_out=frozenset(leave_out), cow_once=not cow_per_task)
+        else:
+            from dumper.model.host import ModelHost
+            from dumper.model.kernels import load_profile
+            from dumper.scenarios.run import build
 
-def _dump_result(summary) -> None:
-    """The summary line; pages the dump could not read are named, one line each, and the
-    exit status is 1 (data lost), the set written all the same with them recorded."""
-    click.echo(summary.line())
-    for u in summary.unreadable:
+            profile = load_profile(kernel or "linux-6.18")
+            sc = _resolve(scenario)
+            if not quiet and not as_json:
+                progress(f"building {sc.name} on the {profile.name} model")
+            world = build(sc, profile)
+            summary = do_dump(ModelHost(world.model), world.pids[sc.dump_root], out, strategy,
+                              profile=profile.name, compress=compress, level=level,
+                              threads=threads, force=force,
+                              warn=None if quiet else log.warn, sync=sync, progress=tell)
+        log(summary.line(), 1)
+    finally:
+        log.close()
+    if as_json:
+        _emit_json(_summary_json(summary))
+    else:
+        click.echo(summary.line())
+    for u in summary.unreadable:  # never stored as zeros: named, and the exit says data lost
         click.echo(f"dumper: error: {u.describe()}: not saved", err=True)
     if summary.unreadable:
         raise click.exceptions.Exit(1)
 
 
-def _restore_model(path: str):
+def _resolve(spec: str):
+    """A scenario by file, name or number; a mistyped name suggests the closest ones."""
+    import difflib
+
+    from dumper.scenarios.check import library, resolve
+    from dumper.scenarios.format import ScenarioError
+
+    try:
+        return resolve(spec)
+    except ScenarioError as e:
+        if e.path != spec or e.line:
+            raise  # a mistake inside a scenario file
+        names = [p.stem.split("-", 1)[1] for p in library() if "-" in p.stem]
+        close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(close)}?" if close else \
+            "; `dumper replay --list` lists the library"
+        fail(f"{spec}: no such scenario file or library scenario{hint}")
+
+
+def _restore_model(path: str, quiet: bool = True):
     from dumper.images.reader import ImageSet
     from dumper.model import Model
     from dumper.model.host import ModelTarget
@@ -172,33 +359,54 @@ def _restore_model(path: str):
         fail(f"{path}: not a model image set (restore on Linux is not supported); "
              "inspect it with `dumper inspect`")
     target = ModelTarget(Model(load_profile(meta.profile)))
-    summary = restore(images, target)
+    from dumper.progress import for_stderr
+
+    summary = restore(images, target, progress=for_stderr(quiet))
     return images, target, summary
 
 
-@main.command()
+@main.command(short_help="Restore an image set into a fresh model of the kernel it was "
+              "dumped from.")
 @click.argument("directory", metavar="DIR")
-@click.option("--verify", "do_verify", is_flag=True, help="Verify that no byte was lost.")
-@user_errors
-def restore(directory: str, do_verify: bool) -> None:
-    """Restore an image set into a fresh model of the kernel it was dumped from."""
-    images, target, summary = _restore_model(directory)
-    with images:
-        click.echo(summary.line())
-        if do_verify:
-            _verify_report(images, target)
-
-
-@main.command()
-@click.argument("directory", metavar="DIR")
-@click.option("--pid", type=int, default=None, help="Compare with this live (frozen) tree.")
+@click.option("--verify", "do_verify", is_flag=True,
+              help="Then verify that no byte was lost (exit 1 if any was).")
 @click.option("--show", type=int, default=20, show_default=True,
-              help="How many lost pages to list.")
+              help="With --verify: how many lost pages to list (--json lists all).")
+@json_option
+@quiet_option
 @user_errors
-def verify(directory: str, pid: int | None, show: int) -> None:
-    """Verify an image set: restored (model) or live (--pid) memory against its truth."""
+def restore(directory: str, do_verify: bool, show: int, as_json: bool, quiet: bool) -> None:
+    """Restore an image set into a fresh model of the kernel it was dumped from."""
+    import dataclasses
+
+    images, target, summary = _restore_model(directory, quiet)
+    with images:
+        doc = {"restore": {"summary": summary.line(), **dataclasses.asdict(summary)}}
+        if not as_json:
+            click.echo(summary.line())
+        if do_verify:
+            _verify_report(images, target, show, as_json=as_json, quiet=quiet, doc=doc)
+        elif as_json:
+            _emit_json(doc)
+
+
+@main.command(short_help="Verify an image set: restored (model) or against a live tree "
+              "(--pid).")
+@click.argument("directory", metavar="DIR")
+@click.option("--pid", type=int, default=None,
+              help="Compare a live set with this live (frozen) tree it was dumped from.")
+@click.option("--show", type=int, default=20, show_default=True,
+              help="How many lost pages to list (--json lists all).")
+@json_option
+@quiet_option
+@user_errors
+def verify(directory: str, pid: int | None, show: int, as_json: bool, quiet: bool) -> None:
+    """Verify an image set: a model set is restored into a fresh model and compared with its
+    truth; a live set (dumped with --pid) is compared with the live tree (--pid PID).
+    Exit status 1 when a page is lost."""
+    from dumper.images.reader import ImageSet
+
     if pid is not None:
-        from dumper.images.reader import ImageSet
         from dumper.linux.host import LinuxHost
 
         with ImageSet.open(directory) as images:
@@ -207,23 +415,44 @@ def verify(directory: str, pid: int | None, show: int) -> None:
                 fail(f"{directory}: holds no task {pid} (tasks: "
                      f"{', '.join(map(str, images.tasks))})")
             with host.freeze(list(images.tasks)):
-                _verify_report(images, host, show, live=True)
+                _verify_report(images, host, show, live=True, as_json=as_json, quiet=quiet)
         return
-    images, target, _ = _restore_model(directory)
+    with ImageSet.open(directory, verify=False) as probe:
+        meta = probe.meta
+        if meta is not None and meta.host_kind != "model":
+            fail(f"{directory}: a live set (dumped from pid {probe.root}) is verified against "
+                 f"the live tree: pass --pid {probe.root} while it still runs unchanged")
+    images, target, _ = _restore_model(directory, quiet)
     with images:
-        _verify_report(images, target, show)
+        _verify_report(images, target, show, as_json=as_json, quiet=quiet)
 
 
-def _verify_report(images, host, show: int = 20, live: bool = False) -> None:
+def _lost_json(p: Any) -> dict[str, Any]:
+    return {"pid": p.pid, "addr": p.addr, "object": p.shmid, "offset": p.offset,
+            "expected": f"{p.expected:016x}",
+            "found": None if p.found is None else f"{p.found:016x}"}
+
+
+def _verify_report(images, host, show: int = 20, live: bool = False, as_json: bool = False,
+                   quiet: bool = False, doc: dict[str, Any] | None = None) -> None:
+    from dumper.progress import for_stderr
     from dumper.verify import verify as do_verify
     from dumper.verify import verify_live
 
-    report = verify_live(images, host) if live else do_verify(images, host)
-    for lost in report.lost[:show]:
-        click.echo(f"  lost: {lost.describe()}")
-    if len(report.lost) > show:
-        click.echo(f"  ... and {len(report.lost) - show} more")
-    click.echo(report.line())
+    tell = for_stderr(quiet)
+    report = verify_live(images, host, progress=tell) if live else \
+        do_verify(images, host, progress=tell)
+    if as_json:
+        _emit_json({**(doc or {}), "verify": {
+            "summary": report.line(), "ok": report.ok, "pages_checked": report.pages_checked,
+            "private_lost": report.private_lost, "shared_lost": report.shared_lost,
+            "rseq_only": report.rseq_only, "lost": [_lost_json(p) for p in report.lost]}})
+    else:
+        for lost in report.lost[:show]:
+            click.echo(f"  lost: {lost.describe()}")
+        if len(report.lost) > show:
+            click.echo(f"  ... and {len(report.lost) - show} more")
+        click.echo(report.line())
     if not report.ok:
         sys.exit(1)
 
@@ -234,37 +463,61 @@ def _profiles(kernels: tuple[str, ...]):
     return [load_profile(k) for k in kernels] if kernels else list(PROFILES.values())
 
 
-@main.command()
+@main.command(short_help="Replay scenarios under every kernel profile and strategy; check "
+              "their expectations.")
 @click.argument("scenarios", nargs=-1, metavar="[FILES|NAMES]...")
 @click.option("--all", "all_", is_flag=True, help="The whole library (the default).")
+@click.option("--list", "list_", is_flag=True,
+              help="List the library's scenarios with their one-line descriptions, and exit.")
 @click.option("--kernel", "kernels", multiple=True, metavar="PROFILE|FILE",
               help="Kernel profiles to replay under (repeatable; default: all built-in).")
 @click.option("--strategy", "strategies", multiple=True, type=STRATEGY,
               help="Strategies to replay (repeatable; default: all).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "html"]), default="table",
-              show_default=True)
+              show_default=True, help="The report: a text table, JSON, or an HTML page.")
 @click.option("-o", "--output", "out", metavar="FILE", help="Write the report here.")
+@quiet_option
 @user_errors
-def replay(scenarios: tuple[str, ...], all_: bool, kernels: tuple[str, ...],
-           strategies: tuple[str, ...], fmt: str, out: str | None) -> None:
+def replay(scenarios: tuple[str, ...], all_: bool, list_: bool, kernels: tuple[str, ...],
+           strategies: tuple[str, ...], fmt: str, out: str | None, quiet: bool) -> None:
     """Replay scenarios under every kernel profile and strategy; check every expectation.
 
     Exit status 1 if an expectation fails (each named with its file and line)."""
     from dumper.scenarios import replay as rp
-    from dumper.scenarios.check import library, resolve
+    from dumper.scenarios.check import library
     from dumper.scenarios.format import load
     from dumper.select import STRATEGIES
 
-    scs = [resolve(x) for x in scenarios] if scenarios and not all_ else \
+    if list_:
+        for p in library():
+            sc = load(p)
+            num = p.stem.split("-", 1)[0]
+            click.echo(f"{num:>4}  {sc.name:<38} {_describe(sc)}")
+        return
+    scs = [_resolve(x) for x in scenarios] if scenarios and not all_ else \
         [load(p) for p in library()]
     r = rp.replay(scs, _profiles(kernels), list(strategies) or list(STRATEGIES),
-                  pictures=fmt == "html", progress=progress)
-    text = {"table": rp.format_table, "json": rp.format_json, "html": rp.format_html}[fmt](r)
+                  pictures=fmt == "html", progress=None if quiet else progress)
+    from dumper.scenarios.report import format_html
+
+    text = {"table": rp.format_table, "json": rp.format_json, "html": format_html}[fmt](r)
     _emit(text, out)
     for f in r.failures:
         click.echo(f"dumper: expectation failed: {f.line_text()}", err=True)
     if r.failures:
         sys.exit(1)
+
+
+def _describe(sc: Any) -> str:
+    """A scenario's one line: the first sentence of its header after the title line, its
+    thread citations left out (`replay --list`)."""
+    import re
+
+    lines = [x for x in sc.header.splitlines() if x.strip()]
+    text = re.sub(r"\s*\(thread:[^)]*\)", "", " ".join(lines[1:]))
+    text = re.sub(r"\s+", " ", text).strip()
+    end = re.search(r"[.;](\s|$)", text[40:])
+    return text[: 40 + end.start() + 1] if end else text
 
 
 def _emit(text: str, out: str | None) -> None:
@@ -278,21 +531,28 @@ def _emit(text: str, out: str | None) -> None:
     progress(f"wrote {out}")
 
 
-@main.command()
-@click.option("--seed", type=int, default=0, show_default=True)
+@main.command(short_help="Random programs under every profile and strategy: the smallest "
+              "that loses data.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the random programs (the same seed, the same programs).")
 @click.option("--count", type=click.IntRange(1), default=50, show_default=True,
               help="Random programs to try.")
 @click.option("--depth", type=click.IntRange(1, 200), default=12, show_default=True,
               help="Operations per program (with --exhaustive: the longest program).")
 @click.option("--exhaustive", is_flag=True,
               help="Every program up to --depth operations over a small alphabet instead.")
-@click.option("--kernel", "kernels", multiple=True, metavar="PROFILE|FILE")
-@click.option("--strategy", "strategies", multiple=True, type=STRATEGY)
+@click.option("--kernel", "kernels", multiple=True, metavar="PROFILE|FILE",
+              help="Kernel profiles to run under (repeatable; default: all built-in).")
+@click.option("--strategy", "strategies", multiple=True, type=STRATEGY,
+              help="Strategies to try (repeatable; default: all).")
 @click.option("-o", "--output", "out_dir", metavar="DIR",
               help="Also write each shrunk program as DIR/explore-STRATEGY-PROFILE.scn.")
+@json_option
+@quiet_option
 @user_errors
 def explore(seed: int, count: int, depth: int, exhaustive: bool, kernels: tuple[str, ...],
-            strategies: tuple[str, ...], out_dir: str | None) -> None:
+            strategies: tuple[str, ...], out_dir: str | None, as_json: bool,
+            quiet: bool) -> None:
     """Random programs over random trees under every profile and strategy; for each strategy
     that loses data, the smallest program that shows it. Exit 1 if auto or lseek lose."""
     from dumper.scenarios import explore as ex
@@ -300,15 +560,31 @@ def explore(seed: int, count: int, depth: int, exhaustive: bool, kernels: tuple[
 
     programs = ex.exhaustive_programs(depth) if exhaustive else \
         ex.random_programs(seed, count, depth)
+    if not quiet and sys.stderr.isatty():
+        programs = _counting(programs, None if exhaustive else count)
     result = ex.explore(programs, _profiles(kernels), list(strategies) or list(STRATEGIES))
     rate = result.programs / result.seconds if result.seconds else 0.0
-    click.echo(f"checked {result.programs} programs ({result.runs} dumps restored and verified)"
-               f" in {result.seconds:.1f} s: {rate:.1f} programs/s")
-    for (strategy, profile), n in sorted(result.losing_programs.items()):
-        click.echo(f"  {strategy:12s} loses data under {profile:17s} in {n} programs")
-    for key in sorted(result.findings):
-        text = ex.annotate(result.findings[key])
-        click.echo("\n" + text, nl=False)
+    line = (f"checked {result.programs} programs ({result.runs} dumps restored and verified)"
+            f" in {result.seconds:.1f} s: {rate:.1f} programs/s")
+    texts = {key: ex.annotate(result.findings[key]) for key in sorted(result.findings)}
+    if as_json:
+        _emit_json({
+            "summary": line, "programs": result.programs, "runs": result.runs,
+            "seconds": result.seconds,
+            "losing_programs": [{"strategy": s, "profile": p, "programs": n}
+                                for (s, p), n in sorted(result.losing_programs.items())],
+            "findings": [{"strategy": f.strategy, "profile": f.profile, "lost": f.lost,
+                          "seed": f.seed, "program": texts[k]}
+                         for k, f in sorted(result.findings.items())],
+            "violations": [{"strategy": f.strategy, "profile": f.profile}
+                           for f in result.violations]})
+    else:
+        click.echo(line)
+        for (strategy, profile), n in sorted(result.losing_programs.items()):
+            click.echo(f"  {strategy:12s} loses data under {profile:17s} in {n} programs")
+    for key, text in texts.items():
+        if not as_json:
+            click.echo("\n" + text, nl=False)
         if out_dir:
             os.makedirs(out_dir, exist_ok=True)
             _emit(text, os.path.join(out_dir, f"explore-{key[0]}-{key[1]}.scn"))
@@ -318,22 +594,43 @@ def explore(seed: int, count: int, depth: int, exhaustive: bool, kernels: tuple[
         sys.exit(1)
 
 
-@main.command()
-@click.option("--json", "as_json", is_flag=True)
+def _counting(programs: Any, total: int | None) -> Any:
+    """The programs, with a bar on stderr (one step a program)."""
+    with click.progressbar(programs, length=total, label="exploring", file=sys.stderr,
+                           show_pos=True) as bar:
+        yield from bar
+
+
+# What a dump cannot do without (the rest only narrows what can be told apart):
+# shared memory is read through map_files, private memory through /proc/PID/mem.
+NEEDED = ("map_files", "/proc/PID/mem")
+CHECK_MISSING = 3
+
+
+@main.command(short_help="What this kernel offers a dumper, each feature tried, as `criu "
+              "check` does.")
+@json_option
 @user_errors
 def check(as_json: bool) -> None:
     """What this kernel offers a dumper (PAGEMAP_SCAN, map_files, swap, soft-dirty, uffd-wp
-    async, guard regions, PFNs), each feature tried, as `criu check` does."""
-    import json
-
+    async, guard regions, PFNs), each feature tried, as `criu check` does. Ends with a
+    verdict; exit status 3 when something a dump needs is missing."""
     from dumper.linux.check import check as run_checks
 
     results = run_checks()
+    missing = [r.feature for r in results if r.feature in NEEDED and not r.ok]
+    verdict = "Looks good." if not missing else \
+        f"A dump cannot work here: {', '.join(missing)} missing."
     if as_json:
-        click.echo(json.dumps([r._asdict() for r in results], indent=2))
-        return
-    for r in results:
-        click.echo(f"{'ok  ' if r.ok else 'no  '} {r.feature:22s} {r.detail}")
+        _emit_json({"checks": [r._asdict() for r in results], "needed": list(NEEDED),
+                    "missing": missing, "ok": not missing, "verdict": verdict})
+    else:
+        for r in results:
+            need = " (needed)" if r.feature in NEEDED else ""
+            click.echo(f"{'ok  ' if r.ok else 'no  '} {r.feature + need:27s} {r.detail}")
+        click.echo(verdict)
+    if missing:
+        sys.exit(CHECK_MISSING)
 
 
 def _register() -> None:

@@ -17,6 +17,7 @@ from dumper.model.kernels import PROFILES
 from dumper.scenarios import replay as rp
 from dumper.scenarios.check import library
 from dumper.scenarios.format import load
+from dumper.scenarios.report import format_html
 from dumper.select import STRATEGIES
 
 
@@ -32,7 +33,7 @@ def run_demo(out: str = "out/replay.html") -> int:
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     tmp = f"{out}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        f.write(rp.format_html(r))
+        f.write(format_html(r))
     os.replace(tmp, out)
     must = [o for o in r.outcomes if o.strategy in ("auto", "lseek")]
     lossy = sorted({o.strategy for o in r.outcomes if o.lost})

@@ -17,6 +17,7 @@ import numpy as np
 
 from dumper.host import Host, MapEntry, ObjectHandle, TaskInfo, parse_maps
 from dumper.images import criustate
+from dumper.images.flags import VMA_ANON_PRIVATE, VMA_AREA_VSYSCALL
 from dumper.images.records import CowRun, Dropped, GuardRun, SharedObject, Unreadable, Vma
 from dumper.images.writer import ImageSetWriter
 from dumper.kabi import (
@@ -36,6 +37,7 @@ from dumper.kabi import (
     SWP_TYPE_MASK,
     huge_flags,
 )
+from dumper.progress import Progress
 from dumper.select import (
     STRATEGIES,
     Owner,
@@ -45,6 +47,7 @@ from dumper.select import (
     shared_selection,
 )
 from dumper.state import DEAD, TaskState
+from dumper.words import count
 
 CHUNK = 8 << 20  # bytes per read of target memory or object
 U64 = np.uint64
@@ -107,15 +110,18 @@ class DumpSummary:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)  # selected, not saved
+    frozen_seconds: float = 0.0  # how long the tree was stopped
 
     def line(self) -> str:
         mib = self.bytes_written / (1 << 20)
         lost = sum(u.nr_pages for u in self.unreadable)
         return (
-            f"dumped {self.tasks} tasks, {self.vmas} VMAs: {self.private_pages} private pages "
+            f"dumped {count(self.tasks, 'task')}, {count(self.vmas, 'VMA')}: "
+            f"{self.private_pages} private pages "
             f"({self.cow_pages} COW-shared stored once), {self.shared_pages} pages of "
-            f"{self.shared_objects} shared objects; {mib:.1f} MiB written in "
-            f"{self.seconds:.2f} s [{self.strategy}, {self.profile}] -> {self.path}"
+            f"{count(self.shared_objects, 'shared object')}; {mib:.1f} MiB written in "
+            f"{self.seconds:.2f} s, tree frozen {self.frozen_seconds:.2f} s "
+            f"[{self.strategy}, {self.profile}] -> {self.path}"
             + (f"; {lost} pages UNREADABLE, not saved" if lost else "")
         )
 
@@ -240,11 +246,11 @@ def _huge_holes(data: bytes | memoryview, unit: int) -> Iterator[bytes | memoryv
         return
     data_units = np.frombuffer(view, dtype=np.uint64).reshape(n, -1).any(axis=1)
     pos = 0
-    for first, count in runs_of(data_units):
+    for first, n_data in runs_of(data_units):
         if first > pos:
             yield Dropped((first - pos) * (unit // PAGE_SIZE))
-        yield view[first * unit : (first + count) * unit]
-        pos = first + count
+        yield view[first * unit : (first + n_data) * unit]
+        pos = first + n_data
     if pos < n:
         yield Dropped((n - pos) * (unit // PAGE_SIZE))
 
@@ -322,12 +328,14 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
          compress: str | None = None, level: int = 3, threads: int = 0, force: bool = False,
          warn: Callable[[str], None] | None = None, tree: bool = True,
          truth: bool = True, sync: bool = True,
-         leave_out: frozenset[str] = frozenset(), cow_once: bool = True) -> DumpSummary:
+         leave_out: frozenset[str] = frozenset(), cow_once: bool = True,
+         progress: Progress | None = None) -> DumpSummary:
     """Dump the tree rooted at root into the image set directory out; sync=False leaves
     the files to the kernel's writeback (ImageSetWriter). leave_out: fd kinds (e.g.
     "socket") left out of the images instead of refused. cow_once=False stores every
     task's COW-shared pages in its own pagemap, as CRIU does and needs (its restore reads
-    no cow-PID.img: an inherited page missing from a child's pagemap is zeroed)."""
+    no cow-PID.img: an inherited page missing from a child's pagemap is zeroed). progress
+    hears the phases."""
     if strategy not in STRATEGIES:
         raise DumpError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
     t0 = time.perf_counter()
@@ -340,35 +348,44 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
 
     # The tree is frozen as it is found: a process forking meanwhile is stopped before its
     # children are listed, so none can be missed (or dumped while running).
+    tell = progress or Progress()
+    tell.phase("freezing and collecting", 0)
     freezing = host.freeze_tree(root) if tree else host.freeze([root])
     with freezing as frozen:
+        t_frozen = time.perf_counter()
         infos = frozen if tree else tree_of(host, root, tree=False)
         tasks, objects = collect(host, infos, strategy, note)
         try:
             states, own_ns = host.task_states(infos, leave_out)  # threads, registers, files
             if cow_once:
                 find_cow(tasks, host.show_pfn(), host.zero_pfn())
+            tell.phase("writing pages", PAGE_SIZE * _selected_pages(tasks, objects))
             writer = ImageSetWriter(out, force=force, compress=compress, level=level,
                                     threads=threads, strategy=strategy, profile=profile,
                                     host_kind=host.kind, root_pid=root, sync=sync)
             with writer:
-                shared_pages = _write_objects(writer, objects)
+                shared_pages = _write_objects(writer, objects, tell)
                 private_pages, cow_pages = _write_tasks(host, writer, tasks, note, truth,
-                                             {s.pid: s for s in states}, own_ns)
+                                                        {s.pid: s for s in states}, own_ns,
+                                                        tell)
                 unreadable = list(writer.unreadable)
             written = _dir_bytes(out)
         finally:
             for info in objects.values():
                 info.handle.close()
+        frozen_for = time.perf_counter() - t_frozen
+    tell.done()
     return DumpSummary(
         path=out, strategy=strategy, profile=profile or host.kind, tasks=len(tasks),
         vmas=sum(len(t.maps) for t in tasks), private_pages=private_pages, cow_pages=cow_pages,
         shared_objects=len(objects), shared_pages=shared_pages, bytes_written=written,
         seconds=time.perf_counter() - t0, warnings=warnings, unreadable=unreadable,
+        frozen_seconds=frozen_for,
     )
 
 
-def _write_objects(writer: ImageSetWriter, objects: dict[tuple[int, int], SharedInfo]) -> int:
+def _write_objects(writer: ImageSetWriter, objects: dict[tuple[int, int], SharedInfo],
+                   tell: Progress) -> int:
     total = 0
     for info in objects.values():
         runs = [(a << PAGE_SHIFT, n) for a, n in runs_of(info.selected)]
@@ -376,7 +393,8 @@ def _write_objects(writer: ImageSetWriter, objects: dict[tuple[int, int], Shared
         pages_id = writer.add_shared_object(
             SharedObject(shmid=info.shmid, kind=info.kind, size=info.size, dev=info.dev,
                          ino=info.ino, name=info.name, page_size=info.page_size),
-            runs, read_runs(lambda a, b, h=info.handle: h.pread(a, b - a), runs, huge),
+            runs, tell.counted(read_runs(lambda a, b, h=info.handle: h.pread(a, b - a), runs,
+                                         huge)),
         )
         total += writer.pages_stored(pages_id)
     return total
@@ -395,10 +413,18 @@ def _vma_record(e: MapEntry, info: SharedInfo | None, huge: int = 0) -> Vma:
                obj=info.shmid if info is not None else None, path=e.path if file else "")
 
 
+# The x86_64 vsyscall page (arch/x86/entry/vsyscall: get_gate_vma): not in the mm, but in
+# every task's maps, and CRIU records it as a VMA without pages (VMA_AREA_VSYSCALL); crit's
+# explorers read mm-PID.img's VMA list, which a task must not leave empty.
+GATE_VMA = Vma(0xFFFFFFFFFF600000, 0xFFFFFFFFFF601000, 4, MAP_PRIVATE | MAP_ANONYMOUS,
+               status=VMA_AREA_VSYSCALL | VMA_ANON_PRIVATE)
+
+
 def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
                  warn: Callable[[str], None], truth: bool = True,
                  states: dict[int, TaskState] | None = None,
-                 own_ns: dict[str, int] | None = None) -> tuple[int, int]:
+                 own_ns: dict[str, int] | None = None, tell: Progress | None = None
+                 ) -> tuple[int, int]:
     """Every task's images; returns (private pages stored, COW pages recorded)."""
     total = cow_total = 0
     states = states or {}
@@ -416,8 +442,10 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
             if st.state == DEAD:
                 continue
         else:
-            writer.add_task(pid, t.info.ppid, t.info.comm, vmas,
-                            pgid=t.info.pgid or None, sid=t.info.sid or None)
+            gate = [GATE_VMA] if getattr(host, "gate_area", lambda p: True)(pid) else []
+            writer.add_task(pid, t.info.ppid, t.info.comm, vmas + gate,
+                            pgid=t.info.pgid or None, sid=t.info.sid or None,
+                            exe=getattr(host, "exe", lambda p: "")(pid))
         runs = []
         vdso = st.vdso if st is not None else None
         for pv in t.private:
@@ -431,7 +459,8 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
                 return vdso[1][a - vdso[0] : b - vdso[0]]
             return host.read_memory(p, a, b)
 
-        pages_id = writer.add_private_pages(pid, runs, read_runs(read, runs))
+        pages_id = writer.add_private_pages(
+            pid, runs, (tell or Progress()).counted(read_runs(read, runs)))
         total += writer.pages_stored(pages_id)
         cow = t.cow if vdso is None else _cow_outside(t.cow, vdso[0], vdso[0] + len(vdso[1]))
         if cow:
@@ -456,6 +485,13 @@ def _cow_outside(runs: list[CowRun], lo: int, hi: int) -> list[CowRun]:
                 out.append(CowRun(c.pid, a, (b - a) // PAGE_SIZE, c.src_pid,
                                   c.src_vaddr + (a - c.vaddr)))
     return out
+
+
+def _selected_pages(tasks: list[TaskDump], objects: dict[tuple[int, int], SharedInfo]) -> int:
+    """Pages the writing phase will store (for progress)."""
+    own = sum(int(np.count_nonzero(pv.stored if pv.stored is not None else pv.selected))
+              for t in tasks for pv in t.private)
+    return own + sum(int(np.count_nonzero(i.selected)) for i in objects.values())
 
 
 def _dir_bytes(path: str) -> int:

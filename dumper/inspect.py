@@ -4,8 +4,10 @@
     dumper inspect decode FILE [-o OUT] binary image -> JSON (crit decode style)
     dumper inspect encode FILE -o OUT   JSON -> binary image; decode/encode round-trip exactly
     dumper inspect info DIR             tasks, VMAs, pages per task and object, sizes, ratio
+    dumper inspect info FILE            one image's kind and entry count (crit info)
     dumper inspect ps DIR               the process tree
-    dumper inspect mems DIR             VMAs per task with page counts, shared objects named
+    dumper inspect mems DIR             VMAs per task with page counts, files and objects named
+    dumper inspect x DIR ps|fds|mems|rss   crit's explorers, as crit x prints them
     dumper inspect pages DIR --pid P --addr A   hexdump of one page, and where it comes from
     dumper inspect diff DIR1 DIR2       page by page: what one set holds that the other lacks
 
@@ -17,19 +19,21 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from dumper.images import codec, jsonfmt
 from dumper.images import flags as F
-from dumper.images.diff import DIFFERS, ONLY_A, ONLY_B, diff
 from dumper.images.errors import ImageError
-from dumper.images.reader import ImageSet
-from dumper.images.records import Task, Vma
 from dumper.kabi import PAGE_SIZE
+
+# The codec, protobuf and numpy load with the first command that reads an image (start-up).
+if TYPE_CHECKING:
+    from dumper.images.reader import ImageSet
+    from dumper.images.records import Task, Vma
 
 
 def _fail(message: str) -> None:
@@ -46,6 +50,8 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except ImageError as e:
             _fail(str(e))
+        except BrokenPipeError:
+            raise  # the reader of stdout went away: the CLI ends quietly
         except OSError as e:
             _fail(f"{e.filename or ''}: {e.strerror or e}")
 
@@ -57,10 +63,12 @@ def _emit_json(doc: Any, indent: int | None = 2) -> None:
 
 
 def _open(path: str, verify: bool = True) -> ImageSet:
+    from dumper.images.reader import ImageSet
+
     return ImageSet.open(path, verify=verify)
 
 
-@click.group("inspect")
+@click.group("inspect", context_settings={"help_option_names": ["-h", "--help"]})
 def inspect() -> None:
     """Look inside image files and image sets (dumper's and CRIU's)."""
 
@@ -90,6 +98,8 @@ def _write_output(path: str | None, data: bytes) -> None:
 @_errors
 def show(file: str, as_json: bool) -> None:
     """Print image FILE as JSON, crit show style: hex addresses, flag names."""
+    from dumper.images import codec, jsonfmt
+
     img = codec.loads(_read_input(file), file)
     _emit_json(jsonfmt.image_to_json(img, pretty=True), None if as_json else 2)
 
@@ -101,6 +111,8 @@ def show(file: str, as_json: bool) -> None:
 @_errors
 def decode(file: str, output: str | None, pretty: bool) -> None:
     """Image FILE (- for stdin) to JSON, crit decode style."""
+    from dumper.images import codec, jsonfmt
+
     img = codec.loads(_read_input(file), file)
     text = json.dumps(jsonfmt.image_to_json(img, pretty), indent=2 if pretty else None) + "\n"
     _write_output(output, text.encode())
@@ -112,6 +124,8 @@ def decode(file: str, output: str | None, pretty: bool) -> None:
 @_errors
 def encode(file: str, output: str | None) -> None:
     """JSON FILE (- for stdin), as decode or show prints it, back to a binary image."""
+    from dumper.images import jsonfmt
+
     raw = _read_input(file)
     try:
         doc = json.loads(raw)
@@ -168,7 +182,9 @@ def _vma_tag(s: ImageSet, v: Vma) -> str:
     if v.status & F.VMA_AREA_HEAP:
         return "[heap]"
     if v.status & (F.VMA_FILE_PRIVATE | F.VMA_FILE_SHARED):
-        return "file (contents not in the set)"
+        off = f" +{v.pgoff:#x}" if v.pgoff else ""
+        shared = " (shared)" if v.status & F.VMA_FILE_SHARED else ""
+        return f"{v.path or 'unknown file'}{off}{shared} (referenced, not in the set)"
     if v.status & (F.VMA_AREA_VDSO | F.VMA_AREA_VVAR | F.VMA_AREA_VSYSCALL):
         return "[vdso/vvar/vsyscall]"
     return "anon" if v.private else "shared"
@@ -227,12 +243,22 @@ def _info(s: ImageSet) -> dict[str, Any]:
 
 
 @inspect.command()
-@click.argument("dir")
+@click.argument("path", metavar="DIR|FILE")
 @json_option
 @verify_option
 @_errors
-def info(dir: str, as_json: bool, no_verify: bool) -> None:
-    """Summary of image set DIR: how it was made, tasks, objects, pages, sizes."""
+def info(path: str, as_json: bool, no_verify: bool) -> None:
+    """Summary of image set DIR (how it was made, tasks, objects, pages, sizes), or of one
+    image FILE: its kind and entry count, as `crit info` prints them."""
+    if os.path.isfile(path):
+        from dumper.images.criu_magic import info as crit_info
+
+        c = crit_info(path)
+        if as_json:
+            return _emit_json(c)
+        n = c["count"]
+        return click.echo(f"{path}: {c['magic']} image, {n} entr{'y' if n == 1 else 'ies'}")
+    dir = path
     with _open(dir, not no_verify) as s:
         d = _info(s)
     if as_json:
@@ -246,7 +272,10 @@ def info(dir: str, as_json: bool, no_verify: bool) -> None:
         click.echo(f"{d['path']}: CRIU set (no dumper.img): strategy and profile unknown")
     comp = f"zstd level {d['level']}" if d["compression"] == "zstd" else "raw (uncompressed)"
     click.echo(f"page size {d['page_size']}, pages stored {comp}")
-    click.echo(f"{len(d['tasks'])} tasks, {d['vmas']} VMAs, {len(d['objects'])} shared objects")
+    from dumper.words import count
+
+    click.echo(f"{count(len(d['tasks']), 'task')}, {count(d['vmas'], 'VMA')}, "
+               f"{count(len(d['objects']), 'shared object')}")
     click.echo(f"\n{'PID':>7} {'COMM':<16} {'VMAS':>5} {'PAGES':>8} {'COW':>8} {'BYTES':>12}")
     for t in d["tasks"]:
         click.echo(
@@ -344,6 +373,117 @@ def mems(dir: str, as_json: bool) -> None:
             )
 
 
+# -- crit x: the explorers, printed as crit 4.2 prints them (crit/crit/__main__.py) ---------
+
+
+def _x_ps(s: ImageSet, d: str) -> list[str]:
+    out = [f"{'PID':>7}{'PGID':>7}{'SID':>7}   COMM"]
+
+    def walk(n: dict[str, Any], depth: int) -> None:
+        out.append(f"{n['pid']:7d}{n['pgid']:7d}{n['sid']:7d}   {' ' * 4 * depth}{n['comm']}")
+        for c in n["children"]:
+            walk(c, depth + 1)
+
+    walk(_tree(s), 0)
+    return out
+
+
+def _x_fds(s: ImageSet, d: str) -> list[str]:
+    from dumper.images import fds
+
+    names = fds.file_names(d)
+    out = []
+    for t in s.tasks.values():
+        tf = fds.task_files(d, t.pid)
+        out.append(f"{t.pid}")
+        out += [f"\t{f.fd:7d}: {fds.describe(names, f.type, f.id)}" for f in tf.fds]
+        if tf.cwd_id is not None:
+            out.append(f"\t{'cwd':>7}: {fds.describe(names, 'REG', tf.cwd_id)}")
+            out.append(f"\t{'root':>7}: {fds.describe(names, 'REG', tf.root_id or 0)}")
+    return out
+
+
+def _crit_file(v: Vma) -> str:
+    return v.path or "unknown path"
+
+
+def _x_mems(s: ImageSet, d: str) -> list[str]:
+    ids: dict[int, int] = {}  # crit numbers shared objects by first appearance
+    out = []
+    for t in s.tasks.values():
+        out += [f"{t.pid}", f"\t{'exe':<36}    {t.exe or 'unknown path'}"]
+        for v in t.vmas:
+            st = v.status
+            if st & F.VMA_AREA_SYSVIPC:
+                fn = f" ips[{ids.setdefault(v.shmid, len(ids) + 1):x}]"
+            elif st & F.VMA_ANON_SHARED:
+                fn = f" shmem[{ids.setdefault(v.shmid, len(ids) + 1):x}]"
+            elif st & F.VMA_AREA_SOCKET:
+                fn = f" packet[{ids.setdefault(v.shmid, len(ids) + 1):x}]"
+            elif st & (F.VMA_FILE_PRIVATE | F.VMA_FILE_SHARED):
+                fn = " " + _crit_file(v) + (f" + {v.pgoff:#x}" if v.pgoff else "")
+                fn += " (s)" if st & F.VMA_FILE_SHARED else ""
+            elif st & F.VMA_AREA_STACK:
+                fn = " [stack]"
+            elif st & F.VMA_AREA_VSYSCALL:
+                fn = " [vsyscall]"
+            elif st & F.VMA_AREA_VDSO:
+                fn = " [vdso]"
+            elif v.flags & 0x0100:  # MAP_GROWSDOWN
+                fn = " [stack?]"
+            else:
+                fn = ""
+            if not st & F.VMA_AREA_REGULAR:
+                fn += " *"
+            prot = "".join(c if v.prot & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
+            out.append(f"\t{f'{v.start:08x}-{v.end:08x}':<36}{prot}{fn}")
+    return out
+
+
+def _x_rss(s: ImageSet, d: str) -> list[str]:
+    out = []
+    for t in s.tasks.values():
+        out.append(f"{t.pid}")
+        vmas, vmi, pvmi = t.vmas, 0, -1
+        for pm in t.pagemap:
+            pstr = f"\t{pm.vaddr:x} / {pm.nr_pages:<8d}"
+            while vmi < len(vmas) and vmas[vmi].end <= pm.vaddr:
+                vmi += 1
+            pme = pm.vaddr + (pm.nr_pages << 12)
+            vstr = ""
+            while vmi < len(vmas) and vmas[vmi].start < pme:
+                v = vmas[vmi]
+                if vmi == pvmi:
+                    vstr += " ~"
+                else:
+                    vstr += f" {v.start:08x} / {(v.end - v.start) >> 12:<8d}"
+                    if v.status & (F.VMA_FILE_PRIVATE | F.VMA_FILE_SHARED):
+                        vstr += " " + _crit_file(v)
+                    pvmi = vmi
+                vstr += "\n\t" + " " * 23
+                vmi += 1
+            vmi -= 1
+            out.append(f"{pstr:<24}{vstr}")
+    return out
+
+
+EXPLORERS = {"ps": _x_ps, "fds": _x_fds, "mems": _x_mems, "rss": _x_rss}
+
+
+@inspect.command("x")
+@click.argument("dir")
+@click.argument("what", type=click.Choice(list(EXPLORERS)))
+@_errors
+def explore_cmd(dir: str, what: str) -> None:
+    """crit's explorers on image set DIR: ps (the tree), fds (each task's descriptors, cwd
+    and root, from ids/fdinfo/fs/files images), mems (VMAs, files and exe), rss (pagemap
+    runs beside their VMAs), printed as `crit x DIR WHAT` prints them."""
+    with _open(dir, verify=False) as s:
+        lines = EXPLORERS[what](s, dir)
+    for line in lines:
+        click.echo(line)
+
+
 def _hexdump(data: bytes, base: int) -> list[str]:
     """hexdump -C style, repeated lines folded into `*`."""
     lines, prev, folded = [], None, False
@@ -364,12 +504,13 @@ def _hexdump(data: bytes, base: int) -> list[str]:
 
 @inspect.command()
 @click.argument("dir")
-@click.option("--pid", type=int, required=True, help="task")
+@click.option("--pid", type=int, required=True, help="The task (its pid in the set).")
 @click.option("--addr", required=True, help="address in the task (hex with 0x, or decimal)")
 @json_option
 @_errors
 def pages(dir: str, pid: int, addr: str, as_json: bool) -> None:
-    """Hexdump of the page of task PID at ADDR, and where the set holds it."""
+    """Hexdump of the page of task PID at ADDR, and where the set holds it (exit 2 when no
+    VMA of the task covers ADDR)."""
     try:
         a = int(addr, 0)
     except ValueError:
@@ -378,6 +519,8 @@ def pages(dir: str, pid: int, addr: str, as_json: bool) -> None:
         if pid not in s.tasks:
             raise ImageError(dir, f"no task {pid} in the set")
         look = s.read_page(pid, a)
+    if look.source == "unmapped":
+        _fail(f"{dir}: task {pid} has no VMA at {a:#x}; `dumper inspect mems {dir}` lists them")
     page = a - a % PAGE_SIZE
     where = {
         "cow": f"shared copy-on-write with task {look.pid} at {look.addr:#x}",
@@ -406,9 +549,6 @@ def pages(dir: str, pid: int, addr: str, as_json: bool) -> None:
             click.echo(line)
 
 
-_WHAT = {ONLY_A: "only in A", ONLY_B: "only in B", DIFFERS: "differs"}
-
-
 @inspect.command("diff")
 @click.argument("dir1")
 @click.argument("dir2")
@@ -418,6 +558,9 @@ _WHAT = {ONLY_A: "only in A", ONLY_B: "only in B", DIFFERS: "differs"}
 def diff_cmd(dir1: str, dir2: str, as_json: bool, no_verify: bool) -> None:
     """Page by page: what set DIR1 (A) holds that DIR2 (B) lacks or holds differently, and
     the reverse. Exit status 1 when they differ."""
+    from dumper.images.diff import DIFFERS, ONLY_A, ONLY_B, diff
+
+    what = {ONLY_A: "only in A", ONLY_B: "only in B", DIFFERS: "differs"}
     with _open(dir1, not no_verify) as a, _open(dir2, not no_verify) as b:
         d = diff(a, b)
     if as_json:
@@ -437,7 +580,7 @@ def diff_cmd(dir1: str, dir2: str, as_json: bool, no_verify: bool) -> None:
                 zero = ", zeros" if r.zero else ""
                 n = f"{r.pages} page{'s' if r.pages != 1 else ''}"
                 click.echo(
-                    f"{sec.kind} {sec.id}: {_WHAT[r.what]}: {r.start:#x}-{end:#x} ({n}{zero})"
+                    f"{sec.kind} {sec.id}: {what[r.what]}: {r.start:#x}-{end:#x} ({n}{zero})"
                 )
         click.echo(
             f"{d.count(ONLY_A)} pages only in A, {d.count(ONLY_B)} only in B, "

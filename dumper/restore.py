@@ -12,15 +12,18 @@ instead of a memcmp.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from dumper.images.flags import VMA_AREA_VSYSCALL
 from dumper.images.reader import ImageSet
 from dumper.images.records import Task, Vma
 from dumper.kabi import MAP_SHARED, PAGE_SHIFT, PAGE_SIZE
+from dumper.progress import Progress
 from dumper.select import runs_of
+from dumper.words import count
 
 
 class RestoreError(Exception):
@@ -36,7 +39,8 @@ class RestoreSummary:
     pages_discarded: int
 
     def line(self) -> str:
-        return (f"restored {self.tasks} tasks and {self.objects} shared objects: "
+        return (f"restored {count(self.tasks, 'task')} and "
+                f"{count(self.objects, 'shared object')}: "
                 f"{self.pages_written} pages written, {self.pages_shared} kept shared "
                 f"copy-on-write, {self.pages_discarded} discarded")
 
@@ -71,17 +75,22 @@ def page_sources(t: Task, vma: Vma) -> tuple[np.ndarray, np.ndarray]:
     return spid, saddr
 
 
-def restore(images: ImageSet, target: Any) -> RestoreSummary:
+def restore(images: ImageSet, target: Any, progress: Progress | None = None) -> RestoreSummary:
     """Rebuild the image set's tree on target (a host with the restore operations)."""
+    tell = progress or Progress()
+    tell.phase("restoring", sum(p.raw_size for p in images.pages.values()))
     objs = {}
     for shmid, o in images.objects.items():
         h = target.create_object(o.kind, o.size, o.name, o.ino)
         for off, data in images.iter_object_pages(shmid):
             h.write(off, data)
+            tell.advance(len(data))
         objs[shmid] = h
     written = shared = discarded = 0
     restored: dict[int, Task] = {}
     for t in images.tasks.values():  # pstree order: parents before children
+        # The vsyscall gate is the kernel's (get_gate_vma): recorded, never mapped back.
+        t = replace(t, vmas=[v for v in t.vmas if not v.status & VMA_AREA_VSYSCALL])
         parent = restored.get(t.ppid)
         target.create_task(t.pid, t.ppid if parent else 0, t.comm)
         kept: list[Vma] = []
@@ -124,6 +133,7 @@ def restore(images: ImageSet, target: Any) -> RestoreSummary:
                     target.write_memory(t.pid, v.start + (x << PAGE_SHIFT), page)
                 written += n
         for vaddr, data in images.iter_pages(t.pid):  # the task's own pages, streamed
+            tell.advance(len(data))
             for a, piece in _outside_markers(t, vaddr, data):
                 target.write_memory(t.pid, a, piece)
                 written += len(piece) // PAGE_SIZE
@@ -131,6 +141,7 @@ def restore(images: ImageSet, target: Any) -> RestoreSummary:
         restored[t.pid] = t
     if hasattr(target, "release_objects"):
         target.release_objects(list(objs.values()))
+    tell.done()
     return RestoreSummary(len(restored), len(objs), written, shared, discarded)
 
 

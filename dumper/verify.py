@@ -16,8 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from dumper.images.flags import VMA_AREA_VSYSCALL
 from dumper.images.reader import ImageSet
 from dumper.kabi import PAGE_SHIFT, PAGE_SIZE
+from dumper.progress import Progress
+from dumper.words import count
 
 
 @dataclass(frozen=True)
@@ -60,14 +63,17 @@ class VerifyReport:
                 "rewrites)" if self.rseq_only else "")
         if self.ok:
             return f"verified {self.pages_checked} pages{rseq}: nothing lost"
-        return (f"LOST {len(self.lost)} pages ({self.private_lost} private, "
+        return (f"LOST {count(len(self.lost), 'page')} ({self.private_lost} private, "
                 f"{self.shared_lost} shared-object pages) of {self.pages_checked} checked"
                 f"{rseq}")
 
 
-def verify(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None) -> VerifyReport:
+def verify(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None,
+           progress: Progress | None = None) -> VerifyReport:
     """Compare the set's truth with host.truth() for every task (pid_map: image pid -> host
     pid when they differ)."""
+    tell = progress or Progress()
+    tell.phase("verifying", PAGE_SIZE * sum(t.nr_pages for t in images.truths.values()))
     algo = {t.algo for t in images.truth.values()} if hasattr(images, "truth") else set()
     if algo and host.truth_algo not in algo:
         raise ValueError(f"{images.path}: truth digests are {sorted(algo)}, but this host "
@@ -86,6 +92,7 @@ def verify(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None) -
             found = now.find(vaddr, len(exp))
             bad = np.nonzero(exp != found[0])[0] if found is not None else np.arange(len(exp))
             report.pages_checked += len(exp)
+            tell.advance(len(exp) * PAGE_SIZE)
             for i in bad:
                 addr = vaddr + (int(i) << PAGE_SHIFT)
                 vma = view.vma_of(t.pid, addr)
@@ -99,6 +106,7 @@ def verify(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None) -
                     t.pid, addr, int(exp[i]),
                     None if found is None or not found[1][i] else int(found[0][i]),
                     shmid, offset))
+    tell.done()
     return report
 
 
@@ -385,22 +393,28 @@ def _file_page(path: str, offset: int) -> bytes | None:
     return data.ljust(PAGE_SIZE, b"\0")
 
 
-def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None
-                ) -> VerifyReport:
+def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None,
+                progress: Progress | None = None) -> VerifyReport:
     """Compare what a restore from the set would give every task with what the live tree
     (frozen, or unchanged since the dump) reads now: digests of real bytes on both sides."""
     report = VerifyReport()
     seen_obj: set[tuple[int, int]] = set()
     view = SetView(images)
+    tell = progress or Progress()
+    tell.phase("verifying", sum(v.end - v.start for t in images.tasks.values() for v in t.vmas
+                                if not v.status & VMA_AREA_VSYSCALL))
     for t in images.tasks.values():
         hpid = (pid_map or {}).get(t.pid, t.pid)
         live = Live(host.truth(hpid))
         rseq = host.rseq_areas(hpid)
         for v in t.vmas:
+            if v.status & VMA_AREA_VSYSCALL:
+                continue  # the kernel's gate page, not the task's memory
             n = (v.end - v.start) // PAGE_SIZE
             restored = view.vma(t.pid, v)
             found = live.find(v.start, n)
             report.pages_checked += n
+            tell.advance(n * PAGE_SIZE)
             bad = np.arange(n) if found is None else np.nonzero(restored != found[0])[0]
             for i in bad:
                 addr = v.start + int(i) * PAGE_SIZE
@@ -417,4 +431,5 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
                 report.lost.append(LostPage(
                     t.pid, addr, int(found[0][i]) if found is not None else 0,
                     int(restored[i]), shmid, offset))
+    tell.done()
     return report

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -93,8 +95,37 @@ def test_html_report_renders_in_headless_chromium(tmp_path):
     pictures = out.read_text().count('<svg class="pages"')
     assert pictures >= 8
     assert f'data-rendered="{pictures}"' in dom, dom[-300:]
+    assert 'data-grids="2"' in dom  # each scenario's matrix and panels: one CSS grid
     assert dom.count('<table class="matrix">') == 2
     assert 'class="page dump-lost"' in dom and 'class="page state-S"' in dom
+    # A table of contents whose every link lands on a section of the page.
+    toc = re.search(r'<nav id="toc">(.*?)</nav>', dom).group(1)
+    targets = re.findall(r'href="#([^"]+)"', toc)
+    assert targets == ["fork-unmap-after-swapout", "classify-by-combination", "cost"]
+    assert all(f'id="{t}"' in dom for t in targets)
+    # Thread references link to their entries in docs/thread.md; the series to lore.
+    doc = (Path(__file__).parents[1] / "docs" / "thread.md").read_text()
+    refs = re.findall(r'href="[^"]*thread\.md#([^"]+)"', dom)
+    assert {"david-2021-08-17b", "david-2021-08-19", "tiberiu-2021-08-25a"} <= set(refs)
+    assert all(f'<a id="{x}"></a>' in doc for x in refs)
+    assert ('href="https://lore.kernel.org/all/20210807032521.7591-1-peterx@redhat.com/"'
+            in dom)
+    # Okabe-Ito fills only, and the state in a glyph too; lost pages hatched.
+    okabe_ito = {"#0072B2", "#56B4E9", "#F0E442", "#E69F00", "#CC79A7", "#009E73", "#eeeeee",
+                 "#ffffff", "#555555", "url(#lost)"}
+    assert set(re.findall(r'<rect class="page [^"]*"[^>]* fill="([^"]+)"', dom)) <= okabe_ito
+    assert re.search(r'class="page state-S"[^>]*>.*?</rect><text class="glyph"[^>]*>S</text>',
+                     dom)
+    assert 'class="page dump-lost"' in dom and 'fill="url(#lost)"' in dom
+    # Page numbers under the strips; whose state the first row is; identical profiles folded.
+    assert dom.count('<text class="tick"') >= 8 * pictures
+    assert "object's page" in dom
+    folded = re.findall(r'<p class="folded">(\d) profiles behave identically here: ([^<]+)</p>',
+                        dom)
+    assert folded and all(int(n) == len(names.split(", ")) for n, names in folded)
+    # The cost of looking, as the terminal prints it.
+    cost = re.search(r'<table class="cost">(.*?)</table>', dom).group(1)
+    assert cost.count("<tr>") == 1 + 6 and "pages</td>" in cost
     png = tmp_path / "r.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={png}", "--window-size=1200,900",
                     out.as_uri()], capture_output=True, timeout=120)

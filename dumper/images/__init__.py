@@ -24,23 +24,21 @@ checksums, records (dataclasses), writer, reader, diff, golden (images/), protog
 (`make proto`), proto/ (generated). ImageError's str is `FILE: what is wrong (at offset N)`.
 """
 
-from dumper.images.checksums import page_digest, page_digests, task_digest
-from dumper.images.errors import ImageError
-from dumper.images.reader import ImageSet, PageLookup
-from dumper.images.records import (
-    CowRun,
-    DumpMeta,
-    PageRun,
-    PagesInfo,
-    SharedObject,
-    Task,
-    Truth,
-    Vma,
-)
-from dumper.images.writer import ImageSetExists, ImageSetWriter
+# Loaded on first use (PEP 562): `dumper.images.flags` and the other light modules must not
+# pay for numpy and protobuf, so the CLI starts fast.
+_EXPORTS = {
+    "page_digest": "checksums", "page_digests": "checksums", "task_digest": "checksums",
+    "ImageError": "errors", "ImageSet": "reader", "PageLookup": "reader",
+    "CowRun": "records", "DumpMeta": "records", "PageRun": "records", "PagesInfo": "records",
+    "SharedObject": "records", "Task": "records", "Truth": "records", "Vma": "records",
+    "ImageSetExists": "writer", "ImageSetWriter": "writer",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "CowRun", "DumpMeta", "ImageError", "ImageSet", "ImageSetExists", "ImageSetWriter",
-    "PageLookup", "PageRun", "PagesInfo", "SharedObject", "Task", "Truth", "Vma",
-    "page_digest", "page_digests", "task_digest",
-]
+
+def __getattr__(name: str):
+    import importlib
+
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

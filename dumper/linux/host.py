@@ -52,6 +52,17 @@ class LinuxHost:
     def maps(self, pid: int) -> str:
         return procfs.task_maps(pid)
 
+    def exe(self, pid: int) -> str:
+        """The binary mm->exe_file names (/proc/PID/exe, proc_exe_link); "" when it has none."""
+        try:
+            return os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return ""
+
+    def gate_area(self, pid: int) -> bool:
+        """Whether maps shows the x86_64 vsyscall page (get_gate_vma; not with vsyscall=none)."""
+        return procfs.GATE_AREA in procfs.read_maps(pid)
+
     def smaps(self, pid: int) -> list[procfs.Smaps]:
         return procfs.read_smaps(pid)
 

@@ -158,7 +158,7 @@ def test_memfd_shared_by_scm_rights_dumped_once(procs, tmp_path):
 
     out = tmp_path / "set"
     r = dump(out, root.pid)
-    assert "8 pages of 1 shared objects" in r.stdout
+    assert "8 pages of 1 shared object;" in r.stdout
     r = verify(out, root.pid)
     assert r.exit_code == 0, r.output
     d = info(out)
@@ -258,7 +258,7 @@ def test_pageout_of_shared_memory_scenario_1(procs, swap, tmp_path):
 
 def test_pageout_of_private_memory(procs, swap, tmp_path):
     """Paged-out private pages read PM_SWAP with a real swap type: auto dumps them (read back
-    through process_vm_readv, which swaps them in)."""
+    through /proc/PID/mem, which swaps them in)."""
     p = procs.start(cpu=0)
     addr = p.mmap("priv", 8)
     p.write("priv", range(8), tag=71)
