@@ -436,13 +436,13 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
         vmas = [_vma_record(e, t.objects.get(e.start), t.huge.get(e.start, 0))
                 for e in t.maps]
         st = states.get(pid)
+        gate = [GATE_VMA] if getattr(host, "gate_area", lambda p: True)(pid) else []
         if st is not None and st.live:
-            for r in criustate.task_images(writer, st, ns, t.info, t.maps, vmas):
+            for r in criustate.task_images(writer, st, ns, t.info, t.maps, vmas, gate):
                 warn(r)
             if st.state == DEAD:
                 continue
         else:
-            gate = [GATE_VMA] if getattr(host, "gate_area", lambda p: True)(pid) else []
             writer.add_task(pid, t.info.ppid, t.info.comm, vmas + gate,
                             pgid=t.info.pgid or None, sid=t.info.sid or None,
                             exe=getattr(host, "exe", lambda p: "")(pid))

@@ -216,6 +216,7 @@ def _info(s: ImageSet) -> dict[str, Any]:
             "ino": o.ino,
             "pages": sum(r.nr_pages for r in o.pagemap if r.present),
             "pages_id": o.pages_id,
+            "page_size": o.page_size,  # a hugetlb object's huge page size
         }
         for o in s.objects.values()
     ]
@@ -239,6 +240,9 @@ def _info(s: ImageSet) -> dict[str, Any]:
         "raw_bytes": raw,
         "stored_bytes": stored,
         "ratio": round(raw / stored, 3) if stored else None,
+        "unreadable": [  # pages the dump could not read: not in the set
+            {"pid": u.pid, "shmid": u.shmid, "vaddr": u.vaddr, "pages": u.nr_pages,
+             "reason": u.reason} for u in s.unreadable],
     }
 
 
@@ -285,10 +289,17 @@ def info(path: str, as_json: bool, no_verify: bool) -> None:
     if d["objects"]:
         click.echo(f"\n{'SHMID':>10} {'KIND':<11} {'NAME':<16} {'SIZE':>12} {'PAGES':>8}")
         for o in d["objects"]:
+            huge = f"  (in {o['page_size'] >> 10} KiB huge pages)" if o["page_size"] != \
+                PAGE_SIZE else ""
             click.echo(
                 f"{o['shmid']:>10} {o['kind']:<11} {o['name'] or '-':<16} {o['size']:>12} "
-                f"{o['pages']:>8}"
+                f"{o['pages']:>8}{huge}"
             )
+    for u in d["unreadable"]:
+        where = f"pid {u['pid']} {u['vaddr']:#x}" if u["pid"] else \
+            f"object {u['shmid']} offset {u['vaddr']:#x}"
+        click.echo(f"UNREADABLE at dump time, not saved: {where}+{u['pages']} pages "
+                   f"({u['reason']})")
     ratio = f", compression ratio {d['ratio']}" if d["ratio"] else ""
     click.echo(
         f"\n{d['pages']} pages, {d['raw_bytes']} bytes of page data, "

@@ -30,10 +30,12 @@ class Progress:
         pass
 
     def counted(self, chunks: Iterable[Any]) -> Iterator[Any]:
-        """The chunks, each advancing the bar by its length once it has been taken."""
+        """The chunks, each advancing the bar by its length once it has been taken (pages
+        dropped, dumper.images.records.Dropped, by the bytes they stand for)."""
         for c in chunks:
             yield c
-            self.advance(len(c))
+            n = getattr(c, "nr_pages", None)
+            self.advance(len(c) if n is None else n * 4096)
 
 
 class TerminalProgress(Progress):

@@ -139,6 +139,14 @@ def test_a_page_that_cannot_be_read_is_recorded_not_zeroed(tmp_path):
                                                       None)]
     assert "2 pages UNREADABLE, not saved" in summary.line()
     assert summary.private_pages == 7 and summary.shared_pages == 3
+    from click.testing import CliRunner
+
+    from dumper.cli import main
+
+    shown = CliRunner().invoke(main, ["inspect", "info", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert f"UNREADABLE at dump time, not saved: pid {a} {r + 3 * P:#x}+1 pages " \
+        "(Input/output error)" in shown.output
     with ImageSet.open(out) as images:
         assert images.unreadable == summary.unreadable
         assert [(r_.vaddr, r_.nr_pages) for r_ in images.tasks[a].pagemap

@@ -273,9 +273,10 @@ def fd_file_id(writer, ns: NsIds, fd: FdState) -> int:
     return fid
 
 
-def task_images(writer, st: TaskState, ns: NsIds, info, maps, vmas) -> list[str]:
+def task_images(writer, st: TaskState, ns: NsIds, info, maps, vmas, gate=()) -> list[str]:
     """Add one live task to the writer with everything CRIU restores it from: pstree
-    threads, core per thread, ids, fs, fdinfo and files, mm extras. Returns notes."""
+    threads, core per thread, ids, fs, fdinfo and files, mm extras; gate: the vsyscall VMA
+    to record last, as CRIU does. Returns notes."""
     notes = [f"pid {st.pid} tid {t.tid}: {t.regs.restarted}"
              for t in st.threads if t.regs is not None and t.regs.restarted]
     common = dict(pgid=info.pgid or None, sid=info.sid or None, threads=st.tids,
@@ -299,7 +300,7 @@ def task_images(writer, st: TaskState, ns: NsIds, info, maps, vmas) -> list[str]
         extra.dumpable = st.dumpable
     if st.thp_disabled is not None:
         extra.thp_disabled = st.thp_disabled
-    writer.add_task(st.pid, info.ppid, st.comm, criu_vmas(maps, vmas, st.vmflags),
+    writer.add_task(st.pid, info.ppid, st.comm, criu_vmas(maps, vmas, st.vmflags) + list(gate),
                     exe=st.exe, mm=st.mm, ids=ns.entry(st.ns, st.kobj), mm_extra=extra,
                     **common)
     return notes

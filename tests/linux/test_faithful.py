@@ -293,7 +293,8 @@ def test_shared_hugetlb_objects_are_dumped_once(procs, tmp_path, hugepages, kind
         v = verify(out, parent.pid)
         assert v.exit_code == 0, v.output
     (obj,) = info(out)["objects"]
-    assert (obj["kind"], obj["size"], obj["pages"]) == (kind, 3 * HUGE * PAGE, 2 * HUGE)
+    assert (obj["kind"], obj["size"], obj["pages"], obj["page_size"]) == (
+        kind, 3 * HUGE * PAGE, 2 * HUGE, HUGE * PAGE)
     with ImageSet.open(out) as s:
         (o,) = s.objects.values()
         assert o.page_size == HUGE * PAGE
