@@ -190,9 +190,11 @@ class Host(Protocol):
         """Stop the tree for the duration of the context; always thawed on the way out."""
         ...
 
-    def rseq_areas(self, pid: int) -> list[tuple[int, int]]:
-        """(address, size) of each thread's struct rseq while frozen: bytes the kernel itself
-        rewrites (cpu ids) whenever a thread resumes, so comparing them says nothing."""
+    def kernel_areas(self, pid: int) -> list[tuple[int, int]]:
+        """(address, size) of the task's memory the kernel itself rewrites while the tree is
+        frozen and thawed — each thread's struct rseq (cpu ids, whenever a thread resumes),
+        the remaining time of a thread stopped in nanosleep (written at each interruption) —
+        so comparing them says nothing."""
         ...
 
     def freeze_tree(self, root: int) -> AbstractContextManager[list[TaskInfo]]:

@@ -44,7 +44,7 @@ class LostPage:
 class VerifyReport:
     pages_checked: int = 0
     lost: list[LostPage] = field(default_factory=list)  # one per lost unit (see below)
-    rseq_only: int = 0  # live pages that differed only inside a thread's struct rseq
+    rseq_only: int = 0  # live pages that differed only where the kernel writes on its own
 
     @property
     def private_lost(self) -> int:
@@ -59,8 +59,8 @@ class VerifyReport:
         return not self.lost
 
     def line(self) -> str:
-        rseq = (f" ({self.rseq_only} differing only in struct rseq, which the kernel "
-                "rewrites)" if self.rseq_only else "")
+        rseq = (f" ({self.rseq_only} differing only where the kernel rewrites them: struct "
+                "rseq, a sleeping thread's remaining time)" if self.rseq_only else "")
         if self.ok:
             return f"verified {self.pages_checked} pages{rseq}: nothing lost"
         return (f"LOST {count(len(self.lost), 'page')} ({self.private_lost} private, "
@@ -358,9 +358,10 @@ def page_view(images: ImageSet, pid: int, vma: Any, addr: int) -> int:
 
 def _rseq_only(images: ImageSet, host: Any, pid: int, hpid: int, addr: int,
                areas: list[tuple[int, int]]) -> bool:
-    """Whether the live page at addr and the set's differ only inside struct rseq areas
-    (Host.rseq_areas): those bytes are the kernel's, rewritten whenever a thread resumes on
-    another CPU, so a dump of a task that ran nothing can still differ there."""
+    """Whether the live page at addr and the set's differ only inside the areas the kernel
+    rewrites on its own (Host.kernel_areas: struct rseq whenever a thread resumes on another
+    CPU, a sleeping thread's remaining time), so a dump of a task that ran nothing can still
+    differ there."""
     spans = [(max(a, addr) - addr, min(a + n, addr + PAGE_SIZE) - addr) for a, n in areas
              if a < addr + PAGE_SIZE and a + n > addr]
     if not spans:
@@ -377,6 +378,34 @@ def _rseq_only(images: ImageSet, host: Any, pid: int, hpid: int, addr: int,
     for lo, hi in spans:
         live[lo:hi] = saved[lo:hi] = bytes(hi - lo)
     return live == saved
+
+
+# nanosleep(2) has its rem pointer in rsi, clock_nanosleep(2) in r10 (x86_64 syscall ABI).
+_SLEEP_REM = {35: "si", 230: "r10"}
+
+
+def _dumped_sleep_areas(images: ImageSet, t: Any) -> list[tuple[int, int]]:
+    """The remaining-time timespec of each thread the dump found inside nanosleep or
+    clock_nanosleep (its registers in core-TID.img). Host.kernel_areas finds it from live
+    registers only on the first interruption: the kernel then restarts the sleep through
+    restart_syscall (orig_ax 219), whose rem pointer lives in the kernel's restart_block,
+    and every later interruption writes the remaining time there again."""
+    from dumper.images import codec
+    from dumper.images import magic as M
+
+    out = []
+    for tid in t.threads:
+        path = images.path / M.core(tid)
+        if not path.exists():
+            continue
+        core = codec.load(str(path), codec.BY_NAME["CORE"]).entries[0]
+        if not core.HasField("thread_info"):
+            continue
+        regs = core.thread_info.gpregs
+        reg = _SLEEP_REM.get(regs.orig_ax)
+        if reg and getattr(regs, reg):
+            out.append((getattr(regs, reg), 16))
+    return out
 
 
 def _file_page(path: str, offset: int) -> bytes | None:
@@ -406,7 +435,7 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
     for t in images.tasks.values():
         hpid = (pid_map or {}).get(t.pid, t.pid)
         live = Live(host.truth(hpid))
-        rseq = host.rseq_areas(hpid)
+        rseq = host.kernel_areas(hpid) + _dumped_sleep_areas(images, t)
         for v in t.vmas:
             if v.status & VMA_AREA_VSYSCALL:
                 continue  # the kernel's gate page, not the task's memory

@@ -14,7 +14,7 @@ import numpy as np
 from dumper.buffers import BufferPool
 from dumper.host import MapEntry, TaskInfo, parse_maps
 from dumper.kabi import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PM_PFRAME_MASK, PM_PRESENT, PROT_READ
-from dumper.linux import check, freeze, libc, memread, pagemap, procfs, taskstate, truth
+from dumper.linux import check, freeze, libc, memread, pagemap, procfs, regs, taskstate, truth
 from dumper.linux.digestcache import DigestCache
 from dumper.linux.errors import ProcError, UnreadableMemory, Unsupported
 from dumper.linux.mapfiles import MapFile
@@ -204,6 +204,25 @@ class LinuxHost:
                 conf.raw[8:12], "little")
             if ptr and size:
                 out.append((ptr, size))
+        return out
+
+    def kernel_areas(self, pid: int) -> list[tuple[int, int]]:
+        """rseq_areas, and the struct timespec a thread stopped inside nanosleep(2) or
+        clock_nanosleep(2) gets its remaining time in: kernel/time/hrtimer.c
+        hrtimer_nanosleep -> do_nanosleep -> nanosleep_copyout writes it each time the sleep
+        is interrupted, and a freeze (PTRACE_INTERRUPT) is such a time, so every dump and
+        verify of a sleeping task rewrites it (measured: `sleep 300` dumped, then verified,
+        differed in one stack page, there). Read from the thread's registers while frozen:
+        orig_ax 35 (nanosleep, rem in rsi) or 230 (clock_nanosleep, rem in r10)."""
+        out = self.rseq_areas(pid)
+        for tid in procfs.threads(pid):
+            try:
+                r = regs.get_gpregs(tid)
+            except OSError:  # not stopped by us, or gone
+                continue
+            rem = {35: r["si"], 230: r["r10"]}.get(r["orig_ax"], 0)
+            if rem:
+                out.append((rem, 16))
         return out
 
     # -- process state -------------------------------------------------------------------------

@@ -193,7 +193,7 @@ class ModelHost:
         del leave_out
         return [TaskState.minimal(t.pid, t.comm) for t in tasks], {}
 
-    def rseq_areas(self, pid: int) -> list[tuple[int, int]]:
+    def kernel_areas(self, pid: int) -> list[tuple[int, int]]:
         """The model's tasks register no rseq areas (kernel/rseq.c is not modelled)."""
         self.k.task(pid)
         return []

@@ -12,7 +12,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
@@ -329,3 +333,30 @@ def test_private_hugetlb_is_anonymous_in_huge_pages(procs, tmp_path, hugepages):
     for page in (0, 1, HUGE + 7, 3):
         want = page_pattern(82, page) if page != 3 else bytes(PAGE)
         assert set_bytes(out, p.pid, addr + page * PAGE, 1) == want
+
+
+def test_a_sleeping_task_verifies(tmp_path):
+    """glibc's sleep() passes a rem timespec to clock_nanosleep, and the kernel writes the
+    remaining time there at every interruption (nanosleep_copyout) — every freeze, the
+    dump's and verify's: the dump itself leaves the task as it was, and verify compares that
+    timespec out (Host.kernel_areas, and the dumped registers once the sleep restarts
+    through restart_syscall). Found by `dumper dump --pid` + `verify --pid` of `sleep 100`."""
+    sleep = subprocess.Popen([shutil.which("sleep") or "/bin/sleep", "120"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        syscall = Path(f"/proc/{sleep.pid}/syscall")
+        while syscall.read_text().split()[0] != "230":
+            assert time.monotonic() < deadline, "sleep never blocked in clock_nanosleep"
+            time.sleep(0.01)
+        out = tmp_path / "set"
+        r = cli("dump", "--pid", sleep.pid, "--leave-out", "any", "-q", "-o", out)
+        assert r.exit_code == 0, r.output
+        for _ in range(2):  # the second freeze finds the sleep restarted (restart_syscall)
+            v = verify(out, sleep.pid)
+            assert v.exit_code == 0, v.output
+            assert "differing only where the kernel rewrites them" in v.output
+    finally:
+        sleep.kill()
+        sleep.wait()
