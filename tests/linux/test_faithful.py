@@ -50,6 +50,16 @@ def stopped_after_dump(out, *procs):
                 signal.pidfd_send_signal(p.pidfd, signal.SIGCONT)
 
 
+def dump_verified(out, *procs):
+    """dump_stopped, then `dumper verify DIR --pid ROOT` on the stopped tree: both exit 0
+    (nothing lost); the tree resumed afterwards. Returns the dump's result."""
+    with stopped_after_dump(out, *procs) as r:
+        assert r.exit_code == 0, r.output
+        v = verify(out, procs[0].pid)
+        assert v.exit_code == 0, v.output
+    return r
+
+
 def pss_kb(pid: int) -> int:
     """Pss + SwapPss of a task (/proc/PID/smaps_rollup), in kB."""
     total = 0
@@ -148,11 +158,8 @@ def test_protected_pages_with_data_are_saved(procs, tmp_path, prot):
     mfd = p.mmap("mfd", 2, shared=True, memfd="m", prot=prot)
     settle(p)
     out = tmp_path / "set"
-    with stopped_after_dump(out, p) as r:
-        assert r.exit_code == 0, r.output
-        assert "unreadable" not in r.output
-        v = verify(out, p.pid)
-        assert v.exit_code == 0, v.output
+    r = dump_verified(out, p)
+    assert "unreadable" not in r.output
     assert set_bytes(out, p.pid, priv, 4) == pattern(73, set(range(4)), 4)
     assert set_bytes(out, p.pid, shm, 4) == pattern(74, set(range(4)), 4)
     assert set_bytes(out, p.pid, mfd, 2) == pattern(75, {0, 1}, 2)
@@ -174,10 +181,7 @@ def test_objects_of_any_size(procs, tmp_path, kind, size):
     p.call("write_bytes", name="o", offset=0, length=size, tag=76)
     settle(p)
     out = tmp_path / "set"
-    with stopped_after_dump(out, p) as r:
-        assert r.exit_code == 0, r.output
-        v = verify(out, p.pid)
-        assert v.exit_code == 0, v.output
+    dump_verified(out, p)
     (obj,) = info(out)["objects"]
     assert (obj["kind"], obj["size"], obj["pages"]) == (kind, size, npages)
     want = (page_pattern(76, 0) * npages)[:size].ljust(npages * PAGE, b"\0")
@@ -213,10 +217,7 @@ def test_private_mapping_of_a_shmem_file(procs, tmp_path, shm_file, kind):
     shared = p.mmap("s", 8, shared=True, memfd="m")
     settle(p)
     out = tmp_path / "set"
-    with stopped_after_dump(out, p) as r:
-        assert r.exit_code == 0, r.output
-        v = verify(out, p.pid)
-        assert v.exit_code == 0, v.output
+    dump_verified(out, p)
     (obj,) = info(out)["objects"]
     assert (obj["kind"], obj["pages"]) == (kind, 8)
     with ImageSet.open(out) as s:
@@ -241,10 +242,7 @@ def test_private_mapping_of_a_memfd_at_an_offset_over_holes(procs, tmp_path):
     p.call("close_memfd", name="m")
     settle(p)
     out = tmp_path / "set"
-    with stopped_after_dump(out, p) as r:
-        assert r.exit_code == 0, r.output
-        v = verify(out, p.pid)
-        assert v.exit_code == 0, v.output
+    dump_verified(out, p)
     (obj,) = info(out)["objects"]
     assert (obj["kind"], obj["name"]) == ("memfd", "m")
     want = [page_pattern(79, 2), page_pattern(79, 3), page_pattern(80, 2), bytes(PAGE),
@@ -291,11 +289,8 @@ def test_shared_hugetlb_objects_are_dumped_once(procs, tmp_path, hugepages, kind
     child = procs.fork(parent)
     settle(parent, child)
     out = tmp_path / "set"
-    with stopped_after_dump(out, parent, child) as r:
-        assert r.exit_code == 0, r.output
-        assert not any(n in r.output for n in ("anon_hugepage", "memfd:h", "SYSV"))
-        v = verify(out, parent.pid)
-        assert v.exit_code == 0, v.output
+    r = dump_verified(out, parent, child)
+    assert not any(n in r.output for n in ("anon_hugepage", "memfd:h", "SYSV"))
     (obj,) = info(out)["objects"]
     assert (obj["kind"], obj["size"], obj["pages"], obj["page_size"]) == (
         kind, 3 * HUGE * PAGE, 2 * HUGE, HUGE * PAGE)
@@ -320,11 +315,8 @@ def test_private_hugetlb_is_anonymous_in_huge_pages(procs, tmp_path, hugepages):
     p.write("h", [0, 1, HUGE + 7], tag=82)
     settle(p)
     out = tmp_path / "set"
-    with stopped_after_dump(out, p) as r:
-        assert r.exit_code == 0, r.output
-        assert "anon_hugepage" not in r.output
-        v = verify(out, p.pid)
-        assert v.exit_code == 0, v.output
+    r = dump_verified(out, p)
+    assert "anon_hugepage" not in r.output
     with ImageSet.open(out) as s:
         vma = next(v for v in s.tasks[p.pid].vmas if v.start == addr)
         assert vma.private and vma.obj is None and not vma.path
