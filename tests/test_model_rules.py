@@ -187,6 +187,20 @@ def test_filemap_map_pages_skips_swapped_and_not_uptodate():
     assert ls(m, a, r) == "DDDD...."
 
 
+def test_shm_vm_ops_has_no_map_pages():
+    """should_fault_around is false for a SysV segment (shm_vm_ops has no map_pages): a read
+    fault of a fork child maps the faulting page only, where a memfd maps its neighbours."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    seg = m.shmget(0x42, 8 * PAGE)
+    r = m.shmat(a, seg)
+    m.write(a, r, 8 * PAGE)
+    b = m.fork(a)
+    m.read(b, r + 3 * PAGE, PAGE)
+    assert pm(m, b, r) == "---P----"
+    assert pm(m, a, r) == "PPPPPPPP"
+
+
 def test_do_shared_fault_maps_only_the_faulting_page():
     """A write fault on shmem (do_shared_fault) does no fault-around."""
     m, a, r = shared_written("linux-6.18", 8)

@@ -141,8 +141,8 @@ class Model:
     def shmget(self, key: int, size: int) -> Inode:
         return shmem.shmget(self.k, key, size)
 
-    def shmat(self, pid: int, seg: Inode, prot: int = RW) -> int:
-        return shmem.shmat(self.k, pid, seg, prot)
+    def shmat(self, pid: int, seg: Inode, prot: int = RW, addr: int | None = None) -> int:
+        return shmem.shmat(self.k, pid, seg, prot, addr)
 
     def shm_rmid(self, seg: Inode) -> None:
         shmem.shm_rmid(self.k, seg)

@@ -40,12 +40,25 @@ def _new_anon(k: Kernel, vma: Vma, cid: int) -> int:
     return int(k.frames.alloc(np.array([cid], dtype=U64), F_ANON | F_UPTODATE)[0])
 
 
+# vm_ops->map_pages per object kind: should_fault_around() (mm/memory.c) returns false when
+# the VMA's vm_operations_struct has none. shmem_vm_ops / shmem_anon_vm_ops and a regular
+# file's generic_file_vm_ops have filemap_map_pages; a SysV segment's VMA has shm_vm_ops
+# (ipc/shm.c), which wraps shmem's fault but has no map_pages: a read fault maps only the
+# faulting page (measured on 6.18, tests/linux/test_differential.py "sysv-no-fault-around").
+MAP_PAGES = {"shmem-anon": True, "memfd": True, "tmpfs": True, "file": True, "sysv": False}
+
+
+def should_fault_around(k: Kernel, vma: Vma) -> bool:
+    """should_fault_around: the VMA's ops have map_pages and fault_around_bytes > 1 page."""
+    return MAP_PAGES[vma.obj.kind] and k.profile.fault_around_pages > 1
+
+
 def do_fault_around(k: Kernel, vma: Vma, i: int) -> None:
     """do_fault_around -> filemap_map_pages: map the uptodate page-cache pages around index i
     whose PTEs are none, within fault_around_pages, the VMA and the page table (512)."""
-    nr = k.profile.fault_around_pages
-    if nr <= 1:
+    if not should_fault_around(k, vma):
         return
+    nr = k.profile.fault_around_pages
     addr = vma.start + (i << PAGE_SHIFT)
     pte_off = (addr >> PAGE_SHIFT) & 511
     lo_pte = max(pte_off - pte_off % nr, pte_off - min(pte_off, i))

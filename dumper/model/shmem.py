@@ -291,11 +291,11 @@ def shmget(k: Kernel, key: int, size: int) -> Inode:
     return obj
 
 
-def shmat(k: Kernel, pid: int, obj: Inode, prot: int) -> int:
-    """shmat: a MAP_SHARED mapping of the segment's shmem file."""
+def shmat(k: Kernel, pid: int, obj: Inode, prot: int, addr: int | None = None) -> int:
+    """do_shmat: a MAP_SHARED mapping of the segment's shmem file (at addr if given)."""
     from dumper.kabi import MAP_SHARED
 
-    return do_mmap(k, pid, obj.npages << PAGE_SHIFT, prot, MAP_SHARED, obj=obj)
+    return do_mmap(k, pid, obj.npages << PAGE_SHIFT, prot, MAP_SHARED, obj=obj, addr=addr)
 
 
 def shm_rmid(k: Kernel, obj: Inode) -> None:

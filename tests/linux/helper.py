@@ -24,6 +24,10 @@ libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
 
 
 def page_pattern(tag, page):
@@ -75,6 +79,18 @@ class Helper:
         self.regions[name] = (base + PAGE, pages * PAGE)
         self.spans[name] = (base, total)
         return {"addr": base + PAGE}
+
+    def op_shmat(self, name, pages, addr):
+        """A private SysV segment attached at addr and marked IPC_RMID at once, so it goes
+        with its last attach (the helper's exit) whatever the test does."""
+        shmid = check(libc.shmget(0, pages * PAGE, 0o1600), "shmget")  # IPC_PRIVATE|IPC_CREAT
+        try:
+            got = check(libc.shmat(shmid, addr, 0), "shmat")
+        finally:
+            check(libc.shmctl(shmid, 0, None), "shmctl(IPC_RMID)")
+        self.regions[name] = (got, pages * PAGE)
+        self.spans[name] = (got, pages * PAGE)
+        return {"addr": got}
 
     def op_write(self, name, pages, tag):
         addr, _ = self.regions[name]

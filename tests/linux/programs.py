@@ -8,6 +8,7 @@ A program is a list of Op, one per line in text form:
     mmap A r1 8 shared         MAP_SHARED|MAP_ANONYMOUS
     memfd A m 16               memfd_create + ftruncate to 16 pages
     mmap A r2 8 memfd m 6      MAP_SHARED of memfd m from its page 6
+    mmap A r3 8 sysv           a private SysV segment (shmget, shmat, IPC_RMID at once)
     pwrite A m 0-3             write(2) whole pages through the fd
     punch A m 2 2              fallocate(PUNCH_HOLE|KEEP_SIZE) of pages 2-3
     send A m B                 SCM_RIGHTS: B gets its own fd on memfd m
@@ -25,7 +26,8 @@ in the model, so fault-around windows (aligned to 16 pages inside a page table) 
 on both sides. Checker.apply() tells whether an op is valid where it stands (no access to a
 guard page, MADV_REMOVE only on shared mappings, ...): the generator and the shrinker use it.
 After every op, each runner reports, per process and mapped region, pagemap flags
-(P S F G W X), mincore, and for shared regions the object's SEEK_DATA/SEEK_HOLE extents.
+(P S F G W X), mincore, and for shared regions the object's SEEK_DATA/SEEK_HOLE extents
+(not for SysV: shm_file_operations' llseek is noop_llseek).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 REGION_BASE = 0x2000_0000_0000
 REGION_STRIDE = 1 << 21  # one page table (2 MiB) per region
 MAX_PAGES = 16  # one fault-around window
-KINDS = ("anon", "shared", "memfd")
+KINDS = ("anon", "shared", "memfd", "sysv")
 ADVICE = ("dontneed", "pageout", "remove", "guard", "unguard")
 
 
@@ -120,6 +122,11 @@ class Region:
     @property
     def shared(self) -> bool:
         return self.kind != "anon"
+
+    @property
+    def seekable(self) -> bool:
+        """SEEK_DATA/SEEK_HOLE answer on its map_files fd (shm_file_operations: noop_llseek)."""
+        return self.shared and self.kind != "sysv"
 
 
 @dataclass

@@ -115,7 +115,7 @@ class Runner:
         for p in self.order:
             for r, reg in sorted(self.state.regions[p].items()):
                 obs[(p, r)] = (flag_strings(self.words(p, r, reg)), self.mincore(p, r, reg),
-                               self.lseek(p, r, reg) if reg.shared else None)
+                               self.lseek(p, r, reg) if reg.seekable else None)
         return obs
 
     def do(self, op: Op, gone: Region | None) -> None:
@@ -154,6 +154,9 @@ class RealRunner(Runner):
             self.p[a[0]] = self.procs.fork(h)
         elif op.verb == "mmap":
             r, n, kind = a[:3]
+            if kind == "sysv":
+                h.call("shmat", name=r, pages=n, addr=region_addr(r))
+                return
             kw = {"memfd": a[3], "offset": a[4]} if kind == "memfd" else {}
             h.mmap(r, n, shared=kind != "anon", addr=region_addr(r), **kw)
         elif op.verb == "memfd":
@@ -213,6 +216,11 @@ class ModelRunner(Runner):
                     self.fd[(a[0], name)] = fd
         elif op.verb == "mmap":
             r, n, kind = a[:3]
+            if kind == "sysv":  # IPC_PRIVATE, removed at once as the helper does
+                seg = m.shmget(0, n * PAGE)
+                m.shmat(pid, seg, addr=region_addr(r))
+                m.shm_rmid(seg)
+                return
             fd = self.fd[(p, a[3])] if kind == "memfd" else None
             m.mmap(pid, n * PAGE, shared=kind != "anon", fd=fd,
                    offset=a[4] * PAGE if kind == "memfd" else 0, addr=region_addr(r))

@@ -123,6 +123,20 @@ PROGRAMS = {
         write C r3 0-7
         dontneed C r3 2 4
     """,
+    # A SysV segment's VMA has shm_vm_ops, without map_pages: a read fault maps the faulting
+    # page alone (should_fault_around is false), where shmem maps its cached neighbours.
+    "sysv-no-fault-around": """
+        spawn A
+        mmap A r0 8 sysv
+        write A r0 0-5
+        fork A C
+        read C r0 1          # C maps page 1 only
+        write C r0 6
+        dontneed A r0 0 8
+        read A r0 2-3
+        remove C r0 4 1
+        read C r0 5
+    """,
     # kernel.md (f): a memfd passed over SCM_RIGHTS, mapped at different offsets.
     "memfd-scm-rights": """
         spawn A
