@@ -73,6 +73,20 @@ def cid_digest(cids: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+_ZERO_DIGEST = cid_digest(np.zeros(1, dtype=np.uint64))[0]
+
+
+def truth_digest(cids: np.ndarray) -> np.ndarray:
+    """cid_digest, with the pages never written (cid 0, most of a big mapping) filled with
+    zero's digest instead of mixed one by one."""
+    nz = np.flatnonzero(cids)
+    if len(nz) == len(cids):
+        return cid_digest(cids)
+    out = np.full(len(cids), _ZERO_DIGEST, dtype=np.uint64)
+    out[nz] = cid_digest(cids[nz])
+    return out
+
+
 def _oserror(e: ModelError) -> OSError:
     return OSError(getattr(errno, e.errno_name, errno.EIO), str(e))
 
@@ -173,10 +187,12 @@ class ModelHost:
 
     truth_algo = "model-cid-64"
 
-    def truth(self, pid: int) -> list[tuple[int, np.ndarray]]:
+    def truth(self, pid: int) -> Iterator[tuple[int, np.ndarray]]:
         """observable_memory digested: a 64-bit mix of each page's content id (content ids
-        are canonical, so equal digests mean equal bytes)."""
-        return [(start, cid_digest(cids)) for start, cids in observe.observable_memory(self.k, pid)]
+        are canonical, so equal digests mean equal bytes). Streamed in windows of each VMA
+        (observe.observable_runs), so no task's whole truth is held at once."""
+        for start, cids in observe.observable_runs(self.k, pid):
+            yield start, truth_digest(cids)
 
     def zero_pfn(self) -> int | None:
         return ZERO_PFN if self.privileged else None

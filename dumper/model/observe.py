@@ -7,6 +7,7 @@ k.counters (PTEs walked, page-cache lookups, syscalls).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -321,3 +322,16 @@ def observable_vma(k: Kernel, vma: Vma, lo: int = 0, hi: int | None = None) -> n
 def observable_memory(k: Kernel, pid: int) -> list[tuple[int, np.ndarray]]:
     """Ground truth: for every VMA of pid, (start, content id of each page)."""
     return [(vma.start, observable_vma(k, vma)) for vma in k.task(pid).vmas]
+
+
+TRUTH_WINDOW = 1 << 20  # pages of a VMA observed at a time (8 MiB of content ids)
+
+
+def observable_runs(k: Kernel, pid: int, window: int = TRUTH_WINDOW
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """observable_memory in windows: (address, content ids) of at most `window` pages, in
+    VMA and address order; the task's VMAs are taken when the walk starts."""
+    for vma in list(k.task(pid).vmas):
+        for lo in range(0, vma.npages, window):
+            hi = min(vma.npages, lo + window)
+            yield vma.start + (lo << PAGE_SHIFT), observable_vma(k, vma, lo, hi)

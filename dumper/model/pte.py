@@ -49,6 +49,11 @@ def kinds(ptes: np.ndarray) -> np.ndarray:
     return (ptes >> _KSHIFT).astype(np.uint8)
 
 
+def only_none_or_present(ptes: np.ndarray) -> bool:
+    """No swap, migration or marker entry among these PTEs (one pass, no kind array)."""
+    return not len(ptes) or int(ptes.max() >> _KSHIFT) <= PRESENT
+
+
 def values(ptes: np.ndarray) -> np.ndarray:
     return ptes & _VMASK
 

@@ -42,6 +42,12 @@ def copy_page_range(k: Kernel, dst: Vma, src: Vma) -> None:
     readable, markers through copy_pte_marker (poison and guard only: uffd-wp needs a uffd
     in the child, and the RFC's PAGEOUT hint is never copied)."""
     ptes = src.ptes
+    if pte.only_none_or_present(ptes):  # the common case, in whole-array passes
+        if not src.shared:  # wrprotect the parent's private pages too (none stays 0)
+            ptes &= ~U64(pte.WRITE)
+        dst.ptes = ptes & ~U64(pte.UFFD_WP)
+        map_frames(k, pte.values(ptes[ptes != 0]))
+        return
     kinds = pte.kinds(ptes)
     vals = pte.values(ptes)
     out = np.zeros_like(ptes)
