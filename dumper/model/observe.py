@@ -295,17 +295,23 @@ def observable_vma(k: Kernel, vma: Vma, lo: int = 0, hi: int | None = None) -> n
     """What a read of pages [lo, hi) of one VMA returns now, as content ids (UNREADABLE where
     the read would fault: a guard or poison marker, a shared page past EOF)."""
     hi = vma.npages if hi is None else hi
-    kinds = pte.kinds(vma.ptes[lo:hi])
-    vals = pte.values(vma.ptes[lo:hi])
+    ptes = vma.ptes[lo:hi]
     n = hi - lo
     if vma.obj is not None:
         first = vma.pgoff + lo
         base = object_cids(k, vma.obj, first, first + n)
-        beyond = np.arange(first, first + n) >= vma.obj.npages
-        base[beyond] = U64(UNREADABLE)
+        if first + n > vma.obj.npages:
+            base[max(0, vma.obj.npages - first):] = U64(UNREADABLE)
     else:
         base = np.zeros(n, dtype=U64)
     out = base
+    if pte.only_none_or_present(ptes):  # no marker to hide a page, no swap entry to read
+        if not vma.shared:
+            nz = np.flatnonzero(ptes)
+            out[nz] = k.frames.cids(pte.values(ptes[nz]))
+        return out
+    kinds = pte.kinds(ptes)
+    vals = pte.values(ptes)
     if not vma.shared:  # a private mapping: its own PTEs decide, the file fills the rest
         p = kinds == pte.PRESENT
         out[p] = k.frames.cids(vals[p])
