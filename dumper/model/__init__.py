@@ -11,13 +11,19 @@ from __future__ import annotations
 import numpy as np
 
 from dumper.kabi import (
+    MADV_COLD,
+    MADV_DOFORK,
+    MADV_DONTFORK,
     MADV_DONTNEED,
+    MADV_FREE,
     MADV_GUARD_INSTALL,
     MADV_GUARD_REMOVE,
+    MADV_KEEPONFORK,
     MADV_PAGEOUT,
     MADV_POPULATE_READ,
     MADV_POPULATE_WRITE,
     MADV_REMOVE,
+    MADV_WIPEONFORK,
     MAP_ANONYMOUS,
     MAP_PRIVATE,
     MAP_SHARED,
@@ -33,6 +39,8 @@ from dumper.model.state import Inode, Kernel, ModelError
 __all__ = ["Model", "ModelError", "Profile", "PROFILES", "load_profile", "Kernel"]
 
 RW = PROT_READ | PROT_WRITE
+VMA_FLAG_ADVICE = {MADV_DONTFORK: "dontfork", MADV_DOFORK: "dofork",
+                   MADV_WIPEONFORK: "wipeonfork", MADV_KEEPONFORK: "keeponfork"}
 
 
 class Model:
@@ -76,8 +84,13 @@ class Model:
     def munmap(self, pid: int, addr: int, length: int) -> None:
         mm.do_munmap(self.k, pid, addr, length)
 
-    def mremap(self, pid: int, addr: int, length: int, new_addr: int | None = None) -> int:
-        return mm.do_mremap(self.k, pid, addr, length, new_addr)
+    def mremap(self, pid: int, addr: int, length: int, new_addr: int | None = None,
+               new_length: int | None = None, may_move: bool = True) -> int:
+        """mremap(2): a move (same length), or a shrink / grow (MREMAP_MAYMOVE if may_move)."""
+        return mm.do_mremap(self.k, pid, addr, length, new_addr, new_length, may_move)
+
+    def mprotect(self, pid: int, addr: int, length: int, prot: int) -> None:
+        mm.do_mprotect(self.k, pid, addr, length, prot)
 
     def write(self, pid: int, addr: int, length: int, data: bytes | None = None) -> None:
         """A task writes whole pages: fresh contents, or the given bytes (a multiple of 4096)."""
@@ -114,6 +127,12 @@ class Model:
             madvise.madvise_guard_install(k, pid, addr, length)
         elif advice == MADV_GUARD_REMOVE:
             madvise.madvise_guard_remove(k, pid, addr, length)
+        elif advice == MADV_FREE:
+            madvise.madvise_free(k, pid, addr, length)
+        elif advice == MADV_COLD:
+            madvise.madvise_cold(k, pid, addr, length)
+        elif advice in VMA_FLAG_ADVICE:
+            madvise.madvise_update_vma(k, pid, addr, length, VMA_FLAG_ADVICE[advice])
         else:
             raise ModelError("EINVAL", f"madvise advice {advice} is not modelled")
 

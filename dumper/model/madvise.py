@@ -14,9 +14,26 @@ from dumper.kabi import (
 )
 from dumper.model import pte
 from dumper.model.fault import handle_mm_fault
-from dumper.model.mm import vma_range, zap_pte_range
+from dumper.model.mm import (
+    folio_free_swap,
+    isolate_range,
+    swap_free,
+    vma_merge_range,
+    vma_range,
+    zap_pte_range,
+)
 from dumper.model.shmem import shmem_fallocate
-from dumper.model.state import F_ANON, PFN_BASE, ZERO_PFN, Inode, Kernel, ModelError, Task
+from dumper.model.state import (
+    F_ANON,
+    F_DIRTY,
+    F_LAZYFREE,
+    PFN_BASE,
+    ZERO_PFN,
+    Inode,
+    Kernel,
+    ModelError,
+    Task,
+)
 from dumper.model.vmscan import shrink_folio_list
 
 U64 = np.uint64
@@ -129,3 +146,68 @@ def uffd_poison(k: Kernel, pid: int, start: int, length: int) -> None:
         if vma.ptes[lo:hi].any():
             raise ModelError("EEXIST", f"UFFDIO_POISON over populated PTEs at {vma.start:#x}")
         vma.ptes[lo:hi] = U64(pte.make(pte.MARKER, PTE_MARKER_POISONED))
+
+
+def madvise_free(k: Kernel, pid: int, start: int, length: int) -> None:
+    """MADV_FREE (madvise_free_pte_range), private anonymous VMAs only (else EINVAL): a swap
+    entry is freed and its PTE cleared (the page reads zeros at once), a poison marker too;
+    a present page (not the zero page) is cleaned and marked lazyfree (folio_mark_lazyfree),
+    after folio_free_swap if it is in the swap cache (skipped if its slot is still needed).
+    A folio in the swap cache or dirty is skipped when mapped more than once; a clean shared
+    one is marked lazyfree but keeps its other mappers' dirty bits, which the model holds on
+    the frame: it stays dirty, so reclaim keeps it (try_to_unmap_one sees a dirty PTE)."""
+    ranges = vma_range(k.task(pid), start, start + length)
+    for vma, _, _ in ranges:
+        if vma.obj is not None or vma.shared:
+            raise ModelError("EINVAL", f"MADV_FREE on a non-anonymous VMA {vma.start:#x}")
+    for vma, lo, hi in ranges:
+        ptes = vma.ptes[lo:hi]
+        kinds = pte.kinds(ptes)
+        vals = pte.values(ptes)
+        swapped = kinds == pte.SWAP
+        swap_free(k, vals[swapped])
+        poisoned = (kinds == pte.MARKER) & ((vals & U64(PTE_MARKER_POISONED)) != 0)
+        ptes[swapped | poisoned] = 0
+        pfns = vals[(kinds == pte.PRESENT) & (vals != U64(ZERO_PFN))]
+        for pfn in pfns.tolist():
+            fi = pfn - PFN_BASE
+            shared = k.frames.mapcount.a[fi] > 1
+            if k.frames.swapslot.a[fi]:  # folio_test_swapcache
+                if shared:
+                    continue
+                folio_free_swap(k, np.array([pfn], dtype=U64))
+                if k.frames.swapslot.a[fi]:  # a swap entry still needs the slot
+                    continue
+            if not shared:  # folio_clear_dirty and this PTE's dirty bit
+                k.frames.flags.a[fi] &= ~np.uint8(F_DIRTY)
+            k.frames.flags.a[fi] |= np.uint8(F_LAZYFREE)
+
+
+def madvise_cold(k: Kernel, pid: int, start: int, length: int) -> None:
+    """MADV_COLD (madvise_cold_or_pageout_pte_range without pageout): the pages move to the
+    inactive LRU and lose their young bits. The model has no LRU and reclaims only when told
+    (reclaim, pageout), so nothing it shows changes; the range must be mapped (ENOMEM)."""
+    vma_range(k.task(pid), start, start + length)
+
+
+VMA_FLAG_ADVICE = {  # advice -> (Vma field, value): madvise_update_vma's new vm_flags
+    "dontfork": ("dontcopy", True), "dofork": ("dontcopy", False),
+    "wipeonfork": ("wipeonfork", True), "keeponfork": ("wipeonfork", False),
+}
+
+
+def madvise_update_vma(k: Kernel, pid: int, start: int, length: int, advice: str) -> None:
+    """MADV_DONTFORK / DOFORK (VM_DONTCOPY) and MADV_WIPEONFORK / KEEPONFORK (VM_WIPEONFORK,
+    private anonymous VMAs only: EINVAL for a file or shared one): madvise_update_vma splits
+    the VMAs to the range, sets the flag and merges what it can (vma_modify_flags)."""
+    task = k.task(pid)
+    field, value = VMA_FLAG_ADVICE[advice]
+    ranges = vma_range(task, start, start + length)
+    if field == "wipeonfork" and value:
+        for vma, _, _ in ranges:
+            if vma.obj is not None or vma.shared:
+                raise ModelError("EINVAL", f"MADV_WIPEONFORK on a file or shared VMA "
+                                 f"{vma.start:#x}")
+    for vma in isolate_range(task, start, start + length):
+        setattr(vma, field, value)
+    vma_merge_range(k, task, start, start + length)

@@ -6,6 +6,8 @@ its slot. The helpers here keep those counts exact, as mm/memory.c and mm/swapfi
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from dumper.kabi import (
@@ -14,6 +16,7 @@ from dumper.kabi import (
     MAP_SHARED,
     PAGE_SHIFT,
     PAGE_SIZE,
+    PROT_WRITE,
     PTE_MARKER_PAGEOUT,
     PTE_MARKER_UFFD_WP,
 )
@@ -204,24 +207,58 @@ def do_mmap(
 def split_vma(task: Task, vma: Vma, addr: int) -> Vma:
     """__split_vma: cut vma at addr; returns the upper part (already in the task's list)."""
     cut = vma.index(addr)
-    upper = Vma(
-        start=addr,
-        end=vma.end,
-        prot=vma.prot,
-        shared=vma.shared,
-        obj=vma.obj,
-        pgoff=vma.pgoff + cut,
-        ptes=vma.ptes[cut:].copy(),
-        anon_vma=vma.anon_vma,
-        uffd_wp=vma.uffd_wp,
-        name=vma.name,
-    )
+    upper = replace(vma, start=addr, pgoff=vma.pgoff + cut, ptes=vma.ptes[cut:].copy())
     vma.ptes = vma.ptes[:cut].copy()
     vma.end = addr
     if vma.obj is not None:
         vma.obj.refs += 1
     task.insert_vma(upper)
     return upper
+
+
+def can_vma_merge(prev: Vma, nxt: Vma) -> bool:
+    """is_mergeable_vma + is_mergeable_anon_vma (mm/vma.c): adjacent, the same flags, file
+    and name, contiguous pgoff. The model keeps no anon_vma identity: pieces of one VMA share
+    theirs, and a VMA without one merges with any (as a NULL anon_vma does)."""
+    return (prev.end == nxt.start and prev.prot == nxt.prot and prev.shared == nxt.shared
+            and prev.obj is nxt.obj and prev.pgoff + prev.npages == nxt.pgoff
+            and prev.uffd_wp == nxt.uffd_wp and prev.name == nxt.name
+            and prev.dontcopy == nxt.dontcopy and prev.wipeonfork == nxt.wipeonfork)
+
+
+def vma_merge_range(k: Kernel, task: Task, start: int, end: int) -> None:
+    """vma_modify's merge: the VMAs touching [start, end) merge with their neighbours where
+    can_vma_merge allows (mprotect or madvise putting back what a split took apart)."""
+    i = 0
+    while i + 1 < len(task.vmas):
+        a, b = task.vmas[i], task.vmas[i + 1]
+        if start <= a.end <= end and can_vma_merge(a, b):
+            a.ptes = np.concatenate([a.ptes, b.ptes])
+            a.end = b.end
+            a.anon_vma = a.anon_vma or b.anon_vma
+            del task.vmas[i + 1]
+            release_vma(k, b)
+            continue
+        i += 1
+
+
+def do_mprotect(k: Kernel, pid: int, start: int, length: int, prot: int) -> None:
+    """mprotect_fixup over [start, start+length): VMAs split to the range, vm_flags set, then
+    change_protection: taking PROT_WRITE away write-protects the present PTEs (giving it
+    leaves them read-only: the next write fault upgrades them); PROT_NONE PTEs stay present
+    (pte_present is true for a protnone PTE: pagemap and mincore still see the page). A
+    split VMA bounds fault-around (do_fault_around clips to the VMA)."""
+    task = k.task(pid)
+    if start & (PAGE_SIZE - 1):
+        raise ModelError("EINVAL", f"mprotect address {start:#x} is not page aligned")
+    end = start + page_align(length)
+    vma_range(task, start, end)  # ENOMEM on a gap, before anything changes
+    for vma in isolate_range(task, start, end):
+        if not prot & PROT_WRITE:
+            present = pte.kinds(vma.ptes) == pte.PRESENT
+            vma.ptes[present] &= ~np.uint64(pte.WRITE)
+        vma.prot = prot
+    vma_merge_range(k, task, start, end)
 
 
 def isolate_range(task: Task, start: int, end: int) -> list[Vma]:
@@ -265,18 +302,40 @@ def do_munmap(k: Kernel, pid: int, start: int, length: int) -> None:
         release_vma(k, vma)
 
 
-def do_mremap(k: Kernel, pid: int, old: int, old_len: int, new_addr: int | None = None) -> int:
-    """mremap(MREMAP_MAYMOVE|MREMAP_FIXED) of a whole range: move_vma with move_page_tables,
-    which carries every PTE (swap entries and markers included) to the new address."""
+def do_mremap(k: Kernel, pid: int, old: int, old_len: int, new_addr: int | None = None,
+              new_len: int | None = None, may_move: bool = True) -> int:
+    """mremap. Same length: move_vma with move_page_tables (MREMAP_MAYMOVE|MREMAP_FIXED),
+    which carries every PTE (swap entries and markers included) to the new address. Shorter:
+    the tail is unmapped in place (do_vmi_munmap). Longer: vma_expand in place when the range
+    ends its VMA and the pages after it are free, else (MREMAP_MAYMOVE) move_vma to a new
+    area of the new length; the new pages are none (a shmem object does not grow: a page
+    past its size is SIGBUS). Returns the address."""
     task = k.task(pid)
     old_len = page_align(old_len)
+    new_len = old_len if new_len is None else page_align(new_len)
+    if new_len <= 0:
+        raise ModelError("EINVAL", "mremap to length 0")
+    if new_len != old_len:
+        vma = task.find_vma(old)
+        if vma is None or old + old_len > vma.end:  # vma_to_resize
+            raise ModelError("EFAULT", f"mremap of {old:#x}+{old_len:#x}: not in one VMA")
+        if new_len < old_len:
+            do_munmap(k, pid, old + new_len, old_len - new_len)
+            return old
+        grow = new_len - old_len
+        if old + old_len == vma.end and not task.vmas_in(vma.end, vma.end + grow):
+            vma.ptes = np.concatenate([vma.ptes, np.zeros(grow >> PAGE_SHIFT, dtype=np.uint64)])
+            vma.end += grow
+            return old
+        if not may_move:
+            raise ModelError("ENOMEM", f"mremap of {old:#x}: no room to grow in place")
     vmas = isolate_range(task, old, old + old_len)
     if not vmas or vmas[0].start != old or sum(v.npages for v in vmas) << PAGE_SHIFT != old_len:
         raise ModelError("EFAULT", f"mremap of {old:#x}+{old_len:#x}: not one mapped range")
     if new_addr is None:
-        new_addr = get_unmapped_area(k, task, old_len)
+        new_addr = get_unmapped_area(k, task, new_len)
     else:
-        do_munmap(k, pid, new_addr, old_len)
+        do_munmap(k, pid, new_addr, new_len)
     for vma in vmas:
         task.vmas.remove(vma)
     for vma in vmas:
@@ -284,6 +343,11 @@ def do_mremap(k: Kernel, pid: int, old: int, old_len: int, new_addr: int | None 
         vma.end = new_addr + delta + (vma.end - vma.start)
         vma.start = new_addr + delta
         task.insert_vma(vma)
+    if new_len > old_len:  # the moved VMA (one, as vma_to_resize checked) grows at its end
+        last = vmas[-1]
+        last.ptes = np.concatenate([last.ptes, np.zeros((new_len - old_len) >> PAGE_SHIFT,
+                                                        dtype=np.uint64)])
+        last.end += new_len - old_len
     return new_addr
 
 

@@ -20,7 +20,8 @@ from dumper.model.kernels import Profile
 F_USED = 1
 F_ANON = 2  # folio_test_anon: a private anonymous page (PM_FILE is its negation)
 F_UPTODATE = 4  # folio_test_uptodate: fallocated shmem folios are not (SGP_FALLOC)
-F_DIRTY = 8  # a file page written since it was read from disk
+F_DIRTY = 8  # written since last cleaned (a file page since read; pte_dirty for anon)
+F_LAZYFREE = 16  # !folio_test_swapbacked: MADV_FREE'd anonymous, discarded by reclaim if clean
 
 PFN_BASE = 0x100000
 # The shared zero page (mm/memory.c my_zero_pfn); this machine's was 0x3b34 (kernel.md §7 (e)).
@@ -194,6 +195,8 @@ class Vma:
     anon_vma: bool = False
     uffd_wp: bool = False  # registered with userfaultfd in WP mode (async, unpopulated)
     name: str = ""  # e.g. [heap], [stack]
+    dontcopy: bool = False  # VM_DONTCOPY (MADV_DONTFORK): fork leaves it out of the child
+    wipeonfork: bool = False  # VM_WIPEONFORK: the child gets the VMA empty
 
     @property
     def npages(self) -> int:

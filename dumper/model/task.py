@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from dumper.kabi import PTE_MARKER_GUARD, PTE_MARKER_POISONED
@@ -72,23 +74,17 @@ def copy_page_range(k: Kernel, dst: Vma, src: Vma) -> None:
 
 def dup_mmap(k: Kernel, parent: Task, child: Task) -> None:
     """dup_mmap: every VMA is duplicated (file refs taken, userfaultfd dropped as without
-    UFFD_FEATURE_EVENT_FORK); PTEs are copied only where vma_needs_copy says so."""
+    UFFD_FEATURE_EVENT_FORK) except VM_DONTCOPY ones (MADV_DONTFORK); PTEs are copied only
+    where vma_needs_copy says so, and never for VM_WIPEONFORK (the child's VMA starts
+    empty, without an anon_vma, and keeps the flag)."""
     for src in parent.vmas:
-        dst = Vma(
-            start=src.start,
-            end=src.end,
-            prot=src.prot,
-            shared=src.shared,
-            obj=src.obj,
-            pgoff=src.pgoff,
-            ptes=np.zeros(src.npages, dtype=U64),
-            anon_vma=src.anon_vma,
-            uffd_wp=False,
-            name=src.name,
-        )
+        if src.dontcopy:
+            continue
+        dst = replace(src, ptes=np.zeros(src.npages, dtype=U64), uffd_wp=False,
+                      anon_vma=src.anon_vma and not src.wipeonfork)
         if src.obj is not None:
             src.obj.refs += 1
-        if vma_needs_copy(dst, src):
+        if not src.wipeonfork and vma_needs_copy(dst, src):
             copy_page_range(k, dst, src)
         child.vmas.append(dst)
 

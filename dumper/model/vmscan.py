@@ -20,6 +20,7 @@ from dumper.model.shmem import PC_PAGE, PC_SWAP, pc_make
 from dumper.model.state import (
     F_ANON,
     F_DIRTY,
+    F_LAZYFREE,
     PFN_BASE,
     ZERO_PFN,
     Inode,
@@ -104,6 +105,26 @@ def swapcache_drop_all(k: Kernel) -> int:
     return before - k.frames.allocated
 
 
+def discard_lazyfree(k: Kernel, pfns: np.ndarray) -> np.ndarray:
+    """The lazyfree (MADV_FREE) folios among pfns, as shrink_folio_list treats them: no
+    add_to_swap (not swapbacked), then try_to_unmap_one: a clean one is discarded (every PTE
+    cleared: the pages read zeros, with or without swap); a redirtied one is set swapbacked
+    again and stays mapped this round (activate_locked). Returns the other folios."""
+    fi = pfns.astype(np.int64) - PFN_BASE
+    flags = k.frames.flags.a[fi]
+    lazy = (flags & F_LAZYFREE) != 0
+    if not lazy.any():
+        return pfns
+    k.frames.flags.a[fi[lazy]] &= ~np.uint8(F_LAZYFREE)
+    gone = pfns[lazy & ((flags & F_DIRTY) == 0)]
+    for vma, idx in list(rmap_walk(k, gone)):
+        np.subtract.at(k.frames.mapcount.a, pte.values(vma.ptes[idx]).astype(np.int64)
+                       - PFN_BASE, 1)
+        vma.ptes[idx] = 0
+    k.frames.free(gone)
+    return pfns[~lazy]
+
+
 def shrink_folio_list(k: Kernel, pfns: np.ndarray, free_now: bool | None = None) -> None:
     """shrink_folio_list for chosen folios: add_to_swap / shmem_writeout / file writeback,
     try_to_unmap, then (free_now, or a synchronous device) release from the swap cache.
@@ -117,6 +138,7 @@ def shrink_folio_list(k: Kernel, pfns: np.ndarray, free_now: bool | None = None)
         return
     if free_now is None:
         free_now = k.swap.sync
+    pfns = discard_lazyfree(k, pfns)
     fi = pfns.astype(np.int64) - PFN_BASE
     anon = (k.frames.flags.a[fi] & F_ANON) != 0
     # A folio still in the swap cache since a read fault swapped it in (do_swap_page keeps
