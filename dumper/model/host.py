@@ -24,6 +24,8 @@ from dumper.kabi import (
     PM_PRESENT,
     PM_SWAP,
     PM_UFFD_WP,
+    PROT_READ,
+    PROT_WRITE,
 )
 from dumper.model import Model, observe
 from dumper.model.content import UNREADABLE
@@ -273,8 +275,17 @@ class ModelRestoreMixin:
         self.model.munmap(pid, start, end - start)
 
     def write_memory(self, pid: int, addr: int, data: bytes) -> None:
-        """Write pages into a task (the restorer's own writes, breaking COW where shared)."""
+        """Write pages into a task (the restorer's own writes, breaking COW where shared). A
+        VMA mapped without PROT_WRITE is made writable for the write and given its protection
+        back after (mprotect), as CRIU's restorer does for its private VMAs."""
+        end = addr + len(data)
+        locked = [(max(v.start, addr), min(v.end, end), v.prot)
+                  for v in self.model.k.task(pid).vmas_in(addr, end) if not v.prot & PROT_WRITE]
+        for a, b, _ in locked:
+            self.model.mprotect(pid, a, b - a, PROT_READ | PROT_WRITE)
         self.model.write(pid, addr, len(data), data)
+        for a, b, prot in locked:
+            self.model.mprotect(pid, a, b - a, prot)
 
     def discard(self, pid: int, start: int, end: int) -> None:
         """MADV_DONTNEED: anonymous pages read zeros again, file pages the file's."""

@@ -17,10 +17,14 @@
 Operations (TASK, REGION, FD are names; PAGES region-relative page lists):
     task NAME                       fork PARENT CHILD               exit TASK
     mmap TASK REGION NPAGES [shared|private] [fd=FD] [offset=N] [prot=r|rw]
-    munmap TASK REGION [PAGES]      mremap TASK REGION              zap TASK REGION PAGES
+    munmap TASK REGION [PAGES]      zap TASK REGION PAGES
+    mremap TASK REGION [NPAGES]     a move, or a grow / shrink to NPAGES (in place if it can)
+    mprotect TASK REGION PAGES none|r|rw
+    shm TASK REGION NPAGES          a private SysV segment attached, its id removed at once
     write TASK REGION PAGES         read TASK REGION PAGES
     madvise TASK REGION PAGES dontneed|pageout|remove|populate-read|populate-write|
-                                    guard-install|guard-remove
+                                    guard-install|guard-remove|free|cold|dontfork|dofork|
+                                    wipeonfork|keeponfork
     uffd-wp TASK REGION PAGES       poison TASK REGION PAGES
     memfd TASK FD [NPAGES]          sendfd FROM FD TO               mapfd TASK REGION FD
     pwrite TASK FD PAGES            fallocate TASK FD PAGES [punch] ftruncate TASK FD NPAGES
@@ -45,17 +49,20 @@ from dumper.model.kernels import PROFILES
 from dumper.select import STRATEGIES
 
 ADVICE = ("dontneed", "pageout", "remove", "populate-read", "populate-write", "guard-install",
-          "guard-remove")
+          "guard-remove", "free", "cold", "dontfork", "dofork", "wipeonfork", "keeponfork")
+PROTS = ("none", "r", "rw")
 VIEWS = ("pagemap", "mincore", "lseek", "flags", "classify", "truth")
 
 # name -> (positional arg kinds, allowed options); kinds: task, newtask, region, newregion,
-# fd, newfd, pages, int
+# fd, newfd, pages, int, advice, prot
 OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fork": (("task", "newtask"), ()),
     "exit": (("task",), ()),
     "mmap": (("task", "newregion", "int"), ("shared", "private", "fd=", "offset=", "prot=")),
     "munmap": (("task", "region"), ("pages",)),
-    "mremap": (("task", "region"), ()),
+    "mremap": (("task", "region"), ("int",)),
+    "mprotect": (("task", "region", "pages", "prot"), ()),
+    "shm": (("task", "newregion", "int"), ()),
     "zap": (("task", "region", "pages"), ()),
     "write": (("task", "region", "pages"), ()),
     "read": (("task", "region", "pages"), ()),
@@ -291,6 +298,10 @@ def _parse_op(op, args, tasks, regions, fds, fail, n) -> Op:
             if not a.isdigit() or int(a) == 0:
                 raise fail(f"{a!r} is not a positive number of pages")
             out.append(int(a))
+        elif kind == "prot":
+            if a not in PROTS:
+                raise fail(f"unknown protection {a!r} (one of {', '.join(PROTS)})")
+            out.append(a)
         elif kind == "advice":
             if a not in ADVICE:
                 raise fail(f"unknown advice {a!r} (one of {', '.join(ADVICE)})")
@@ -325,9 +336,11 @@ def _parse_op(op, args, tasks, regions, fds, fail, n) -> Op:
             opts[key[:-1]] = value
         else:
             opts[r] = True
-    if op == "mmap":
-        regions[out[1]] = out[2]
     _check_pages(op, out, opts, regions, fail)
+    if op in ("mmap", "shm"):
+        regions[out[1]] = out[2]
+    elif op == "mremap" and "int" in opts:
+        regions[out[1]] = opts["int"]
     return Op(n, op, tuple(out), opts)
 
 

@@ -2,8 +2,9 @@
 
 A program is the text of a scenario (so any program can be saved, read and replayed like the
 library's), built from the operations userspace and the system can do: fork, exit, mmap of
-private / shared anonymous memory and of memfds, munmap, mremap, writes and reads (with
-fault-around), MADV_DONTNEED / PAGEOUT / REMOVE, guard regions, PMD-split zaps, system
+private / shared anonymous memory, of memfds and of SysV segments, munmap, mremap (moves,
+grows, shrinks), mprotect, writes and reads (with fault-around), MADV_DONTNEED / PAGEOUT /
+REMOVE / FREE / COLD / DONTFORK / DOFORK / WIPEONFORK, guard regions, PMD-split zaps, system
 reclaim (with or without the swap-cache stage), swap-cache drops, NUMA migration (pending or
 finished), memfd writes and hole punches.
 """
@@ -47,11 +48,11 @@ def _step(rng: random.Random, st: _State) -> list[str]:
     alive = sorted(st.alive)
     t = rng.choice(alive)
     regs = st.regions[t]
-    choices = ["mmap", "mmap", "memfd", "fork"]
+    choices = ["mmap", "mmap", "memfd", "fork", "shm"]
     if regs:
         choices += ["write"] * 4 + ["read"] * 2 + ["reclaim"] * 2 + [
             "dontneed", "pageout", "zap", "migrate", "munmap", "mremap", "guard", "remove",
-            "punch"]
+            "punch", "mprotect", "resize", "free", "cold", "dontfork", "wipeonfork"]
     if len(alive) > 1:
         choices.append("exit")
     choices += ["swapcache-drop", "migrate-finish"]
@@ -76,6 +77,12 @@ def _step(rng: random.Random, st: _State) -> list[str]:
         if kind == "shared":
             st.shared.add(r)
         return [f"mmap {t} {r} {n} {kind}"]
+    if op == "shm":
+        st.n_regions += 1
+        r = f"r{st.n_regions}"
+        regs[r] = rng.randint(1, MAX_PAGES)
+        st.shared.add(r)
+        return [f"shm {t} {r} {regs[r]}"]
     if op == "memfd":
         st.n_fds += 1
         fd = f"m{st.n_fds}"
@@ -124,6 +131,16 @@ def _step(rng: random.Random, st: _State) -> list[str]:
         return [f"munmap {t} {r}"]
     if op == "mremap":
         return [f"mremap {t} {r}"]
+    if op == "resize":
+        regs[r] = rng.randint(1, MAX_PAGES)
+        return [f"mremap {t} {r} {regs[r]}"]
+    if op == "mprotect":
+        return [f"mprotect {t} {r} {pages} {rng.choice(['none', 'r', 'rw', 'rw'])}"]
+    if op in ("free", "cold"):
+        return [f"madvise {t} {r} {pages} {op}"]
+    if op in ("dontfork", "wipeonfork"):
+        undo = "dofork" if op == "dontfork" else "keeponfork"
+        return [f"madvise {t} {r} {pages} {rng.choice([op, op, undo])}"]
     if op == "punch":
         fds = st.fds[t]
         if not fds:

@@ -13,16 +13,23 @@ import numpy as np
 
 from dumper.images.reader import ImageSet
 from dumper.kabi import (
+    MADV_COLD,
+    MADV_DOFORK,
+    MADV_DONTFORK,
     MADV_DONTNEED,
+    MADV_FREE,
     MADV_GUARD_INSTALL,
     MADV_GUARD_REMOVE,
+    MADV_KEEPONFORK,
     MADV_PAGEOUT,
     MADV_POPULATE_READ,
     MADV_POPULATE_WRITE,
     MADV_REMOVE,
+    MADV_WIPEONFORK,
     PAGE_SIZE,
     PM_PRESENT,
     PM_SWAP,
+    PROT_NONE,
     PROT_READ,
     PROT_WRITE,
     SEEK_DATA,
@@ -41,7 +48,10 @@ ADVICE = {
     "dontneed": MADV_DONTNEED, "pageout": MADV_PAGEOUT, "remove": MADV_REMOVE,
     "populate-read": MADV_POPULATE_READ, "populate-write": MADV_POPULATE_WRITE,
     "guard-install": MADV_GUARD_INSTALL, "guard-remove": MADV_GUARD_REMOVE,
+    "free": MADV_FREE, "cold": MADV_COLD, "dontfork": MADV_DONTFORK, "dofork": MADV_DOFORK,
+    "wipeonfork": MADV_WIPEONFORK, "keeponfork": MADV_KEEPONFORK,
 }
+PROT = {"none": PROT_NONE, "r": PROT_READ, "rw": PROT_READ | PROT_WRITE}
 
 
 @dataclass
@@ -125,9 +135,17 @@ def apply(w: World, op: Op) -> None:
             del w.regions[a[0]][a[1]]
     elif op.name == "mremap":
         addr, npages = w.region(a[0], a[1], n)
-        w.regions[a[0]][a[1]] = (m.mremap(pid, addr, npages * PAGE_SIZE), npages)
+        new = o.get("int", npages)
+        w.regions[a[0]][a[1]] = (m.mremap(pid, addr, npages * PAGE_SIZE,
+                                          new_length=new * PAGE_SIZE), new)
+    elif op.name == "shm":
+        if a[1] in w.regions[a[0]]:
+            raise ScenarioError(w.sc.path, n, f"task {a[0]} already has a region {a[1]!r}")
+        seg = m.shmget(0, a[2] * PAGE_SIZE)  # IPC_PRIVATE
+        w.regions[a[0]][a[1]] = (m.shmat(pid, seg), a[2])
+        m.shm_rmid(seg)
     elif op.name in ("zap", "write", "read", "madvise", "uffd-wp", "poison", "reclaim",
-                     "migrate"):
+                     "migrate", "mprotect"):
         for addr, length in w.page_runs(a[0], a[1], a[2], n):
             if op.name == "zap":
                 m.zap(pid, addr, length)
@@ -141,6 +159,8 @@ def apply(w: World, op: Op) -> None:
                 m.uffd_writeprotect(pid, addr, length)
             elif op.name == "poison":
                 m.uffd_poison(pid, addr, length)
+            elif op.name == "mprotect":
+                m.mprotect(pid, addr, length, PROT[a[3]])
             elif op.name == "reclaim":
                 m.reclaim(pid, addr, length, free=False if o.get("keep-swapcache") else None)
             else:
