@@ -7,7 +7,6 @@ import numpy as np
 
 from dumper.kabi import (
     PAGE_SHIFT,
-    PROT_WRITE,
     PTE_MARKER_GUARD,
     PTE_MARKER_POISONED,
     PTE_MARKER_UFFD_WP,
@@ -53,10 +52,11 @@ def split_huge_pmd(k: Kernel, pid: int, start: int, length: int) -> None:
 
 
 def madvise_remove(k: Kernel, pid: int, start: int, length: int) -> None:
-    """MADV_REMOVE: needs a shared writable mapping (vma_is_shared_maywrite, else EACCES);
-    punches the object's pages (vfs_fallocate PUNCH_HOLE|KEEP_SIZE), zapping every mapper."""
+    """MADV_REMOVE: needs a shared mapping that may be written (vma_is_shared_maywrite: VM_SHARED
+    and VM_MAYWRITE, which a read-only mprotect keeps; else EACCES); punches the object's
+    pages (vfs_fallocate PUNCH_HOLE|KEEP_SIZE), zapping every mapper."""
     for vma, lo, hi in vma_range(k.task(pid), start, start + length):
-        if not (vma.shared and vma.prot & PROT_WRITE) or vma.obj is None:
+        if not (vma.shared and vma.maywrite) or vma.obj is None:
             raise ModelError("EACCES", f"MADV_REMOVE on a non-shared-writable VMA {vma.start:#x}")
         shmem_fallocate(k, vma.obj, (vma.pgoff + lo) << PAGE_SHIFT, (hi - lo) << PAGE_SHIFT,
                         punch=True, keep_size=True)

@@ -164,6 +164,7 @@ def do_mmap(
     pgoff: int = 0,
     addr: int | None = None,
     name: str = "",
+    maywrite: bool = True,
 ) -> int:
     """do_mmap: a new VMA; MAP_SHARED|MAP_ANONYMOUS gets its own shmem inode
     (shmem_zero_setup, "/dev/zero (deleted)"). Returns the address."""
@@ -197,6 +198,7 @@ def do_mmap(
         pgoff=pgoff,
         ptes=np.zeros(length >> PAGE_SHIFT, dtype=np.uint64),
         name=name,
+        maywrite=maywrite,
     )
     if obj is not None:
         obj.refs += 1
@@ -223,7 +225,8 @@ def can_vma_merge(prev: Vma, nxt: Vma) -> bool:
     return (prev.end == nxt.start and prev.prot == nxt.prot and prev.shared == nxt.shared
             and prev.obj is nxt.obj and prev.pgoff + prev.npages == nxt.pgoff
             and prev.uffd_wp == nxt.uffd_wp and prev.name == nxt.name
-            and prev.dontcopy == nxt.dontcopy and prev.wipeonfork == nxt.wipeonfork)
+            and prev.dontcopy == nxt.dontcopy and prev.wipeonfork == nxt.wipeonfork
+            and prev.maywrite == nxt.maywrite)
 
 
 def vma_merge_range(k: Kernel, task: Task, start: int, end: int) -> None:
@@ -252,7 +255,9 @@ def do_mprotect(k: Kernel, pid: int, start: int, length: int, prot: int) -> None
     if start & (PAGE_SIZE - 1):
         raise ModelError("EINVAL", f"mprotect address {start:#x} is not page aligned")
     end = start + page_align(length)
-    vma_range(task, start, end)  # ENOMEM on a gap, before anything changes
+    for vma, _, _ in vma_range(task, start, end):  # ENOMEM on a gap, before any change
+        if prot & PROT_WRITE and vma.shared and not vma.maywrite:
+            raise ModelError("EACCES", f"mprotect(PROT_WRITE) of {vma.start:#x}: no VM_MAYWRITE")
     for vma in isolate_range(task, start, end):
         if not prot & PROT_WRITE:
             present = pte.kinds(vma.ptes) == pte.PRESENT
@@ -306,7 +311,8 @@ def do_mremap(k: Kernel, pid: int, old: int, old_len: int, new_addr: int | None 
               new_len: int | None = None, may_move: bool = True) -> int:
     """mremap. Same length: move_vma with move_page_tables (MREMAP_MAYMOVE|MREMAP_FIXED),
     which carries every PTE (swap entries and markers included) to the new address. Shorter:
-    the tail is unmapped in place (do_vmi_munmap). Longer: vma_expand in place when the range
+    the tail is unmapped in place (do_vmi_munmap). Longer (one VMA, vma_to_resize, else
+    EFAULT): vma_expand in place when the range
     ends its VMA and the pages after it are free, else (MREMAP_MAYMOVE) move_vma to a new
     area of the new length; the new pages are none (a shmem object does not grow: a page
     past its size is SIGBUS). Returns the address."""
@@ -317,11 +323,13 @@ def do_mremap(k: Kernel, pid: int, old: int, old_len: int, new_addr: int | None 
         raise ModelError("EINVAL", "mremap to length 0")
     if new_len != old_len:
         vma = task.find_vma(old)
-        if vma is None or old + old_len > vma.end:  # vma_to_resize
-            raise ModelError("EFAULT", f"mremap of {old:#x}+{old_len:#x}: not in one VMA")
-        if new_len < old_len:
+        if vma is None:
+            raise ModelError("EFAULT", f"mremap of {old:#x}: not mapped")
+        if new_len < old_len:  # always allowed, across VMAs: the tail is unmapped
             do_munmap(k, pid, old + new_len, old_len - new_len)
             return old
+        if old + old_len > vma.end:  # vma_to_resize: a growing range is one VMA
+            raise ModelError("EFAULT", f"mremap of {old:#x}+{old_len:#x}: not in one VMA")
         grow = new_len - old_len
         if old + old_len == vma.end and not task.vmas_in(vma.end, vma.end + grow):
             vma.ptes = np.concatenate([vma.ptes, np.zeros(grow >> PAGE_SHIFT, dtype=np.uint64)])

@@ -292,10 +292,12 @@ def shmget(k: Kernel, key: int, size: int) -> Inode:
 
 
 def shmat(k: Kernel, pid: int, obj: Inode, prot: int, addr: int | None = None) -> int:
-    """do_shmat: a MAP_SHARED mapping of the segment's shmem file (at addr if given)."""
-    from dumper.kabi import MAP_SHARED
+    """do_shmat: a MAP_SHARED mapping of the segment's shmem file (at addr if given); a
+    read-only attach (SHM_RDONLY) opens it O_RDONLY, so the VMA has no VM_MAYWRITE."""
+    from dumper.kabi import MAP_SHARED, PROT_WRITE
 
-    return do_mmap(k, pid, obj.npages << PAGE_SHIFT, prot, MAP_SHARED, obj=obj, addr=addr)
+    return do_mmap(k, pid, obj.npages << PAGE_SHIFT, prot, MAP_SHARED, obj=obj, addr=addr,
+                   maywrite=bool(prot & PROT_WRITE))
 
 
 def shm_rmid(k: Kernel, obj: Inode) -> None:

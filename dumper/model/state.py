@@ -197,6 +197,7 @@ class Vma:
     name: str = ""  # e.g. [heap], [stack]
     dontcopy: bool = False  # VM_DONTCOPY (MADV_DONTFORK): fork leaves it out of the child
     wipeonfork: bool = False  # VM_WIPEONFORK: the child gets the VMA empty
+    maywrite: bool = True  # VM_MAYWRITE: not for a SysV segment attached SHM_RDONLY
 
     @property
     def npages(self) -> int:

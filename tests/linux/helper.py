@@ -24,6 +24,8 @@ libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+libc.mremap.restype = ctypes.c_void_p
+libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
 libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
 libc.shmat.restype = ctypes.c_void_p
 libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
@@ -122,6 +124,15 @@ class Helper:
     def op_mprotect(self, name, page, npages, prot):
         addr, _ = self.regions[name]
         check(libc.mprotect(addr + page * PAGE, npages * PAGE, prot), "mprotect")
+        return {}
+
+    def op_mremap(self, name, pages):
+        """Grow or shrink a region in place (flags 0: no move)."""
+        addr, length = self.regions[name]
+        check(libc.mremap(addr, length, pages * PAGE, 0), "mremap")
+        self.regions[name] = (addr, pages * PAGE)
+        span_addr, span_len = self.spans[name]
+        self.spans[name] = (span_addr, span_len - length + pages * PAGE)
         return {}
 
     def op_memfd(self, name, pages):

@@ -19,17 +19,26 @@ from dataclasses import dataclass
 import numpy as np
 
 from dumper.kabi import (
+    MADV_COLD,
+    MADV_DOFORK,
+    MADV_DONTFORK,
     MADV_DONTNEED,
+    MADV_FREE,
     MADV_GUARD_INSTALL,
     MADV_GUARD_REMOVE,
+    MADV_KEEPONFORK,
     MADV_PAGEOUT,
     MADV_REMOVE,
+    MADV_WIPEONFORK,
     PM_FILE,
     PM_GUARD_REGION,
     PM_MMAP_EXCLUSIVE,
     PM_PRESENT,
     PM_SWAP,
     PM_UFFD_WP,
+    PROT_NONE,
+    PROT_READ,
+    PROT_WRITE,
     SEEK_DATA,
     SEEK_HOLE,
 )
@@ -41,7 +50,10 @@ from .procs import PAGE, Proc, ProcSet
 from .programs import Checker, Op, Region, region_addr
 
 ADVICE = {"dontneed": MADV_DONTNEED, "pageout": MADV_PAGEOUT, "remove": MADV_REMOVE,
-          "guard": MADV_GUARD_INSTALL, "unguard": MADV_GUARD_REMOVE}
+          "guard": MADV_GUARD_INSTALL, "unguard": MADV_GUARD_REMOVE, "free": MADV_FREE,
+          "cold": MADV_COLD, "dontfork": MADV_DONTFORK, "dofork": MADV_DOFORK,
+          "wipeonfork": MADV_WIPEONFORK, "keeponfork": MADV_KEEPONFORK}
+PROT = {"none": PROT_NONE, "r": PROT_READ, "rw": PROT_READ | PROT_WRITE}
 FLAGS = ((PM_PRESENT, "P"), (PM_SWAP, "S"), (PM_FILE, "F"), (PM_GUARD_REGION, "G"),
          (PM_UFFD_WP, "W"), (PM_MMAP_EXCLUSIVE, "X"))
 
@@ -102,7 +114,8 @@ class Runner:
     def run(self, ops: list[Op]) -> list[Observation]:
         out = []
         for op in ops:
-            gone = self.state.regions[op.proc].get(op.args[0]) if op.verb == "munmap" else None
+            gone = self.state.regions[op.proc].get(op.args[0]) if op.verb in ("munmap", "mremap") \
+                else None
             self.state.apply(op)
             self.do(op, gone)
             if op.verb in ("spawn", "fork"):
@@ -119,7 +132,7 @@ class Runner:
         return obs
 
     def do(self, op: Op, gone: Region | None) -> None:
-        """Run op; gone is the region a munmap removes."""
+        """Run op; gone is the region a munmap removes or an mremap resizes, as it was."""
     def words(self, p: str, r: str, reg: Region) -> np.ndarray: ...
     def mincore(self, p: str, r: str, reg: Region) -> str: ...
     def lseek(self, p: str, r: str, reg: Region) -> str: ...
@@ -173,10 +186,25 @@ class RealRunner(Runner):
                                                             else {}))
         elif op.verb == "munmap":
             h.call("munmap", name=a[0])
+        elif op.verb == "mprotect":
+            h.call("mprotect", name=a[0], page=a[1], npages=a[2], prot=PROT[a[3]])
+        elif op.verb == "mremap":
+            h.call("mremap", name=a[0], pages=a[1])
         elif op.verb == "writeback":
             wait_writeback()
         else:
             h.call("madvise", name=a[0], page=a[1], npages=a[2], advice=ADVICE[op.verb])
+
+    @staticmethod
+    def vma_at(pid: int, addr: int) -> tuple[int, int]:
+        """The VMA holding addr (a region mprotect split is several: any one names the
+        object, whose extents are asked)."""
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                a, b = (int(x, 16) for x in line.split()[0].split("-"))
+                if a <= addr < b:
+                    return a, b
+        raise LookupError(f"pid {pid} maps nothing at {addr:#x}")
 
     def words(self, p: str, r: str, reg: Region) -> np.ndarray:
         start = region_addr(r)
@@ -188,7 +216,7 @@ class RealRunner(Runner):
 
     def lseek(self, p: str, r: str, reg: Region) -> str:
         start = region_addr(r)
-        with MapFile.open(self.p[p].pid, start, start + reg.npages * PAGE) as obj:
+        with MapFile.open(self.p[p].pid, *self.vma_at(self.p[p].pid, start)) as obj:
             size = os.fstat(obj.fd).st_size
             return extents_mask(obj.lseek, reg.offset, reg.npages, size)
 
@@ -240,6 +268,12 @@ class ModelRunner(Runner):
         elif op.verb == "munmap":
             assert gone is not None
             m.munmap(pid, region_addr(a[0]), gone.npages * PAGE)
+        elif op.verb == "mprotect":
+            m.mprotect(pid, region_addr(a[0]) + a[1] * PAGE, a[2] * PAGE, PROT[a[3]])
+        elif op.verb == "mremap":
+            assert gone is not None
+            m.mremap(pid, region_addr(a[0]), gone.npages * PAGE, new_length=a[1] * PAGE,
+                     may_move=False)
         elif op.verb == "writeback":
             pass
         else:

@@ -137,6 +137,69 @@ PROGRAMS = {
         remove C r0 4 1
         read C r0 5
     """,
+    # mprotect splits the VMA (mprotect_fixup) and fault-around stops at the split
+    # (do_fault_around clips to the VMA); PROT_NONE PTEs stay present; putting the
+    # protection back merges the parts, and fault-around spans the whole VMA again.
+    "mprotect-fault-around": """
+        spawn A
+        memfd A m 16
+        pwrite A m 0-15
+        mmap A r0 16 memfd m 0
+        mprotect A r0 4 4 none
+        read A r0 2          # maps 0-3 only
+        read A r0 9          # maps 8-15
+        mprotect A r0 4 4 rw
+        fork A C
+        read C r0 5          # the merged VMA: all 16
+        mprotect A r0 0 8 r
+        write A r0 12
+        mmap A r1 8 anon
+        write A r1 0-5
+        mprotect A r1 2 2 none
+        fork A D
+        mprotect D r1 0 8 r
+        read D r1 6
+    """,
+    # mremap in place: a shrink unmaps the tail, a grow adds none PTEs (vma_expand); a
+    # shmem object does not grow with its mapping (pages past it: SIGBUS, not touched).
+    "mremap-grow-shrink": """
+        spawn A
+        mmap A r0 4 anon
+        write A r0 0-3
+        mremap A r0 8
+        write A r0 6
+        mremap A r0 2
+        mmap A r1 4 shared
+        write A r1 0-3
+        mremap A r1 8
+        mremap A r1 3
+        memfd A m 8
+        pwrite A m 0-7
+        mmap A r2 4 memfd m 0
+        mremap A r2 8
+        read A r2 6          # fault-around over the grown VMA: the cached 4-7
+    """,
+    # VM_DONTCOPY: the child has no such VMA; VM_WIPEONFORK: the child's VMA part is empty
+    # (dup_mmap skips copy_page_range); DOFORK / KEEPONFORK undo them.
+    "dontfork-wipeonfork": """
+        spawn A
+        mmap A r0 4 anon
+        write A r0 0-3
+        mmap A r1 4 anon
+        write A r1 0-3
+        guard A r1 2 1
+        mmap A r2 4 shared
+        write A r2 0-3
+        dontfork A r0 0 4
+        wipeonfork A r1 1 2
+        dontfork A r2 0 4
+        fork A C
+        read C r1 1          # the zero page
+        dofork A r0 0 4
+        keeponfork A r1 0 4
+        cold A r1 0 4        # no LRU in the views: nothing changes
+        fork A D
+    """,
     # kernel.md (f): a memfd passed over SCM_RIGHTS, mapped at different offsets.
     "memfd-scm-rights": """
         spawn A
@@ -201,6 +264,23 @@ SWAP_PROGRAMS = {
     """,
 }
 
+# MADV_FREE: a clean lazyfree page is discarded by reclaim (reads zeros), a redirtied one
+# is set swapbacked again and stays mapped this round; a swapped page is freed at once.
+LAZYFREE = """
+    spawn A
+    mmap A r0 8 anon
+    write A r0 0-7
+    free A r0 0 4
+    write A r0 1
+    pageout A r0 0 8
+    read A r0 0
+    free A r0 4 2
+    fork A C
+    free C r0 0 8
+    pageout C r0 0 8
+"""
+SWAP_PROGRAMS["lazyfree"] = LAZYFREE
+
 # Found by the random programs, fixed in the model by e393dfd: MADV_PAGEOUT of a shmem page
 # that a read fault allocated (shmem_get_folio_gfp, SGP_CACHE: cleared and uptodate, not
 # dirty) and nobody wrote. shrink_folio_list calls pageout() only for a dirty folio
@@ -218,6 +298,7 @@ SWAP_PROGRAMS["pageout-clean-shmem"] = CLEAN_SHMEM
 
 NO_SWAP_PROGRAMS = {
     "pageout-clean-shmem": CLEAN_SHMEM,
+    "lazyfree": LAZYFREE,  # discarded with no swap at all: no add_to_swap for lazyfree
     # kernel.md (n): without swap, PAGEOUT zaps shmem PTEs but keeps the pages; private
     # pages stay mapped.
     "pageout-no-swap": """
