@@ -12,9 +12,16 @@ from modelinvariants import violations
 from modelsupport import PAGE, flags, frames, ls, mc, pm
 
 from dumper.kabi import (
+    MADV_COLD,
+    MADV_DOFORK,
+    MADV_DONTFORK,
     MADV_DONTNEED,
+    MADV_FREE,
     MADV_GUARD_INSTALL,
+    MADV_KEEPONFORK,
     MADV_PAGEOUT,
+    MADV_WIPEONFORK,
+    PROT_NONE,
     PROT_READ,
     PTE_MARKER_PAGEOUT,
     SEEK_DATA,
@@ -526,3 +533,132 @@ def test_migrating_a_read_swapped_in_folio_leaks_nothing(zap):
         assert (m.k.swap.in_use, m.k.frames.allocated) == (0, 0)
     else:
         assert pm(m, a, r, 1) == "P" and m.k.swap.in_use == 1  # mapped, slot kept
+
+
+def test_mprotect_fixup_splits_and_fault_around_stops_at_the_split():
+    """mprotect_fixup splits the VMA; do_fault_around clips to the faulting VMA, so a read
+    beside a PROT_NONE part maps fewer neighbours; PROT_NONE PTEs stay present; giving the
+    protection back merges the parts (vma_modify_flags) and fault-around spans them again."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    fd = m.memfd_create(a, "f", 16 * PAGE)
+    m.pwrite(a, fd, 0, 16 * PAGE)
+    r = m.mmap(a, 16 * PAGE, shared=True, fd=fd)
+    m.read(a, r + 5 * PAGE, PAGE)
+    m.mprotect(a, r + 4 * PAGE, 4 * PAGE, PROT_NONE)
+    assert len(m.k.task(a).vmas) == 3
+    assert pm(m, a, r, 16) == "P" * 16
+    with pytest.raises(ModelError, match="SIGSEGV"):
+        m.read(a, r + 5 * PAGE, PAGE)
+    b = m.fork(a)
+    m.read(b, r + 2 * PAGE, PAGE)
+    assert pm(m, b, r, 16) == "PPPP" + "-" * 12
+    m.mprotect(a, r + 4 * PAGE, 4 * PAGE, PROT_READ | 2)
+    assert len(m.k.task(a).vmas) == 1
+    c = m.fork(a)
+    m.read(c, r + 2 * PAGE, PAGE)
+    assert pm(m, c, r, 16) == "P" * 16
+    assert not violations(m.k)
+
+
+def test_mprotect_read_only_write_protects_and_write_faults():
+    """change_protection without PROT_WRITE: a later write is SIGSEGV; pages stay."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, 4 * PAGE)
+    m.write(a, r, 4 * PAGE)
+    before = m.peek(a, r, 4 * PAGE)
+    m.mprotect(a, r, 2 * PAGE, PROT_READ)
+    with pytest.raises(ModelError, match="SIGSEGV"):
+        m.write(a, r, PAGE)
+    assert m.peek(a, r, 4 * PAGE) == before and pm(m, a, r, 4) == "PPPP"
+
+
+def test_mremap_shrinks_in_place_and_grows_with_none_ptes():
+    """do_mremap: a shrink unmaps the tail; a grow of a VMA with room after it is vma_expand
+    in place (new PTEs none); a shmem object does not grow, so its new pages are SIGBUS."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, 4 * PAGE, addr=0x100000000)
+    m.write(a, r, 4 * PAGE)
+    assert m.mremap(a, r, 4 * PAGE, new_length=2 * PAGE) == r
+    assert m.k.task(a).vmas[0].npages == 2
+    assert m.mremap(a, r, 2 * PAGE, new_length=6 * PAGE, may_move=False) == r
+    assert pm(m, a, r, 6) == "PP----"
+    s = m.mmap(a, 2 * PAGE, shared=True, addr=0x200000000)
+    m.mremap(a, s, 2 * PAGE, new_length=4 * PAGE, may_move=False)
+    with pytest.raises(ModelError, match="SIGBUS"):
+        m.read(a, s + 3 * PAGE, PAGE)
+    m.mmap(a, PAGE, addr=r + 6 * PAGE)
+    with pytest.raises(ModelError, match="ENOMEM"):
+        m.mremap(a, r, 6 * PAGE, new_length=8 * PAGE, may_move=False)
+    moved = m.mremap(a, r, 6 * PAGE, new_length=8 * PAGE)
+    assert moved != r and pm(m, a, moved, 8) == "PP------"
+    assert not violations(m.k)
+
+
+def test_madvise_free_lazyfree_discarded_when_clean_kept_when_redirtied():
+    """madvise_free_pte_range marks exclusive pages lazyfree and frees swap entries at once;
+    shrink_folio_list discards a clean lazyfree folio (zeros, even without swap) and puts a
+    redirtied one back (try_to_unmap_one: folio_set_swapbacked, stays mapped)."""
+    for swap in (True, False):
+        m = Model("linux-6.18", swap=swap)
+        a = m.spawn("A")
+        r = m.mmap(a, 6 * PAGE)
+        m.write(a, r, 6 * PAGE)
+        if swap:
+            m.madvise(a, r + 4 * PAGE, 2 * PAGE, MADV_PAGEOUT)
+            assert pm(m, a, r + 4 * PAGE, 2) == "SS"
+        kept = m.peek(a, r + PAGE, PAGE)
+        m.madvise(a, r, 6 * PAGE, MADV_FREE)
+        assert pm(m, a, r, 6) == "PPPP" + ("--" if swap else "PP")
+        m.write(a, r + PAGE, PAGE, kept)
+        m.madvise(a, r, 4 * PAGE, MADV_PAGEOUT)
+        assert pm(m, a, r, 4) == "-P--"
+        assert m.peek(a, r, 4 * PAGE) == bytes(PAGE) + kept + bytes(2 * PAGE)
+        assert not violations(m.k)
+
+
+def test_madvise_free_needs_private_anonymous_memory():
+    m, a, r = shared_written("linux-6.18", 2)
+    with pytest.raises(ModelError, match="EINVAL"):
+        m.madvise(a, r, PAGE, MADV_FREE)
+
+
+def test_madvise_cold_changes_nothing_the_model_shows():
+    """MADV_COLD only deactivates (no LRU in the model): every page and view stays."""
+    m, a, r = shared_written("linux-6.18", 4)
+    p = m.mmap(a, 4 * PAGE)
+    m.write(a, p, 4 * PAGE)
+    before = (m.peek(a, p, 4 * PAGE), pm(m, a, p, 4), pm(m, a, r, 4), mc(m, a, r, 4))
+    m.madvise(a, p, 4 * PAGE, MADV_COLD)
+    m.madvise(a, r, 4 * PAGE, MADV_COLD)
+    assert before == (m.peek(a, p, 4 * PAGE), pm(m, a, p, 4), pm(m, a, r, 4), mc(m, a, r, 4))
+
+
+def test_dup_mmap_skips_dontcopy_and_empties_wipeonfork():
+    """dup_mmap: a VM_DONTCOPY VMA is not in the child; a VM_WIPEONFORK one is, empty (no
+    copy_page_range, no anon_vma), and keeps the flag; DOFORK / KEEPONFORK undo them, and the
+    madvise splits merge back."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, 4 * PAGE)
+    m.write(a, r, 4 * PAGE)
+    s = m.mmap(a, 4 * PAGE)
+    m.write(a, s, 4 * PAGE)
+    m.madvise(a, r, 4 * PAGE, MADV_DONTFORK)
+    m.madvise(a, s + PAGE, 2 * PAGE, MADV_WIPEONFORK)
+    b = m.fork(a)
+    assert m.k.task(b).find_vma(r) is None
+    assert pm(m, b, s, 4) == "P--P"
+    assert m.peek(b, s + PAGE, 2 * PAGE) == bytes(2 * PAGE)
+    c = m.fork(b)
+    assert pm(m, c, s, 4) == "P--P"
+    m.madvise(a, r, 4 * PAGE, MADV_DOFORK)
+    m.madvise(a, s, 4 * PAGE, MADV_KEEPONFORK)
+    assert len(m.k.task(a).vmas) == 2
+    d = m.fork(a)
+    assert pm(m, d, r, 4) == pm(m, d, s, 4) == "PPPP"
+    with pytest.raises(ModelError, match="EINVAL"):
+        m.madvise(a, m.mmap(a, PAGE, shared=True), PAGE, MADV_WIPEONFORK)
+    assert not violations(m.k)

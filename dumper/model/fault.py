@@ -251,8 +251,9 @@ def access(
         done += hi - lo
         if write and _fast_write(k, vma, lo, hi, part):
             continue
-        if not write and (pte.kinds(vma.ptes[lo:hi]) == pte.PRESENT).all():
-            continue
+        if not write and vma.prot & PROT_READ and (
+                pte.kinds(vma.ptes[lo:hi]) == pte.PRESENT).all():
+            continue  # nothing to fault in (a PROT_NONE VMA faults: the slow path says so)
         for j, i in enumerate(range(lo, hi)):
             handle_mm_fault(k, task, vma, i, write)
             if write:
