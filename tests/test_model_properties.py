@@ -44,12 +44,18 @@ from hypothesis import strategies as st
 from modelinvariants import violations
 
 from dumper.kabi import (
+    MADV_COLD,
+    MADV_DOFORK,
+    MADV_DONTFORK,
     MADV_DONTNEED,
+    MADV_FREE,
     MADV_GUARD_INSTALL,
+    MADV_KEEPONFORK,
     MADV_PAGEOUT,
     MADV_POPULATE_READ,
     MADV_POPULATE_WRITE,
     MADV_REMOVE,
+    MADV_WIPEONFORK,
     PAGE_SHIFT,
     PAGE_SIZE,
     PM_FILE,
@@ -61,6 +67,7 @@ from dumper.kabi import (
     PM_SWAP,
     PM_UFFD_WP,
     PTE_MARKER_GUARD,
+    PTE_MARKER_POISONED,
     PTE_MARKER_UFFD_WP,
     SEEK_DATA,
     SEEK_HOLE,
@@ -75,6 +82,8 @@ from dumper.model.content import UNREADABLE
 from dumper.model.shmem import object_cids
 from dumper.model.state import (
     F_ANON,
+    F_DIRTY,
+    F_LAZYFREE,
     F_UPTODATE,
     F_USED,
     PC_PAGE,
@@ -151,7 +160,15 @@ OPS = st.one_of(
     st.tuples(st.just("write"), IDX, IDX, RANGE),
     st.tuples(st.just("read"), IDX, IDX, RANGE),
     st.tuples(st.just("fork"), IDX),
+    st.tuples(st.just("mprotect"), IDX, IDX, RANGE, st.sampled_from((0, 1, 3))),
+    st.tuples(st.just("resize"), IDX, IDX, RANGE, NPAGES),
+    st.tuples(st.just("free"), IDX, IDX, RANGE),
+    st.tuples(st.just("cold"), IDX, IDX, RANGE),
+    st.tuples(st.just("vmaflag"), IDX, IDX, RANGE,
+              st.sampled_from(("dontfork", "dofork", "wipeonfork", "keeponfork"))),
 )
+VMA_FLAG_ADVICE = {"dontfork": MADV_DONTFORK, "dofork": MADV_DOFORK,
+                   "wipeonfork": MADV_WIPEONFORK, "keeponfork": MADV_KEEPONFORK}
 
 
 @st.composite
@@ -333,6 +350,21 @@ class Runner:
         elif name == "mremap":
             step.code = f"m.mremap({where})"
             step.run = lambda: m.mremap(pid, addr, length)
+        elif name == "mprotect":
+            prot = op[4]
+            step.code = f"m.mprotect({where}, {prot})"
+            step.run = lambda: m.mprotect(pid, addr, length, prot)
+        elif name == "resize":
+            new = op[4]
+            step.extra["new"] = new
+            step.code = f"m.mremap({where}, new_length={new} * PAGE)"
+            step.run = lambda: m.mremap(pid, addr, length, new_length=new * PAGE)
+        elif name in ("free", "cold", "vmaflag"):
+            advice, label = (VMA_FLAG_ADVICE[op[4]], f"MADV_{op[4].upper()}") \
+                if name == "vmaflag" else {"free": (MADV_FREE, "MADV_FREE"),
+                                           "cold": (MADV_COLD, "MADV_COLD")}[name]
+            step.code = f"m.madvise({where}, {label})"
+            step.run = lambda: m.madvise(pid, addr, length, advice)
         else:
             raise AssertionError(f"unknown op {op!r}")
         return step
@@ -621,14 +653,19 @@ class ForkCopiesMemory(Hooks):
     def check(self, r: Runner, parent: int, child: int) -> None:
         m = r.m
         self.forks += 1
-        pv, cv = task_view(m, parent), task_view(m, child)
+        # dup_mmap leaves VM_DONTCOPY VMAs out and gives VM_WIPEONFORK ones empty
+        kept = [v for v in m.k.task(parent).vmas if not v.dontcopy]
+        pv = [(v.start, [0] * v.npages if v.wipeonfork else observe.observable_vma(m.k, v)
+               .tolist()) for v in kept]
+        cv = task_view(m, child)
         assert [s for s, _ in pv] == [s for s, _ in cv], "child's VMAs differ" + r.where()
         for (start, a), (_, b) in zip(pv, cv, strict=True):
             diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
             assert not diff, (f"child {child} of {parent} reads differently at {start:#x} "
                               f"pages {diff[:8]}: {[hex(a[i]) for i in diff[:4]]} vs "
                               f"{[hex(b[i]) for i in diff[:4]]}" + r.where())
-        assert m.maps(parent) == m.maps(child), "child's maps differ" + r.where()
+        assert "".join(observe.maps_line(v) + "\n" for v in kept) == m.maps(child), (
+            "child's maps differ" + r.where())
 
     def end(self, r: Runner) -> None:
         for pid in r.pids():  # every task of the final tree forks once more
@@ -700,6 +737,14 @@ class ExactEffects(Hooks):
             v = step.vma
             ctx["objview"] = object_view(k, v.obj, v.pgoff + step.lo,
                                          v.pgoff + step.lo + step.npages)
+            if step.name == "resize":  # what the grown tail will read of the object
+                lo = v.pgoff + step.lo + step.npages
+                ctx["tailview"] = object_view(k, v.obj, lo, lo + max(0, step.extra["new"]
+                                                                    - step.npages))
+        if step.name == "free":
+            ctx["ptes"] = step.vma.ptes[step.lo : step.lo + step.npages].copy()
+        if step.name in ("reclaim", "pageout"):
+            ctx["discard"] = lazyfree_discards(r.m, step)
         return ctx
 
     def after(self, r: Runner, step: Step, ctx) -> None:
@@ -729,8 +774,26 @@ def expected_pages(r: Runner, step: Step, ctx, got: dict) -> tuple[dict, bool]:
             expect_write(step, src, want)
             return want, True
         return want, False  # refused, or a read that faulted: nothing observable changed
-    if name in ("read", "pread", "populate", "reclaim", "swapcache_drop", "migrate",
-                "migrate_finish", "pageout", "send_fd"):
+    if name in ("read", "pread", "populate", "swapcache_drop", "migrate", "migrate_finish",
+                "send_fd", "mprotect", "cold", "vmaflag"):
+        return want, False
+    if name in ("reclaim", "pageout"):  # move pages, except clean lazyfree ones: discarded
+        for key in ctx["discard"]:
+            want[key] = 0
+        return want, False
+    if name == "free":  # madvise_free_pte_range: swap entries and poison markers cleared
+        kinds, vals = pte.kinds(ctx["ptes"]), pte.values(ctx["ptes"])
+        gone = (kinds == pte.SWAP) | ((kinds == pte.MARKER) & (
+            (vals & U64(PTE_MARKER_POISONED)) != 0))
+        for j in np.nonzero(gone)[0]:
+            want[rng[j]] = 0
+        return want, False
+    if name == "resize":
+        new = step.extra["new"]
+        moved = [want.pop(key) for key in rng]
+        tail = [0] * max(0, new - step.npages) if step.vma.obj is None else ctx["tailview"]
+        for i, cid in enumerate((moved + tail)[:new]):
+            want[(pid, step.result + i * PAGE)] = cid
         return want, False
     if name in ("write", "pwrite"):
         expect_write(step, src, want)
@@ -783,6 +846,29 @@ def expected_pages(r: Runner, step: Step, ctx, got: dict) -> tuple[dict, bool]:
     else:
         raise AssertionError(f"no expectation for {name}")
     return want, False
+
+
+def lazyfree_discards(m: Model, step: Step) -> list[tuple[int, int]]:
+    """The pages a reclaim or MADV_PAGEOUT step will discard: every mapping of a clean
+    lazyfree frame among the ones it takes (reclaim: those the range maps; pageout: those
+    mapped once, of private memory or a file the caller may page out)."""
+    k = m.k
+    ptes = step.vma.ptes[step.lo : step.lo + step.npages]
+    pfns = pte.values(ptes[pte.kinds(ptes) == pte.PRESENT])
+    pfns = pfns[pfns != U64(ZERO_PFN)]
+    fi = pfns.astype(np.int64) - PFN_BASE
+    if step.name == "pageout":
+        fi = fi[k.frames.mapcount.a[fi] == 1]
+    flags = k.frames.flags.a[fi]
+    lazy = set((fi[((flags & F_LAZYFREE) != 0) & ((flags & F_DIRTY) == 0)] + PFN_BASE).tolist())
+    out = []
+    for pid in sorted(k.tasks):
+        for vma in k.task(pid).vmas:
+            kinds, vals = pte.kinds(vma.ptes), pte.values(vma.ptes)
+            for i in np.nonzero(kinds == pte.PRESENT)[0]:
+                if int(vals[i]) in lazy:
+                    out.append((pid, vma.start + int(i) * PAGE))
+    return out
 
 
 def expect_write(step: Step, src: dict, want: dict) -> None:

@@ -223,7 +223,9 @@ def _fast_write(k: Kernel, vma: Vma, lo: int, hi: int, cids: np.ndarray) -> bool
         k.frames.content.a[fi] = cids
         k.frames.flags.a[fi] |= F_DIRTY
         return True
-    if vma.shared and not ptes.any():  # do_shared_fault for a whole range
+    if vma.shared and not ptes.any() and vma.pgoff + hi <= vma.obj.npages:
+        # do_shared_fault for a whole range inside i_size (past it shmem_fault is SIGBUS:
+        # the slow path raises it at the first such page)
         pfns = shmem_get_folio(k, vma.obj, vma.pgoff + lo, vma.pgoff + hi, "SGP_WRITE")
         ptes[:] = pte.make_array(pte.PRESENT, pfns, write=True)
         map_frames(k, pfns)
