@@ -18,7 +18,9 @@ from dumper.kabi import (
     MADV_FREE,
     MADV_GUARD_INSTALL,
     MADV_GUARD_REMOVE,
+    MADV_HUGEPAGE,
     MADV_KEEPONFORK,
+    MADV_NOHUGEPAGE,
     MADV_PAGEOUT,
     MADV_POPULATE_READ,
     MADV_POPULATE_WRITE,
@@ -40,17 +42,21 @@ __all__ = ["Model", "ModelError", "Profile", "PROFILES", "load_profile", "Kernel
 
 RW = PROT_READ | PROT_WRITE
 VMA_FLAG_ADVICE = {MADV_DONTFORK: "dontfork", MADV_DOFORK: "dofork",
-                   MADV_WIPEONFORK: "wipeonfork", MADV_KEEPONFORK: "keeponfork"}
+                   MADV_WIPEONFORK: "wipeonfork", MADV_KEEPONFORK: "keeponfork",
+                   MADV_HUGEPAGE: "hugepage", MADV_NOHUGEPAGE: "nohugepage"}
 
 
 class Model:
     """One modelled machine: a kernel profile, its tasks, objects, frames and swap."""
 
     def __init__(self, profile: Profile | str = DEFAULT_PROFILE, swap: bool = True,
-                 swap_sync: bool = True) -> None:
+                 swap_sync: bool = True, thp: str = "madvise") -> None:
+        """thp: the system's transparent_hugepage/enabled (always, madvise, never)."""
         if isinstance(profile, str):
             profile = load_profile(profile)
-        self.k = Kernel(profile=profile)
+        if thp not in ("always", "madvise", "never"):
+            raise ValueError(f"thp={thp!r}: always, madvise or never")
+        self.k = Kernel(profile=profile, thp=thp)
         self.k.swap.enabled = swap
         self.k.swap.sync = swap_sync
 

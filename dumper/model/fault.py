@@ -25,6 +25,7 @@ from dumper.model.state import (
     Task,
     Vma,
 )
+from dumper.model.thp import do_huge_pmd_fault, thp_vma_allowable
 
 U64 = np.uint64
 
@@ -176,6 +177,8 @@ def handle_mm_fault(k: Kernel, task: Task, vma: Vma, i: int, write: bool) -> Non
 
         remove_migration_ptes(k, pte.value_of(word))  # migration_entry_wait
         return handle_mm_fault(k, task, vma, i, write)
+    if vma.obj is None and do_huge_pmd_fault(k, vma, i, write):
+        return  # a PMD-level fault (THP or the huge zero page) did it
     if kind == pte.SWAP:
         do_swap_page(k, vma, i, write)
     elif kind == pte.NONE:
@@ -211,7 +214,8 @@ def _fast_write(k: Kernel, vma: Vma, lo: int, hi: int, cids: np.ndarray) -> bool
     ptes = vma.ptes[lo:hi]
     if not vma.prot & PROT_WRITE:
         return False
-    if vma.obj is None and not ptes.any():  # do_anonymous_page for a whole range
+    if vma.obj is None and not ptes.any() and not thp_vma_allowable(k, vma):
+        # do_anonymous_page for a whole range (a THP-allowed VMA faults PMD by PMD)
         vma.anon_vma = True
         pfns = k.frames.alloc(cids, F_ANON | F_UPTODATE | F_DIRTY)
         ptes[:] = pte.make_array(pte.PRESENT, pfns, write=True)

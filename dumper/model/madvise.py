@@ -193,13 +193,17 @@ def madvise_cold(k: Kernel, pid: int, start: int, length: int) -> None:
 VMA_FLAG_ADVICE = {  # advice -> (Vma field, value): madvise_update_vma's new vm_flags
     "dontfork": ("dontcopy", True), "dofork": ("dontcopy", False),
     "wipeonfork": ("wipeonfork", True), "keeponfork": ("wipeonfork", False),
+    "hugepage": ("hugepage", True), "nohugepage": ("nohugepage", True),
 }
+OPPOSITE = {"hugepage": "nohugepage", "nohugepage": "hugepage"}  # hugepage_madvise
 
 
 def madvise_update_vma(k: Kernel, pid: int, start: int, length: int, advice: str) -> None:
-    """MADV_DONTFORK / DOFORK (VM_DONTCOPY) and MADV_WIPEONFORK / KEEPONFORK (VM_WIPEONFORK,
-    private anonymous VMAs only: EINVAL for a file or shared one): madvise_update_vma splits
-    the VMAs to the range, sets the flag and merges what it can (vma_modify_flags)."""
+    """MADV_DONTFORK / DOFORK (VM_DONTCOPY), MADV_WIPEONFORK / KEEPONFORK (VM_WIPEONFORK,
+    private anonymous VMAs only: EINVAL for a file or shared one) and MADV_HUGEPAGE /
+    NOHUGEPAGE (hugepage_madvise: each sets its flag and clears the other's):
+    madvise_update_vma splits the VMAs to the range, sets the flag and merges what it can
+    (vma_modify_flags)."""
     task = k.task(pid)
     field, value = VMA_FLAG_ADVICE[advice]
     ranges = vma_range(task, start, start + length)
@@ -210,4 +214,6 @@ def madvise_update_vma(k: Kernel, pid: int, start: int, length: int, advice: str
                                  f"{vma.start:#x}")
     for vma in isolate_range(task, start, start + length):
         setattr(vma, field, value)
+        if field in OPPOSITE:
+            setattr(vma, OPPOSITE[field], False)
     vma_merge_range(k, task, start, start + length)

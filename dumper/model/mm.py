@@ -31,6 +31,7 @@ from dumper.model.state import (
     Task,
     Vma,
 )
+from dumper.model.thp import move_pmds, split_vma_pmds, zap_pmds
 
 
 def page_align(n: int) -> int:
@@ -125,6 +126,7 @@ def zap_pte_range(k: Kernel, vma: Vma, lo: int, hi: int, drop_markers: bool) -> 
     """zap_pte_range over page indices [lo, hi) of one VMA: present pages lose a mapcount,
     swap entries a swap count; markers survive unless drop_markers (ZAP_FLAG_DROP_MARKER, as
     munmap and exit pass). The RFC's PAGEOUT hint is dropped by any zap (best effort)."""
+    zap_pmds(k, vma, lo, hi)
     ptes = vma.ptes[lo:hi]
     kinds = pte.kinds(ptes)
     vals = pte.values(ptes)
@@ -212,6 +214,7 @@ def split_vma(task: Task, vma: Vma, addr: int) -> Vma:
     upper = replace(vma, start=addr, pgoff=vma.pgoff + cut, ptes=vma.ptes[cut:].copy())
     vma.ptes = vma.ptes[:cut].copy()
     vma.end = addr
+    split_vma_pmds(vma, upper)
     if vma.obj is not None:
         vma.obj.refs += 1
     task.insert_vma(upper)
@@ -226,7 +229,8 @@ def can_vma_merge(prev: Vma, nxt: Vma) -> bool:
             and prev.obj is nxt.obj and prev.pgoff + prev.npages == nxt.pgoff
             and prev.uffd_wp == nxt.uffd_wp and prev.name == nxt.name
             and prev.dontcopy == nxt.dontcopy and prev.wipeonfork == nxt.wipeonfork
-            and prev.maywrite == nxt.maywrite)
+            and prev.maywrite == nxt.maywrite and prev.hugepage == nxt.hugepage
+            and prev.nohugepage == nxt.nohugepage)
 
 
 def vma_merge_range(k: Kernel, task: Task, start: int, end: int) -> None:
@@ -239,6 +243,8 @@ def vma_merge_range(k: Kernel, task: Task, start: int, end: int) -> None:
             a.ptes = np.concatenate([a.ptes, b.ptes])
             a.end = b.end
             a.anon_vma = a.anon_vma or b.anon_vma
+            a.huge = {**a.huge, **b.huge}
+            a.ptables = a.ptables | b.ptables
             del task.vmas[i + 1]
             release_vma(k, b)
             continue
@@ -347,9 +353,10 @@ def do_mremap(k: Kernel, pid: int, old: int, old_len: int, new_addr: int | None 
     for vma in vmas:
         task.vmas.remove(vma)
     for vma in vmas:
-        delta = vma.start - old
+        delta, was = vma.start - old, vma.start
         vma.end = new_addr + delta + (vma.end - vma.start)
         vma.start = new_addr + delta
+        move_pmds(vma, was)
         task.insert_vma(vma)
     if new_len > old_len:  # the moved VMA (one, as vma_to_resize checked) grows at its end
         last = vmas[-1]

@@ -45,6 +45,7 @@ from dumper.model.state import (
     ModelError,
     Vma,
 )
+from dumper.model.thp import HUGE_ZERO_PFN
 
 U64 = np.uint64
 _SHIFT = U64(5)  # MAX_SWAPFILES_SHIFT
@@ -76,8 +77,13 @@ def pte_to_pagemap_entry(k: Kernel, vma: Vma, lo: int, hi: int, show_pfn: bool) 
     w = np.full(len(pf), PM_PRESENT, dtype=U64)
     w |= np.where(~zero & ((flags & F_ANON) == 0), U64(PM_FILE), U64(0))
     w |= np.where(~zero & (mapcount == 1), U64(PM_MMAP_EXCLUSIVE), U64(0))
+    # the huge zero page (pagemap_pmd_range): a folio that is not anonymous, so PM_FILE; its
+    # PFN is the huge page's plus the offset in it
+    hz = pte.huge_zero(words[p])
+    w |= np.where(hz, U64(PM_FILE), U64(0))
     if show_pfn:
-        w |= pf
+        addrs = vma.start + (np.flatnonzero(p) + lo).astype(U64) * U64(PAGE_SIZE)
+        w |= np.where(hz, U64(HUGE_ZERO_PFN) + ((addrs >> U64(PAGE_SHIFT)) & U64(511)), pf)
     out[p] = w
     # swap: type 0 | offset << 5; a swap pte is anonymous (no PM_FILE).
     s = kinds == pte.SWAP

@@ -198,6 +198,13 @@ class Vma:
     dontcopy: bool = False  # VM_DONTCOPY (MADV_DONTFORK): fork leaves it out of the child
     wipeonfork: bool = False  # VM_WIPEONFORK: the child gets the VMA empty
     maywrite: bool = True  # VM_MAYWRITE: not for a SysV segment attached SHM_RDONLY
+    hugepage: bool = False  # VM_HUGEPAGE (MADV_HUGEPAGE)
+    nohugepage: bool = False  # VM_NOHUGEPAGE
+    # PMD state of the page table under the VMA, by PMD number (address >> 21): PMD-mapped
+    # ("thp": a huge folio, "zero": the huge zero page; the model still keeps a PTE word per
+    # page), and PMDs that have a PTE table although every PTE may be none (split or zapped).
+    huge: dict[int, str] = field(default_factory=dict)
+    ptables: set[int] = field(default_factory=set)
 
     @property
     def npages(self) -> int:
@@ -269,6 +276,8 @@ class Kernel:
     inodes: list[Inode] = field(default_factory=list)
     counters: Counters = field(default_factory=Counters)
     migrating: set[int] = field(default_factory=set)  # old PFNs with migration entries out
+    thp: str = "madvise"  # /sys/kernel/mm/transparent_hugepage/enabled: always|madvise|never
+    large: dict[int, int] = field(default_factory=dict)  # THP folios: head PFN -> pages
     next_pid: int = 1
     next_ino: int = 1024
     next_sysv_id: int = 0

@@ -84,8 +84,10 @@ def dup_mmap(k: Kernel, parent: Task, child: Task) -> None:
                       anon_vma=src.anon_vma and not src.wipeonfork)
         if src.obj is not None:
             src.obj.refs += 1
+        dst.huge, dst.ptables = {}, set()
         if not src.wipeonfork and vma_needs_copy(dst, src):
             copy_page_range(k, dst, src)
+            dst.huge, dst.ptables = dict(src.huge), set(src.ptables)  # copy_huge_pmd
         child.vmas.append(dst)
 
 

@@ -21,12 +21,14 @@ from dumper.model.state import (
     F_ANON,
     F_DIRTY,
     F_LAZYFREE,
+    F_USED,
     PFN_BASE,
     ZERO_PFN,
     Inode,
     Kernel,
     Vma,
 )
+from dumper.model.thp import reclaim_large_folios
 
 U64 = np.uint64
 
@@ -139,6 +141,10 @@ def shrink_folio_list(k: Kernel, pfns: np.ndarray, free_now: bool | None = None)
     if free_now is None:
         free_now = k.swap.sync
     pfns = discard_lazyfree(k, pfns)
+    reclaim_large_folios(k, pfns)  # THP: split (zero pages remapped) or swapped whole
+    pfns = pfns[(k.frames.flags.a[pfns.astype(np.int64) - PFN_BASE] & F_USED) != 0]
+    if not len(pfns):
+        return
     fi = pfns.astype(np.int64) - PFN_BASE
     anon = (k.frames.flags.a[fi] & F_ANON) != 0
     # A folio still in the swap cache since a read fault swapped it in (do_swap_page keeps

@@ -4,6 +4,7 @@
     scenario fork-unmap-after-swapout      # the name (defaults to the file's stem)
     cite david-2021-08-17a                 # the thread message it comes from (docs/thread.md)
     swap on | off | async                  # the swap device: zram-like, none, swapfile-like
+    thp madvise | always | never           # transparent_hugepage/enabled (default madvise)
     task A                                 # the root task
     mmap A shm 8 shared                    # A maps 8 pages MAP_SHARED|MAP_ANONYMOUS as "shm"
     write A shm 0-7                        # pages are region-relative: 3, 0-7, 0-3,6, all
@@ -24,7 +25,7 @@ Operations (TASK, REGION, FD are names; PAGES region-relative page lists):
     write TASK REGION PAGES         read TASK REGION PAGES
     madvise TASK REGION PAGES dontneed|pageout|remove|populate-read|populate-write|
                                     guard-install|guard-remove|free|cold|dontfork|dofork|
-                                    wipeonfork|keeponfork
+                                    wipeonfork|keeponfork|hugepage|nohugepage
     uffd-wp TASK REGION PAGES       poison TASK REGION PAGES
     memfd TASK FD [NPAGES]          sendfd FROM FD TO               mapfd TASK REGION FD
     pwrite TASK FD PAGES            fallocate TASK FD PAGES [punch] ftruncate TASK FD NPAGES
@@ -49,7 +50,8 @@ from dumper.model.kernels import PROFILES
 from dumper.select import STRATEGIES
 
 ADVICE = ("dontneed", "pageout", "remove", "populate-read", "populate-write", "guard-install",
-          "guard-remove", "free", "cold", "dontfork", "dofork", "wipeonfork", "keeponfork")
+          "guard-remove", "free", "cold", "dontfork", "dofork", "wipeonfork", "keeponfork",
+          "hugepage", "nohugepage")
 PROTS = ("none", "r", "rw")
 VIEWS = ("pagemap", "mincore", "lseek", "flags", "classify", "truth")
 
@@ -132,6 +134,7 @@ class Scenario:
     cite: list[str] = field(default_factory=list)
     header: str = ""  # the leading comment block
     swap: str = "on"
+    thp: str = "madvise"
     root: str = ""
     ops: list[Op] = field(default_factory=list)
     dump_line: int = 0
@@ -219,6 +222,10 @@ def parse(text: str, path: str = "<scenario>") -> Scenario:
             if args not in (["on"], ["off"], ["async"]):
                 raise fail("swap takes on, off or async")
             sc.swap = args[0]
+        elif op == "thp":
+            if args not in (["madvise"], ["always"], ["never"]):
+                raise fail("thp takes madvise, always or never")
+            sc.thp = args[0]
         elif op == "task":
             if sc.root:
                 raise fail(f"the root task is already {sc.root!r}; create others with fork")
@@ -339,8 +346,8 @@ def _parse_op(op, args, tasks, regions, fds, fail, n) -> Op:
     _check_pages(op, out, opts, regions, fail)
     if op in ("mmap", "shm"):
         regions[out[1]] = out[2]
-    elif op == "mremap" and "int" in opts:
-        regions[out[1]] = opts["int"]
+    elif op == "mremap" and "int" in opts:  # names are per task: a fork may keep the old size
+        regions[out[1]] = max(regions[out[1]], opts["int"])
     return Op(n, op, tuple(out), opts)
 
 

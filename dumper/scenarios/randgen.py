@@ -4,9 +4,9 @@ A program is the text of a scenario (so any program can be saved, read and repla
 library's), built from the operations userspace and the system can do: fork, exit, mmap of
 private / shared anonymous memory, of memfds and of SysV segments, munmap, mremap (moves,
 grows, shrinks), mprotect, writes and reads (with fault-around), MADV_DONTNEED / PAGEOUT /
-REMOVE / FREE / COLD / DONTFORK / DOFORK / WIPEONFORK, guard regions, PMD-split zaps, system
-reclaim (with or without the swap-cache stage), swap-cache drops, NUMA migration (pending or
-finished), memfd writes and hole punches.
+REMOVE / FREE / COLD / DONTFORK / DOFORK / WIPEONFORK / HUGEPAGE (THP), guard regions,
+PMD-split zaps, system reclaim (with or without the swap-cache stage), swap-cache drops,
+NUMA migration (pending or finished), memfd writes and hole punches.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, field
 
 MAX_PAGES = 12
+THP_PAGES = 1024
 
 
 @dataclass
@@ -48,7 +49,7 @@ def _step(rng: random.Random, st: _State) -> list[str]:
     alive = sorted(st.alive)
     t = rng.choice(alive)
     regs = st.regions[t]
-    choices = ["mmap", "mmap", "memfd", "fork", "shm"]
+    choices = ["mmap", "mmap", "memfd", "fork", "shm", "thp"]
     if regs:
         choices += ["write"] * 4 + ["read"] * 2 + ["reclaim"] * 2 + [
             "dontneed", "pageout", "zap", "migrate", "munmap", "mremap", "guard", "remove",
@@ -77,6 +78,11 @@ def _step(rng: random.Random, st: _State) -> list[str]:
         if kind == "shared":
             st.shared.add(r)
         return [f"mmap {t} {r} {n} {kind}"]
+    if op == "thp":  # 4 MiB of private memory under MADV_HUGEPAGE: one aligned PMD at least
+        st.n_regions += 1
+        r = f"r{st.n_regions}"
+        regs[r] = THP_PAGES
+        return [f"mmap {t} {r} {THP_PAGES} private", f"madvise {t} {r} all hugepage"]
     if op == "shm":
         st.n_regions += 1
         r = f"r{st.n_regions}"

@@ -20,7 +20,9 @@ from dumper.kabi import (
     MADV_FREE,
     MADV_GUARD_INSTALL,
     MADV_GUARD_REMOVE,
+    MADV_HUGEPAGE,
     MADV_KEEPONFORK,
+    MADV_NOHUGEPAGE,
     MADV_PAGEOUT,
     MADV_POPULATE_READ,
     MADV_POPULATE_WRITE,
@@ -50,6 +52,7 @@ ADVICE = {
     "guard-install": MADV_GUARD_INSTALL, "guard-remove": MADV_GUARD_REMOVE,
     "free": MADV_FREE, "cold": MADV_COLD, "dontfork": MADV_DONTFORK, "dofork": MADV_DOFORK,
     "wipeonfork": MADV_WIPEONFORK, "keeponfork": MADV_KEEPONFORK,
+    "hugepage": MADV_HUGEPAGE, "nohugepage": MADV_NOHUGEPAGE,
 }
 PROT = {"none": PROT_NONE, "r": PROT_READ, "rw": PROT_READ | PROT_WRITE}
 
@@ -76,6 +79,9 @@ class World:
         addr, n = self.region(task, name, line)
         if pages == "all":
             return [(addr, n * PAGE_SIZE)]
+        if max(pages) >= n:
+            raise ScenarioError(self.sc.path, line, f"page {max(pages)} is outside task "
+                                f"{task}'s region {name!r} ({n} pages)")
         mask = np.zeros(n, dtype=bool)
         mask[list(pages)] = True
         return [(addr + a * PAGE_SIZE, k * PAGE_SIZE) for a, k in runs_of(mask)]
@@ -92,7 +98,7 @@ def build(sc: Scenario, profile, lenient: bool = False) -> World:
     operation the kernel refuses (or a task takes a signal for) is skipped, as a random
     program's would be; otherwise it is an error naming the line."""
     prof = load_profile(profile) if isinstance(profile, str) else profile
-    m = Model(prof, swap=sc.swap != "off", swap_sync=sc.swap != "async")
+    m = Model(prof, swap=sc.swap != "off", swap_sync=sc.swap != "async", thp=sc.thp)
     w = World(sc, m)
     w.pids[sc.root] = m.spawn(sc.root)
     w.regions[sc.root], w.fds[sc.root] = {}, {}
