@@ -31,7 +31,7 @@ from dumper.model.state import (
     Task,
     Vma,
 )
-from dumper.model.thp import move_pmds, split_vma_pmds, zap_pmds
+from dumper.model.thp import free_empty_ptables, move_pmds, split_vma_pmds, zap_pmds
 
 
 def page_align(n: int) -> int:
@@ -144,6 +144,7 @@ def zap_pte_range(k: Kernel, vma: Vma, lo: int, hi: int, drop_markers: bool) -> 
     )
     ptes[clear] = 0
     ptes[keep_wp] = np.uint64(pte.make(pte.MARKER, PTE_MARKER_UFFD_WP))
+    free_empty_ptables(vma, lo, hi)
 
 
 def get_unmapped_area(k: Kernel, task: Task, length: int) -> int:

@@ -85,6 +85,15 @@ def pte_to_pagemap_entry(k: Kernel, vma: Vma, lo: int, hi: int, show_pfn: bool) 
         addrs = vma.start + (np.flatnonzero(p) + lo).astype(U64) * U64(PAGE_SIZE)
         w |= np.where(hz, U64(HUGE_ZERO_PFN) + ((addrs >> U64(PAGE_SHIFT)) & U64(511)), pf)
     out[p] = w
+    for pmd, state in vma.huge.items():  # pagemap_pmd_range: one answer for the whole folio
+        a, b = max(lo, vma.index(pmd << 21)), min(hi, vma.index((pmd + 1) << 21))
+        if state != "thp" or a >= b:
+            continue
+        whole = pte.values(vma.ptes[vma.index(pmd << 21) : vma.index((pmd + 1) << 21)])
+        # PM_MMAP_EXCLUSIVE unless folio_maybe_mapped_shared: any page of it mapped twice
+        shared = (k.frames.mapcount.a[whole.astype(np.int64) - PFN_BASE] > 1).any()
+        if shared:
+            out[a - lo : b - lo] &= ~U64(PM_MMAP_EXCLUSIVE)
     # swap: type 0 | offset << 5; a swap pte is anonymous (no PM_FILE).
     s = kinds == pte.SWAP
     out[s] = U64(PM_SWAP) | ((vals[s] << _SHIFT) if show_pfn else U64(0))

@@ -131,6 +131,21 @@ def zap_pmds(k: Kernel, vma: Vma, lo: int, hi: int) -> None:
                 vma.ptables.add(pmd)
 
 
+def free_empty_ptables(vma: Vma, lo: int, hi: int) -> None:
+    """try_to_free_pte (CONFIG_PT_RECLAIM, 6.14): a zap that leaves a PTE table with every
+    entry none frees it, so the PMD is none again and a fault may map a THP there (measured:
+    "thp-fault-split-fork", a whole-PMD MADV_DONTNEED after a split)."""
+    if not vma.ptables:
+        return
+    first, last = (vma.start >> 12) + lo, (vma.start >> 12) + hi
+    for pmd in range(first >> 9, ((last - 1) >> 9) + 1):
+        if pmd in vma.ptables:
+            span = pmd_span(vma, vma.index(pmd << PMD_SHIFT)) if (
+                pmd << PMD_SHIFT) >= vma.start else None
+            if span is not None and not vma.ptes[span[1] : span[2]].any():
+                vma.ptables.discard(pmd)
+
+
 def split_vma_pmds(lower: Vma, upper: Vma) -> None:
     """vma_adjust_trans_huge: a PMD the cut runs through is split; each part keeps the PMD
     state of its own range."""

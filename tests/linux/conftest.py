@@ -35,6 +35,56 @@ def _active_swaps() -> list[str]:
         return [line.split()[0] for line in f.read().splitlines()[1:] if line.strip()]
 
 
+THP = "/sys/kernel/mm/transparent_hugepage"
+THP_SETTINGS = {  # what the THP programs assume (tests/linux/test_differential.py)
+    "enabled": "madvise",
+    "hugepages-2048kB/enabled": "inherit",
+    "use_zero_page": "1",
+    # khugepaged would collapse split PMDs back behind the test's back: asleep meanwhile
+    "khugepaged/scan_sleep_millisecs": "3600000",
+    "khugepaged/alloc_sleep_millisecs": "3600000",
+}
+
+
+def _setting(path: str) -> str:
+    """A sysfs setting's value: the [chosen] word of a choice list, or the text."""
+    with open(path) as f:
+        text = f.read().strip()
+    if "[" in text:
+        return text[text.index("[") + 1 : text.index("]")]
+    return text
+
+
+def set_kernel_settings(settings: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Write each path -> value, and put every one back as found on the way out, whatever
+    happens (in reverse order; one that cannot be put back is reported, the rest still are)."""
+    saved: list[tuple[str, str]] = []
+    try:
+        for path, value in settings.items():
+            if not os.path.exists(path):
+                pytest.skip(f"{path} does not exist on this kernel")
+            saved.append((path, _setting(path)))
+            with open(path, "w") as f:
+                f.write(value)
+        yield settings
+    finally:
+        failed = []
+        for path, value in reversed(saved):
+            try:
+                with open(path, "w") as f:
+                    f.write(value)
+            except OSError as e:
+                failed.append(f"{path}={value}: {e}")
+        if failed:
+            raise RuntimeError("could not restore kernel settings: " + "; ".join(failed))
+
+
+@pytest.fixture
+def thp() -> Iterator[dict[str, str]]:
+    """Transparent huge pages as the THP programs need them, restored afterwards."""
+    yield from set_kernel_settings({f"{THP}/{k}": v for k, v in THP_SETTINGS.items()})
+
+
 @pytest.fixture
 def swap() -> Iterator[str]:
     """A 256 MiB swapfile on the root filesystem (not tmpfs: it cannot hold swap), at the

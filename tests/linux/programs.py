@@ -20,7 +20,8 @@ A program is a list of Op, one per line in text form:
                                (MADV_GUARD_INSTALL / MADV_GUARD_REMOVE), free (MADV_FREE),
                                cold (MADV_COLD), dontfork / dofork (whole regions only, so a
                                child maps a region whole or not at all), wipeonfork /
-                               keeponfork
+                               keeponfork, hugepage / nohugepage (MADV_HUGEPAGE)
+    mmap A r0 512 anon         one PMD of private memory (regions are 2 MiB aligned)
     mprotect A r0 2 3 none     mprotect of pages 2-4 to PROT_NONE (or r, rw)
     mremap A r0 12             grow or shrink in place (flags 0) to 12 pages
     writeback A                wait until the kernel has no writeback in flight (nothing on
@@ -41,11 +42,12 @@ import random
 from dataclasses import dataclass, field
 
 REGION_BASE = 0x2000_0000_0000
-REGION_STRIDE = 1 << 21  # one page table (2 MiB) per region
+REGION_STRIDE = 1 << 22  # 4 MiB: 2 MiB aligned, and a 512-page region has a gap after it
 MAX_PAGES = 16  # one fault-around window
+HPAGE = 512  # a private anonymous region may also be one PMD (a THP under MADV_HUGEPAGE)
 KINDS = ("anon", "shared", "memfd", "sysv")
 ADVICE = ("dontneed", "pageout", "remove", "guard", "unguard", "free", "cold", "dontfork",
-          "dofork", "wipeonfork", "keeponfork")
+          "dofork", "wipeonfork", "keeponfork", "hugepage", "nohugepage")
 PROTS = ("none", "r", "rw")
 
 
@@ -201,7 +203,8 @@ class Checker:
             self.fds[q].add(name)
         elif op.verb == "mmap":
             r, n, kind = a[:3]
-            _need(r not in self.regions[p] and 0 < n <= MAX_PAGES and kind in KINDS, op)
+            _need(r not in self.regions[p] and kind in KINDS and (
+                0 < n <= MAX_PAGES or kind == "anon" and n == HPAGE), op)
             reg = Region(kind, n, *(a[3:] if kind == "memfd" else ()))
             if kind == "memfd":
                 _need(reg.memfd in self.fds[p] and reg.offset + n <= self.sizes[reg.memfd], op)

@@ -26,7 +26,9 @@ from dumper.kabi import (
     MADV_FREE,
     MADV_GUARD_INSTALL,
     MADV_GUARD_REMOVE,
+    MADV_HUGEPAGE,
     MADV_KEEPONFORK,
+    MADV_NOHUGEPAGE,
     MADV_PAGEOUT,
     MADV_REMOVE,
     MADV_WIPEONFORK,
@@ -52,7 +54,8 @@ from .programs import Checker, Op, Region, region_addr
 ADVICE = {"dontneed": MADV_DONTNEED, "pageout": MADV_PAGEOUT, "remove": MADV_REMOVE,
           "guard": MADV_GUARD_INSTALL, "unguard": MADV_GUARD_REMOVE, "free": MADV_FREE,
           "cold": MADV_COLD, "dontfork": MADV_DONTFORK, "dofork": MADV_DOFORK,
-          "wipeonfork": MADV_WIPEONFORK, "keeponfork": MADV_KEEPONFORK}
+          "wipeonfork": MADV_WIPEONFORK, "keeponfork": MADV_KEEPONFORK,
+          "hugepage": MADV_HUGEPAGE, "nohugepage": MADV_NOHUGEPAGE}
 PROT = {"none": PROT_NONE, "r": PROT_READ, "rw": PROT_READ | PROT_WRITE}
 FLAGS = ((PM_PRESENT, "P"), (PM_SWAP, "S"), (PM_FILE, "F"), (PM_GUARD_REGION, "G"),
          (PM_UFFD_WP, "W"), (PM_MMAP_EXCLUSIVE, "X"))
@@ -222,11 +225,12 @@ class RealRunner(Runner):
 
 
 class ModelRunner(Runner):
-    """The model's linux-6.18 profile; an observer task holds the map_files fds it opens."""
+    """The model's linux-6.18 profile; an observer task holds the map_files fds it opens.
+    thp: the machine's transparent_hugepage/enabled, which the tests set (conftest.thp)."""
 
-    def __init__(self, swap: bool, swap_sync: bool = False) -> None:
+    def __init__(self, swap: bool, swap_sync: bool = False, thp: str = "madvise") -> None:
         super().__post_init__()
-        self.m = Model("linux-6.18", swap=swap, swap_sync=swap_sync)
+        self.m = Model("linux-6.18", swap=swap, swap_sync=swap_sync, thp=thp)
         self.pid: dict[str, int] = {}
         self.fd: dict[tuple[str, str], int] = {}
         self.observer = self.m.spawn("observer")

@@ -264,6 +264,53 @@ SWAP_PROGRAMS = {
     """,
 }
 
+# Transparent huge pages (the thp fixture: enabled=madvise, khugepaged asleep), measured on
+# 6.18 and followed by dumper/model/thp.py: one write maps the whole PMD, a read the huge
+# zero page (P F), a partial DONTNEED splits the PMD (a DONTNEED emptying the PTE table
+# frees it: the next fault maps a THP again), a fork shares it and a write in the
+# child splits it there and copies one page; reclaim of a THP that is not all data splits it
+# and maps its zero-filled pages to the zero page (P, no X) — without swap the data page
+# stays, with swap it is swapped out — and a THP that is all data goes to swap whole.
+THP_PROGRAMS = {
+    "thp-fault-split-fork": """
+        spawn A
+        mmap A r0 512 anon
+        hugepage A r0 0 512
+        write A r0 5
+        dontneed A r0 8 4
+        write A r0 9          # the PTE table stays: a small page
+        mmap A r1 512 anon
+        hugepage A r1 0 512
+        read A r1 7
+        write A r1 9
+        fork A C
+        write C r1 3
+        mmap A r2 512 anon
+        write A r2 4          # no MADV_HUGEPAGE: one small page
+        dontneed A r0 0 512   # the PTE table left empty is freed (try_to_free_pte)
+        write A r0 100        # so this maps a THP again
+        nohugepage A r1 0 512
+    """,
+    "thp-pageout": """
+        spawn A
+        mmap A r0 512 anon
+        hugepage A r0 0 512
+        write A r0 0
+        write A r0 100
+        pageout A r0 0 512
+        mmap A r1 512 anon
+        hugepage A r1 0 512
+        write A r1 0
+        pageout A r1 16 16    # part of the range: the folio is split all the same
+        mmap A r2 512 anon
+        hugepage A r2 0 512
+        write A r2 0-511
+        pageout A r2 0 512    # all data: swapped out whole
+        read A r2 7
+    """,
+}
+
+
 # MADV_FREE: a clean lazyfree page is discarded by reclaim (reads zeros), a redirtied one
 # is set swapbacked again and stays mapped this round; a swapped page is freed at once.
 LAZYFREE = """
@@ -368,6 +415,16 @@ def test_program_with_swap(procs, swap, name):
 @pytest.mark.parametrize("name", sorted(NO_SWAP_PROGRAMS))
 def test_program_without_swap(procs, no_swap, name):
     check_program(procs, parse(NO_SWAP_PROGRAMS[name]), swap=False)
+
+
+@pytest.mark.parametrize("name", sorted(THP_PROGRAMS))
+def test_thp_program(procs, thp, name):
+    check_program(procs, parse(THP_PROGRAMS[name]), swap=bool(_active_swaps()))
+
+
+@pytest.mark.parametrize("name", sorted(THP_PROGRAMS))
+def test_thp_program_with_swap(procs, thp, swap, name):
+    check_program(procs, parse(THP_PROGRAMS[name]), swap=True)
 
 
 @pytest.mark.parametrize("seed", range(6))
