@@ -50,7 +50,9 @@ from dumper.kabi import (
     MADV_DONTNEED,
     MADV_FREE,
     MADV_GUARD_INSTALL,
+    MADV_HUGEPAGE,
     MADV_KEEPONFORK,
+    MADV_NOHUGEPAGE,
     MADV_PAGEOUT,
     MADV_POPULATE_READ,
     MADV_POPULATE_WRITE,
@@ -94,6 +96,7 @@ from dumper.model.state import (
     ZERO_PFN,
     Kernel,
 )
+from dumper.model.thp import HUGE_ZERO_PFN
 
 PAGE = PAGE_SIZE
 U64 = np.uint64
@@ -113,7 +116,8 @@ SETTINGS = settings(
 # ------------------------------------------------------------------------------------------
 
 SETUP_KINDS = ("anon", "shared", "memfd", "memfd-private")
-MAP_KINDS = SETUP_KINDS + ("fd-shared", "fd-private")
+MAP_KINDS = SETUP_KINDS + ("fd-shared", "fd-private", "thp")
+THP_PAGES = 1024  # 4 MiB under MADV_HUGEPAGE: at least one whole aligned PMD
 FREE = (None, True, False)  # m.reclaim(free=...): the device's default, both stages, stage 1
 
 
@@ -165,10 +169,12 @@ OPS = st.one_of(
     st.tuples(st.just("free"), IDX, IDX, RANGE),
     st.tuples(st.just("cold"), IDX, IDX, RANGE),
     st.tuples(st.just("vmaflag"), IDX, IDX, RANGE,
-              st.sampled_from(("dontfork", "dofork", "wipeonfork", "keeponfork"))),
+              st.sampled_from(("dontfork", "dofork", "wipeonfork", "keeponfork", "hugepage",
+                               "nohugepage"))),
 )
 VMA_FLAG_ADVICE = {"dontfork": MADV_DONTFORK, "dofork": MADV_DOFORK,
-                   "wipeonfork": MADV_WIPEONFORK, "keeponfork": MADV_KEEPONFORK}
+                   "wipeonfork": MADV_WIPEONFORK, "keeponfork": MADV_KEEPONFORK,
+                   "hugepage": MADV_HUGEPAGE, "nohugepage": MADV_NOHUGEPAGE}
 
 
 @st.composite
@@ -375,6 +381,15 @@ class Runner:
         if kind == "anon":
             return Step("mmap", f"m.mmap({pid}, {npages} * PAGE)", lambda: m.mmap(pid, length),
                         pid=pid, kind=kind, extra={"npages": npages})
+        if kind == "thp":
+            def run_thp():
+                r = m.mmap(pid, THP_PAGES * PAGE)
+                m.madvise(pid, r, THP_PAGES * PAGE, MADV_HUGEPAGE)
+                return r
+
+            return Step("mmap", f"r = m.mmap({pid}, {THP_PAGES} * PAGE)\n"
+                        f"m.madvise({pid}, r, {THP_PAGES} * PAGE, MADV_HUGEPAGE)", run_thp,
+                        pid=pid, kind=kind, extra={"npages": THP_PAGES})
         if kind == "shared":
             return Step("mmap", f"m.mmap({pid}, {npages} * PAGE, shared=True)",
                         lambda: m.mmap(pid, length, shared=True), pid=pid, kind=kind,
@@ -835,7 +850,7 @@ def expected_pages(r: Runner, step: Step, ctx, got: dict) -> tuple[dict, bool]:
     elif name == "mmap":
         # a new anonymous mapping or a new memfd reads zeros; a memfd given contents, or an
         # existing object mapped whole, reads what the object held before the mmap
-        if step.kind in ("anon", "shared", "memfd"):
+        if step.kind in ("anon", "shared", "memfd", "thp"):
             view = [0] * step.extra["npages"]
         elif step.kind == "memfd-private":
             view = step.cids.tolist()
@@ -946,9 +961,17 @@ def expected_pagemap(k: Kernel, vma, i: int) -> int | None:
     wp = bool(word & pte.UFFD_WP)
     flags = k.frames.flags.a
     if kind == pte.PRESENT:
+        if word & pte.HUGE_ZERO:  # the huge zero page: its own PFNs, no anonymous folio
+            return (PM_PRESENT | PM_FILE | (HUGE_ZERO_PFN + ((vma.start >> 12) + i) % 512)
+                    | (PM_UFFD_WP if wp else 0))
         zero = val == ZERO_PFN
         anon = not zero and bool(flags[val - PFN_BASE] & F_ANON)
         excl = not zero and k.frames.mapcount.a[val - PFN_BASE] == 1
+        pmd = (vma.start + i * PAGE) >> 21
+        if excl and vma.huge.get(pmd) == "thp":  # PMD-mapped: the folio's mapcounts
+            first = vma.index(pmd << 21)
+            whole = pte.values(vma.ptes[first : first + 512]).astype(np.int64) - PFN_BASE
+            excl = bool((k.frames.mapcount.a[whole] == 1).all())
         return (PM_PRESENT | val | (0 if zero or anon else PM_FILE)
                 | (PM_MMAP_EXCLUSIVE if excl else 0) | (PM_UFFD_WP if wp else 0))
     if kind == pte.SWAP:
@@ -991,7 +1014,8 @@ def decode_check(k: Kernel, pid: int, vma, i: int, w: int) -> list[str]:
         out.append("PM_MMAP_EXCLUSIVE without PM_PRESENT")
     if w & PM_SOFT_DIRTY or w & (3 << 59):
         out.append("soft-dirty or reserved bits set")
-    if present and (w & PM_PFRAME_MASK) != val:
+    frame = HUGE_ZERO_PFN + ((vma.start >> 12) + i) % 512 if word & pte.HUGE_ZERO else val
+    if present and (w & PM_PFRAME_MASK) != frame:
         out.append("PFN differs from the PTE's frame")
     if kind == pte.SWAP and decode_frame(w) != (0, val):
         out.append(f"swap type/offset {decode_frame(w)} != (0, {val})")
