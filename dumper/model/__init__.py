@@ -35,12 +35,14 @@ from dumper.kabi import (
     PROT_WRITE,
 )
 from dumper.model import fault, madvise, migrate, mm, observe, shmem, task, vmscan
+from dumper.model.hugetlb import hugetlb_reserve_pages
 from dumper.model.kernels import DEFAULT_PROFILE, PROFILES, Profile, load_profile
 from dumper.model.state import Inode, Kernel, ModelError
 
 __all__ = ["Model", "ModelError", "Profile", "PROFILES", "load_profile", "Kernel"]
 
 RW = PROT_READ | PROT_WRITE
+HPAGE_SIZE = 2 << 20
 VMA_FLAG_ADVICE = {MADV_DONTFORK: "dontfork", MADV_DOFORK: "dofork",
                    MADV_WIPEONFORK: "wipeonfork", MADV_KEEPONFORK: "keeponfork",
                    MADV_HUGEPAGE: "hugepage", MADV_NOHUGEPAGE: "nohugepage"}
@@ -50,13 +52,14 @@ class Model:
     """One modelled machine: a kernel profile, its tasks, objects, frames and swap."""
 
     def __init__(self, profile: Profile | str = DEFAULT_PROFILE, swap: bool = True,
-                 swap_sync: bool = True, thp: str = "madvise") -> None:
-        """thp: the system's transparent_hugepage/enabled (always, madvise, never)."""
+                 swap_sync: bool = True, thp: str = "madvise", hugepages: int = 0) -> None:
+        """thp: the system's transparent_hugepage/enabled (always, madvise, never);
+        hugepages: vm.nr_hugepages, the hugetlb pool of 2 MiB pages."""
         if isinstance(profile, str):
             profile = load_profile(profile)
         if thp not in ("always", "madvise", "never"):
             raise ValueError(f"thp={thp!r}: always, madvise or never")
-        self.k = Kernel(profile=profile, thp=thp)
+        self.k = Kernel(profile=profile, thp=thp, hugetlb_pool=hugepages)
         self.k.swap.enabled = swap
         self.k.swap.sync = swap_sync
 
@@ -76,10 +79,22 @@ class Model:
 
     # -- address space ----------------------------------------------------------------------
     def mmap(self, pid: int, length: int, prot: int = RW, shared: bool = False,
-             fd: int | None = None, offset: int = 0, addr: int | None = None) -> int:
-        """mmap(2): anonymous unless fd is given."""
+             fd: int | None = None, offset: int = 0, addr: int | None = None,
+             hugetlb: bool = False) -> int:
+        """mmap(2): anonymous unless fd is given; hugetlb: MAP_HUGETLB (anonymous, 2 MiB
+        pages from the pool: a hugetlbfs file behind it, length rounded up, mmap's
+        reservation check)."""
         flags = MAP_SHARED if shared else MAP_PRIVATE
         obj = None
+        if hugetlb:
+            if fd is not None or (addr or 0) % HPAGE_SIZE:
+                raise ModelError("EINVAL", "MAP_HUGETLB: anonymous, at a 2 MiB boundary")
+            length = -(-length // HPAGE_SIZE) * HPAGE_SIZE
+            hugetlb_reserve_pages(self.k, length >> PAGE_SHIFT)
+            obj = self.k.new_inode("hugetlb", length, name="/anon_hugepage (deleted)",
+                                   dev=(0, 0x11))
+            return mm.do_mmap(self.k, pid, length, prot, flags, obj=obj, addr=addr,
+                              align=HPAGE_SIZE)
         if fd is None:
             flags |= MAP_ANONYMOUS
         else:

@@ -12,6 +12,7 @@ import numpy as np
 from dumper.kabi import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, PTE_MARKER_GUARD
 from dumper.kabi import PTE_MARKER_POISONED as MARKER_POISONED
 from dumper.model import pte
+from dumper.model.hugetlb import hugetlb_fault, is_vm_hugetlb_page
 from dumper.model.mm import folio_free_swap, map_frames, swap_free, unmap_frames, vma_range
 from dumper.model.shmem import PC_PAGE, pc_kinds, pc_values, shmem_get_folio
 from dumper.model.state import (
@@ -162,6 +163,9 @@ def handle_mm_fault(k: Kernel, task: Task, vma: Vma, i: int, write: bool) -> Non
     write), or a ModelError says which signal the task would get."""
     if write and not vma.prot & PROT_WRITE or not write and not vma.prot & PROT_READ:
         raise ModelError("SIGSEGV", f"pid {task.pid}: access violates {vma.start:#x} prot")
+    if is_vm_hugetlb_page(vma):
+        hugetlb_fault(k, vma, i, write)
+        return
     word = int(vma.ptes[i])
     kind = pte.kind_of(word)
     if kind == pte.MARKER:
@@ -227,7 +231,8 @@ def _fast_write(k: Kernel, vma: Vma, lo: int, hi: int, cids: np.ndarray) -> bool
         k.frames.content.a[fi] = cids
         k.frames.flags.a[fi] |= F_DIRTY
         return True
-    if vma.shared and not ptes.any() and vma.pgoff + hi <= vma.obj.npages:
+    if vma.shared and not ptes.any() and vma.pgoff + hi <= vma.obj.npages and not \
+            is_vm_hugetlb_page(vma):
         # do_shared_fault for a whole range inside i_size (past it shmem_fault is SIGBUS:
         # the slow path raises it at the first such page)
         pfns = shmem_get_folio(k, vma.obj, vma.pgoff + lo, vma.pgoff + hi, "SGP_WRITE")

@@ -13,6 +13,7 @@ from dumper.kabi import (
 )
 from dumper.model import pte
 from dumper.model.fault import handle_mm_fault
+from dumper.model.hugetlb import HPAGE, hugetlb_align, is_vm_hugetlb_page
 from dumper.model.mm import (
     folio_free_swap,
     isolate_range,
@@ -40,8 +41,13 @@ U64 = np.uint64
 
 def madvise_dontneed(k: Kernel, pid: int, start: int, length: int) -> None:
     """MADV_DONTNEED: zap_page_range_single over the caller's PTEs only; shared pages stay in
-    the page cache, guard and uffd-wp markers stay (no ZAP_FLAG_DROP_MARKER)."""
+    the page cache, guard and uffd-wp markers stay (no ZAP_FLAG_DROP_MARKER). A hugetlb
+    range is whole huge pages (hugetlb_align)."""
     for vma, lo, hi in vma_range(k.task(pid), start, start + length):
+        if is_vm_hugetlb_page(vma):
+            a, b = hugetlb_align(vma, vma.start + (lo << PAGE_SHIFT),
+                                 vma.start + (hi << PAGE_SHIFT), "MADV_DONTNEED")
+            lo, hi = vma.index(a), vma.index(b)
         zap_pte_range(k, vma, lo, hi, drop_markers=False)
 
 
@@ -58,6 +64,10 @@ def madvise_remove(k: Kernel, pid: int, start: int, length: int) -> None:
     for vma, lo, hi in vma_range(k.task(pid), start, start + length):
         if not (vma.shared and vma.maywrite) or vma.obj is None:
             raise ModelError("EACCES", f"MADV_REMOVE on a non-shared-writable VMA {vma.start:#x}")
+        if is_vm_hugetlb_page(vma):  # hugetlbfs_punch_hole: whole huge pages only
+            lo, hi = -(-lo // HPAGE) * HPAGE, hi // HPAGE * HPAGE
+            if hi <= lo:
+                continue
         shmem_fallocate(k, vma.obj, (vma.pgoff + lo) << PAGE_SHIFT, (hi - lo) << PAGE_SHIFT,
                         punch=True, keep_size=True)
 
@@ -73,7 +83,9 @@ def madvise_pageout(k: Kernel, pid: int, start: int, length: int) -> None:
     of a file/shmem mapping only if can_do_file_pageout (else silently nothing)."""
     task = k.task(pid)
     chosen = []
-    for vma, lo, hi in vma_range(task, start, start + length):
+    ranges = vma_range(task, start, start + length)
+    lru_advice_valid(ranges, "MADV_PAGEOUT")
+    for vma, lo, hi in ranges:
         ptes = vma.ptes[lo:hi]
         present = pte.kinds(ptes) == pte.PRESENT
         pfns = pte.values(ptes[present])
@@ -107,6 +119,9 @@ def madvise_guard_install(k: Kernel, pid: int, start: int, length: int) -> None:
     on shmem, until 6.19), zap the range, install PTE_MARKER_GUARD in every PTE."""
     if not k.profile.guard_regions:
         raise ModelError("EINVAL", f"{k.profile.name} has no MADV_GUARD_INSTALL")
+    for vma, _, _ in vma_range(k.task(pid), start, start + length):
+        if is_vm_hugetlb_page(vma):  # is_valid_guard_vma
+            raise ModelError("EINVAL", f"MADV_GUARD_INSTALL on a hugetlb VMA {vma.start:#x}")
     for vma, lo, hi in vma_range(k.task(pid), start, start + length):
         if k.profile.guard_install_anon_vma or vma.obj is None:
             vma.anon_vma = True
@@ -157,7 +172,7 @@ def madvise_free(k: Kernel, pid: int, start: int, length: int) -> None:
     one is marked lazyfree but keeps its other mappers' dirty bits, which the model holds on
     the frame: it stays dirty, so reclaim keeps it (try_to_unmap_one sees a dirty PTE)."""
     ranges = vma_range(k.task(pid), start, start + length)
-    for vma, _, _ in ranges:
+    for vma, _, _ in ranges:  # a hugetlb VMA has a file: EINVAL too
         if vma.obj is not None or vma.shared:
             raise ModelError("EINVAL", f"MADV_FREE on a non-anonymous VMA {vma.start:#x}")
     for vma, lo, hi in ranges:
@@ -186,8 +201,16 @@ def madvise_free(k: Kernel, pid: int, start: int, length: int) -> None:
 def madvise_cold(k: Kernel, pid: int, start: int, length: int) -> None:
     """MADV_COLD (madvise_cold_or_pageout_pte_range without pageout): the pages move to the
     inactive LRU and lose their young bits. The model has no LRU and reclaims only when told
-    (reclaim, pageout), so nothing it shows changes; the range must be mapped (ENOMEM)."""
-    vma_range(k.task(pid), start, start + length)
+    (reclaim, pageout), so nothing it shows changes; the range must be mapped (ENOMEM) and
+    not hugetlb (EINVAL)."""
+    lru_advice_valid(vma_range(k.task(pid), start, start + length), "MADV_COLD")
+
+
+def lru_advice_valid(ranges, what: str) -> None:
+    """can_madv_lru_vma: no LRU advice on a hugetlb VMA (EINVAL)."""
+    for vma, _, _ in ranges:
+        if is_vm_hugetlb_page(vma):
+            raise ModelError("EINVAL", f"{what} on a hugetlb VMA {vma.start:#x}")
 
 
 VMA_FLAG_ADVICE = {  # advice -> (Vma field, value): madvise_update_vma's new vm_flags

@@ -147,14 +147,15 @@ def zap_pte_range(k: Kernel, vma: Vma, lo: int, hi: int, drop_markers: bool) -> 
     free_empty_ptables(vma, lo, hi)
 
 
-def get_unmapped_area(k: Kernel, task: Task, length: int) -> int:
-    """arch_get_unmapped_area_topdown: the highest gap below mmap_base that fits."""
+def get_unmapped_area(k: Kernel, task: Task, length: int, align: int = PAGE_SIZE) -> int:
+    """arch_get_unmapped_area_topdown: the highest gap below mmap_base that fits (aligned:
+    hugetlb_get_unmapped_area asks for huge-page alignment)."""
     top = k.mmap_base
     for vma in sorted(task.vmas, key=lambda v: -v.start):
-        if vma.end <= top - length:
+        if vma.end <= (top - length) // align * align:
             break
         top = min(top, vma.start)
-    return top - length
+    return (top - length) // align * align
 
 
 def do_mmap(
@@ -168,6 +169,7 @@ def do_mmap(
     addr: int | None = None,
     name: str = "",
     maywrite: bool = True,
+    align: int = PAGE_SIZE,
 ) -> int:
     """do_mmap: a new VMA; MAP_SHARED|MAP_ANONYMOUS gets its own shmem inode
     (shmem_zero_setup, "/dev/zero (deleted)"). Returns the address."""
@@ -187,7 +189,7 @@ def do_mmap(
     elif obj is None:
         raise ModelError("EBADF", "mmap of a file needs an fd")
     if addr is None:
-        addr = get_unmapped_area(k, task, length)
+        addr = get_unmapped_area(k, task, length, align)
     elif addr & (PAGE_SIZE - 1):
         raise ModelError("EINVAL", f"address {addr:#x} is not page aligned")
     else:
@@ -263,6 +265,9 @@ def do_mprotect(k: Kernel, pid: int, start: int, length: int, prot: int) -> None
         raise ModelError("EINVAL", f"mprotect address {start:#x} is not page aligned")
     end = start + page_align(length)
     for vma, _, _ in vma_range(task, start, end):  # ENOMEM on a gap, before any change
+        if vma.obj is not None and vma.obj.kind == "hugetlb" and (start | end) % (2 << 20):
+            raise ModelError("EINVAL", f"mprotect of a hugetlb VMA at {start:#x}: not 2 MiB "
+                             "aligned")
         if prot & PROT_WRITE and vma.shared and not vma.maywrite:
             raise ModelError("EACCES", f"mprotect(PROT_WRITE) of {vma.start:#x}: no VM_MAYWRITE")
     for vma in isolate_range(task, start, end):
@@ -293,7 +298,7 @@ def release_vma(k: Kernel, vma: Vma) -> None:
 def put_inode(k: Kernel, obj: Inode) -> None:
     """iput: the last reference gone, shmem_evict_inode frees pages and swap."""
     obj.refs -= 1
-    if obj.refs <= 0 and obj.is_shmem:
+    if obj.refs <= 0 and (obj.is_shmem or obj.kind == "hugetlb"):
         from dumper.model.shmem import shmem_truncate_range
 
         shmem_truncate_range(k, obj, 0, len(obj.cache))
@@ -308,6 +313,10 @@ def do_munmap(k: Kernel, pid: int, start: int, length: int) -> None:
     if start & (PAGE_SIZE - 1):
         raise ModelError("EINVAL", f"munmap address {start:#x} is not page aligned")
     end = start + page_align(length)
+    for vma in task.vmas_in(start, end):  # hugetlb_split: only whole huge pages
+        if vma.obj is not None and vma.obj.kind == "hugetlb" and (start | end) % (2 << 20):
+            raise ModelError("EINVAL", f"munmap of {start:#x}-{end:#x}: a hugetlb VMA is "
+                             "unmapped in whole 2 MiB pages")
     for vma in isolate_range(task, start, end):
         zap_pte_range(k, vma, 0, vma.npages, drop_markers=True)
         task.vmas.remove(vma)
@@ -332,6 +341,8 @@ def do_mremap(k: Kernel, pid: int, old: int, old_len: int, new_addr: int | None 
         vma = task.find_vma(old)
         if vma is None:
             raise ModelError("EFAULT", f"mremap of {old:#x}: not mapped")
+        if vma.obj is not None and vma.obj.kind == "hugetlb":
+            raise ModelError("EINVAL", "the model resizes no hugetlb mapping")
         if new_len < old_len:  # always allowed, across VMAs: the tail is unmapped
             do_munmap(k, pid, old + new_len, old_len - new_len)
             return old

@@ -192,7 +192,8 @@ def mincore_pte_range(k: Kernel, pid: int, vma: Vma, lo: int, hi: int) -> np.nda
         unmapped |= mk  # pte_none_mostly()
     else:
         out[mk] = True  # non_swap_entry(): 1
-    if vma.obj is not None:  # __mincore_unmapped_range: file VMAs look in the page cache
+    if vma.obj is not None and vma.obj.kind != "hugetlb":
+        # __mincore_unmapped_range: file VMAs look in the page cache (mincore_hugetlb: not)
         idx = np.nonzero(unmapped)[0]
         out[idx] = pagecache_incore(k, vma.obj, vma.pgoff + lo + idx)
     return out.astype(np.uint8)
@@ -233,6 +234,8 @@ def shmem_file_llseek(k: Kernel, obj: Inode, offset: int, whence: int) -> int:
         raise ModelError("EINVAL", f"whence {whence} is not SEEK_DATA/SEEK_HOLE")
     if offset < 0 or offset >= obj.size:
         raise ModelError("ENXIO", f"offset {offset} is at or past the size {obj.size}")
+    if obj.kind == "hugetlb":  # hugetlbfs has default_llseek: all data, the hole at i_size
+        return offset if whence == SEEK_DATA else obj.size
     npages = obj.npages
     i = offset >> PAGE_SHIFT
     chunk = 4096

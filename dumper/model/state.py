@@ -22,6 +22,7 @@ F_ANON = 2  # folio_test_anon: a private anonymous page (PM_FILE is its negation
 F_UPTODATE = 4  # folio_test_uptodate: fallocated shmem folios are not (SGP_FALLOC)
 F_DIRTY = 8  # written since last cleaned (a file page since read; pte_dirty for anon)
 F_LAZYFREE = 16  # !folio_test_swapbacked: MADV_FREE'd anonymous, discarded by reclaim if clean
+F_HUGETLB = 32  # a page of a hugetlb folio (from the pool; never reclaimed)
 
 PFN_BASE = 0x100000
 # The shared zero page (mm/memory.c my_zero_pfn); this machine's was 0x3b34 (kernel.md §7 (e)).
@@ -139,7 +140,7 @@ class Inode:
     """A shared object: shmem (MAP_SHARED|MAP_ANONYMOUS), memfd, SysV segment, tmpfs or
     regular file. Its page cache is one u64 per index (hole / page / swap value)."""
 
-    kind: str  # "shmem-anon" | "memfd" | "sysv" | "tmpfs" | "file"
+    kind: str  # "shmem-anon" | "memfd" | "sysv" | "tmpfs" | "file" | "hugetlb"
     dev: tuple[int, int]
     ino: int
     name: str
@@ -158,7 +159,8 @@ class Inode:
 
     @property
     def is_shmem(self) -> bool:
-        return self.kind != "file"
+        """On a shmem mount (TMPFS_MAGIC): not a regular file, nor a hugetlbfs one."""
+        return self.kind not in ("file", "hugetlb")
 
     def grow_cache(self, npages: int) -> None:
         if npages > len(self.cache):
@@ -277,6 +279,7 @@ class Kernel:
     counters: Counters = field(default_factory=Counters)
     migrating: set[int] = field(default_factory=set)  # old PFNs with migration entries out
     thp: str = "madvise"  # /sys/kernel/mm/transparent_hugepage/enabled: always|madvise|never
+    hugetlb_pool: int = 0  # vm.nr_hugepages (2 MiB pages)
     large: dict[int, int] = field(default_factory=dict)  # THP folios: head PFN -> pages
     next_pid: int = 1
     next_ino: int = 1024

@@ -20,6 +20,7 @@ from dumper.model.shmem import PC_PAGE, PC_SWAP, pc_make
 from dumper.model.state import (
     F_ANON,
     F_DIRTY,
+    F_HUGETLB,
     F_LAZYFREE,
     F_USED,
     PFN_BASE,
@@ -134,6 +135,8 @@ def shrink_folio_list(k: Kernel, pfns: np.ndarray, free_now: bool | None = None)
     and kept (shmem_writeout fails: kernel.md §3, verified (n))."""
     pfns = np.unique(np.asarray(pfns, dtype=U64))
     pfns = pfns[pfns != U64(ZERO_PFN)]
+    # hugetlb folios are not on the LRU: reclaim never sees them
+    pfns = pfns[(k.frames.flags.a[pfns.astype(np.int64) - PFN_BASE] & F_HUGETLB) == 0]
     if k.migrating:  # a folio under migration is isolated from the LRU: never reclaimed
         pfns = pfns[~np.isin(pfns, np.array(sorted(k.migrating), dtype=U64))]
     if not len(pfns):

@@ -5,6 +5,7 @@
     cite david-2021-08-17a                 # the thread message it comes from (docs/thread.md)
     swap on | off | async                  # the swap device: zram-like, none, swapfile-like
     thp madvise | always | never           # transparent_hugepage/enabled (default madvise)
+    hugepages N                            # vm.nr_hugepages: the hugetlb pool (default 0)
     task A                                 # the root task
     mmap A shm 8 shared                    # A maps 8 pages MAP_SHARED|MAP_ANONYMOUS as "shm"
     write A shm 0-7                        # pages are region-relative: 3, 0-7, 0-3,6, all
@@ -17,7 +18,7 @@
 
 Operations (TASK, REGION, FD are names; PAGES region-relative page lists):
     task NAME                       fork PARENT CHILD               exit TASK
-    mmap TASK REGION NPAGES [shared|private] [fd=FD] [offset=N] [prot=r|rw]
+    mmap TASK REGION NPAGES [shared|private] [fd=FD] [offset=N] [prot=r|rw] [hugetlb]
     munmap TASK REGION [PAGES]      zap TASK REGION PAGES
     mremap TASK REGION [NPAGES]     a move, or a grow / shrink to NPAGES (in place if it can)
     mprotect TASK REGION PAGES none|r|rw
@@ -60,7 +61,8 @@ VIEWS = ("pagemap", "mincore", "lseek", "flags", "classify", "truth")
 OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fork": (("task", "newtask"), ()),
     "exit": (("task",), ()),
-    "mmap": (("task", "newregion", "int"), ("shared", "private", "fd=", "offset=", "prot=")),
+    "mmap": (("task", "newregion", "int"), ("shared", "private", "fd=", "offset=", "prot=",
+                                            "hugetlb")),
     "munmap": (("task", "region"), ("pages",)),
     "mremap": (("task", "region"), ("int",)),
     "mprotect": (("task", "region", "pages", "prot"), ()),
@@ -135,6 +137,7 @@ class Scenario:
     header: str = ""  # the leading comment block
     swap: str = "on"
     thp: str = "madvise"
+    hugepages: int = 0
     root: str = ""
     ops: list[Op] = field(default_factory=list)
     dump_line: int = 0
@@ -226,6 +229,10 @@ def parse(text: str, path: str = "<scenario>") -> Scenario:
             if args not in (["madvise"], ["always"], ["never"]):
                 raise fail("thp takes madvise, always or never")
             sc.thp = args[0]
+        elif op == "hugepages":
+            if len(args) != 1 or not args[0].isdigit():
+                raise fail("hugepages takes the number of 2 MiB pages in the pool")
+            sc.hugepages = int(args[0])
         elif op == "task":
             if sc.root:
                 raise fail(f"the root task is already {sc.root!r}; create others with fork")

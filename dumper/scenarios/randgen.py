@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 MAX_PAGES = 12
 THP_PAGES = 1024
+HUGEPAGES = 8
 
 
 @dataclass
@@ -35,11 +36,23 @@ def _pages(rng: random.Random, n: int) -> str:
     return str(a) if a == b else f"{a}-{b}"
 
 
-def random_program(rng: random.Random, depth: int = 12, name: str = "random") -> str:
-    """A random scenario of about depth operations, ending with a dump of the root."""
+def random_program(rng: random.Random, depth: int = 12, name: str = "random",
+                   hugetlb: bool = False) -> str:
+    """A random scenario of about depth operations, ending with a dump of the root.
+    hugetlb: also MAP_HUGETLB mappings (a pool of HUGEPAGES): off by default while the dump
+    references a hugetlbfs mapping as a regular file instead of saving its pages."""
     st = _State()
-    lines = [f"scenario {name}", f"swap {rng.choice(['on', 'on', 'async', 'off'])}", "task A"]
+    lines = [f"scenario {name}", f"swap {rng.choice(['on', 'on', 'async', 'off'])}"]
+    lines += [f"hugepages {HUGEPAGES}"] if hugetlb else []
+    lines.append("task A")
     for _ in range(depth):
+        if hugetlb and rng.random() < 0.1:
+            st.n_regions += 1
+            r = f"r{st.n_regions}"
+            t = rng.choice(sorted(st.alive))
+            st.regions[t][r] = 512
+            lines.append(f"mmap {t} {r} 512 {rng.choice(['private', 'shared'])} hugetlb")
+            continue
         lines += _step(rng, st)
     lines.append("dump A")
     return "\n".join(lines) + "\n"

@@ -98,7 +98,8 @@ def build(sc: Scenario, profile, lenient: bool = False) -> World:
     operation the kernel refuses (or a task takes a signal for) is skipped, as a random
     program's would be; otherwise it is an error naming the line."""
     prof = load_profile(profile) if isinstance(profile, str) else profile
-    m = Model(prof, swap=sc.swap != "off", swap_sync=sc.swap != "async", thp=sc.thp)
+    m = Model(prof, swap=sc.swap != "off", swap_sync=sc.swap != "async", thp=sc.thp,
+              hugepages=sc.hugepages)
     w = World(sc, m)
     w.pids[sc.root] = m.spawn(sc.root)
     w.regions[sc.root], w.fds[sc.root] = {}, {}
@@ -132,7 +133,7 @@ def apply(w: World, op: Op) -> None:
         fd = w.fd(a[0], o["fd"], n) if "fd" in o else None
         shared = bool(o.get("shared")) and not o.get("private")
         addr = m.mmap(pid, a[2] * PAGE_SIZE, prot=prot, shared=shared, fd=fd,
-                      offset=int(o.get("offset", 0)) * PAGE_SIZE)
+                      offset=int(o.get("offset", 0)) * PAGE_SIZE, hugetlb=bool(o.get("hugetlb")))
         w.regions[a[0]][a[1]] = (addr, a[2])
     elif op.name == "munmap":
         for addr, length in w.page_runs(a[0], a[1], o.get("pages", "all"), n):

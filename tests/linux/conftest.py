@@ -3,6 +3,7 @@ cleaned up; every test here is skipped (with the reason) when not running as roo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -55,6 +56,7 @@ def _setting(path: str) -> str:
     return text
 
 
+@contextlib.contextmanager
 def set_kernel_settings(settings: dict[str, str]) -> Iterator[dict[str, str]]:
     """Write each path -> value, and put every one back as found on the way out, whatever
     happens (in reverse order; one that cannot be put back is reported, the rest still are)."""
@@ -82,7 +84,21 @@ def set_kernel_settings(settings: dict[str, str]) -> Iterator[dict[str, str]]:
 @pytest.fixture
 def thp() -> Iterator[dict[str, str]]:
     """Transparent huge pages as the THP programs need them, restored afterwards."""
-    yield from set_kernel_settings({f"{THP}/{k}": v for k, v in THP_SETTINGS.items()})
+    with set_kernel_settings({f"{THP}/{k}": v for k, v in THP_SETTINGS.items()}) as s:
+        yield s
+
+
+HUGEPAGES = 8  # the hugetlb pool the hugetlb programs get (16 MiB)
+
+
+@pytest.fixture
+def hugetlb() -> Iterator[dict[str, str]]:
+    """vm.nr_hugepages = HUGEPAGES (every page must come: the kernel may give fewer), put
+    back afterwards."""
+    with set_kernel_settings({"/proc/sys/vm/nr_hugepages": str(HUGEPAGES)}) as s:
+        if int(_setting("/proc/sys/vm/nr_hugepages")) != HUGEPAGES:
+            pytest.skip(f"the kernel could not give {HUGEPAGES} huge pages")
+        yield s
 
 
 @pytest.fixture

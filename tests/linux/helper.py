@@ -56,10 +56,11 @@ class Helper:
         self.stop = threading.Event()
 
     # -- operations --------------------------------------------------------------------------
-    def op_mmap(self, name, pages, shared=False, memfd=None, offset=0, prot=3, addr=None):
+    def op_mmap(self, name, pages, shared=False, memfd=None, offset=0, prot=3, addr=None,
+                hugetlb=False):
         """A region; at addr exactly if given (MAP_FIXED_NOREPLACE, no fences: the caller
-        keeps regions apart)."""
-        flags = 0x01 if shared else 0x02
+        keeps regions apart); hugetlb: MAP_HUGETLB."""
+        flags = (0x01 if shared else 0x02) | (0x40000 if hugetlb else 0)
         fd = -1
         if memfd is None:
             flags |= 0x20

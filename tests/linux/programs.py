@@ -22,6 +22,8 @@ A program is a list of Op, one per line in text form:
                                child maps a region whole or not at all), wipeonfork /
                                keeponfork, hugepage / nohugepage (MADV_HUGEPAGE)
     mmap A r0 512 anon         one PMD of private memory (regions are 2 MiB aligned)
+    mmap A r0 512 hugetlb      MAP_PRIVATE|MAP_HUGETLB (hugetlb-shared: MAP_SHARED), whole
+                               2 MiB pages; DONTNEED, mprotect and munmap in whole ones
     mprotect A r0 2 3 none     mprotect of pages 2-4 to PROT_NONE (or r, rw)
     mremap A r0 12             grow or shrink in place (flags 0) to 12 pages
     writeback A                wait until the kernel has no writeback in flight (nothing on
@@ -46,6 +48,7 @@ REGION_STRIDE = 1 << 22  # 4 MiB: 2 MiB aligned, and a 512-page region has a gap
 MAX_PAGES = 16  # one fault-around window
 HPAGE = 512  # a private anonymous region may also be one PMD (a THP under MADV_HUGEPAGE)
 KINDS = ("anon", "shared", "memfd", "sysv")
+HUGETLB = ("hugetlb", "hugetlb-shared")  # MAP_HUGETLB (the hugetlb fixture's pool), 512 pages
 ADVICE = ("dontneed", "pageout", "remove", "guard", "unguard", "free", "cold", "dontfork",
           "dofork", "wipeonfork", "keeponfork", "hugepage", "nohugepage")
 PROTS = ("none", "r", "rw")
@@ -133,7 +136,11 @@ class Region:
 
     @property
     def shared(self) -> bool:
-        return self.kind != "anon"
+        return self.kind not in ("anon", "hugetlb")
+
+    @property
+    def hugetlb(self) -> bool:
+        return self.kind in HUGETLB
 
     @property
     def seekable(self) -> bool:
@@ -203,8 +210,9 @@ class Checker:
             self.fds[q].add(name)
         elif op.verb == "mmap":
             r, n, kind = a[:3]
-            _need(r not in self.regions[p] and kind in KINDS and (
-                0 < n <= MAX_PAGES or kind == "anon" and n == HPAGE), op)
+            _need(r not in self.regions[p] and (kind in KINDS and (
+                0 < n <= MAX_PAGES or kind == "anon" and n == HPAGE)
+                or kind in HUGETLB and n % HPAGE == 0 and 0 < n <= 2 * HPAGE), op)
             reg = Region(kind, n, *(a[3:] if kind == "memfd" else ()))
             if kind == "memfd":
                 _need(reg.memfd in self.fds[p] and reg.offset + n <= self.sizes[reg.memfd], op)
@@ -221,7 +229,8 @@ class Checker:
         elif op.verb == "mremap":
             r, n = a
             reg = self.regions[p].get(r)
-            _need(reg is not None and 0 < n <= MAX_PAGES and n != reg.npages, op)
+            _need(reg is not None and 0 < n <= MAX_PAGES and n != reg.npages and not reg.hugetlb,
+                  op)
             prot = self.prots[(p, r)]
             # Growing needs the region to be one VMA (vma_to_resize, else EFAULT), which the
             # new pages join: read-write all through, no WIPEONFORK part.
@@ -235,6 +244,7 @@ class Checker:
             r, first, n, prot = a
             reg = self.regions[p].get(r)
             _need(reg is not None and n > 0 and first + n <= reg.npages and prot in PROTS, op)
+            _need(not reg.hugetlb or first % HPAGE == 0 and n % HPAGE == 0, op)
             self.prots[(p, r)][first : first + n] = [prot] * n
         elif op.verb == "writeback":
             pass
@@ -251,6 +261,9 @@ class Checker:
             _need(reg is not None and n > 0 and first + n <= reg.npages, op)
             _need(op.verb != "remove" or reg.shared, op)
             _need(op.verb not in ("free", "wipeonfork") or reg.kind == "anon", op)
+            # hugetlb: no LRU advice, no guards, DONTNEED from a huge page boundary
+            _need(not reg.hugetlb or op.verb not in ("pageout", "cold", "guard", "unguard"), op)
+            _need(not reg.hugetlb or op.verb != "dontneed" or first % HPAGE == 0, op)
             span = set(range(first, first + n))
             if op.verb in ("dontfork", "dofork"):
                 _need(first == 0 and n == reg.npages, op)

@@ -173,6 +173,9 @@ class RealRunner(Runner):
             if kind == "sysv":
                 h.call("shmat", name=r, pages=n, addr=region_addr(r))
                 return
+            if kind in ("hugetlb", "hugetlb-shared"):
+                h.mmap(r, n, shared=kind == "hugetlb-shared", addr=region_addr(r), hugetlb=True)
+                return
             kw = {"memfd": a[3], "offset": a[4]} if kind == "memfd" else {}
             h.mmap(r, n, shared=kind != "anon", addr=region_addr(r), **kw)
         elif op.verb == "memfd":
@@ -228,9 +231,11 @@ class ModelRunner(Runner):
     """The model's linux-6.18 profile; an observer task holds the map_files fds it opens.
     thp: the machine's transparent_hugepage/enabled, which the tests set (conftest.thp)."""
 
-    def __init__(self, swap: bool, swap_sync: bool = False, thp: str = "madvise") -> None:
+    def __init__(self, swap: bool, swap_sync: bool = False, thp: str = "madvise",
+                 hugepages: int = 0) -> None:
         super().__post_init__()
-        self.m = Model("linux-6.18", swap=swap, swap_sync=swap_sync, thp=thp)
+        self.m = Model("linux-6.18", swap=swap, swap_sync=swap_sync, thp=thp,
+                       hugepages=hugepages)
         self.pid: dict[str, int] = {}
         self.fd: dict[tuple[str, str], int] = {}
         self.observer = self.m.spawn("observer")
@@ -248,6 +253,10 @@ class ModelRunner(Runner):
                     self.fd[(a[0], name)] = fd
         elif op.verb == "mmap":
             r, n, kind = a[:3]
+            if kind in ("hugetlb", "hugetlb-shared"):
+                m.mmap(pid, n * PAGE, shared=kind == "hugetlb-shared", addr=region_addr(r),
+                       hugetlb=True)
+                return
             if kind == "sysv":  # IPC_PRIVATE, removed at once as the helper does
                 seg = m.shmget(0, n * PAGE)
                 m.shmat(pid, seg, addr=region_addr(r))
