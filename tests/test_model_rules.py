@@ -662,3 +662,91 @@ def test_dup_mmap_skips_dontcopy_and_empties_wipeonfork():
     with pytest.raises(ModelError, match="EINVAL"):
         m.madvise(a, m.mmap(a, PAGE, shared=True), PAGE, MADV_WIPEONFORK)
     assert not violations(m.k)
+
+
+def _runs(m: Model, pid: int, addr: int, n: int) -> str:
+    """pagemap letters (P F X, - for none) per page, run-length encoded: "PXx512"."""
+    from itertools import groupby
+
+    letters = ["".join(c for c in (flags(m, pid, addr + i * PAGE, 1)) if c in "PSFX") or "-"
+               for i in range(n)]
+    return " ".join(f"{k}x{len(list(g))}" for k, g in groupby(letters))
+
+
+def _thp_region(m: Model, a: int) -> int:
+    from dumper.kabi import MADV_HUGEPAGE
+
+    r = m.mmap(a, 4 << 20)
+    r = (r + (2 << 20) - 1) & ~((2 << 20) - 1)
+    m.madvise(a, r, 2 << 20, MADV_HUGEPAGE)
+    return r
+
+
+def test_do_huge_pmd_anonymous_page_maps_the_whole_pmd():
+    """A write in a VM_HUGEPAGE PMD maps all 512 pages (a THP), a read the huge zero page
+    (P F); a partial DONTNEED splits the PMD; fork shares it and a child's write copies one
+    page (6.18, measured: tests/linux/test_differential.py thp-fault-split-fork)."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = _thp_region(m, a)
+    m.write(a, r + 5 * PAGE, PAGE)
+    assert _runs(m, a, r, 512) == "PXx512"
+    m.madvise(a, r + 8 * PAGE, 4 * PAGE, MADV_DONTNEED)
+    assert _runs(m, a, r, 512) == "PXx8 -x4 PXx500"
+    z = _thp_region(m, a)
+    m.read(a, z + 7 * PAGE, PAGE)
+    assert _runs(m, a, z, 512) == "PFx512"
+    m.write(a, z + 9 * PAGE, PAGE)
+    assert _runs(m, a, z, 512) == "PXx512"
+    b = m.fork(a)
+    m.write(b, z + 3 * PAGE, PAGE)
+    assert _runs(m, b, z, 512) == "Px3 PXx1 Px508"
+    assert not violations(m.k)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_reclaim_of_a_thp_splits_it_and_remaps_zero_pages(swap):
+    """shrink_folio_list on a THP: one holding data in every page is swapped out whole; any
+    other is split and its zero-filled pages are mapped to the shared zero page (6.12)."""
+    m = Model("linux-6.18", swap=swap)
+    a = m.spawn("A")
+    d = _thp_region(m, a)
+    m.write(a, d, PAGE)
+    m.write(a, d + 100 * PAGE, PAGE)
+    m.madvise(a, d, 2 << 20, MADV_PAGEOUT)
+    s = "S" if swap else "PX"
+    assert _runs(m, a, d, 512) == f"{s}x1 Px99 {s}x1 Px411"
+    g = _thp_region(m, a)
+    m.write(a, g, 2 << 20)
+    m.madvise(a, g, 2 << 20, MADV_PAGEOUT)
+    assert _runs(m, a, g, 512) == ("Sx512" if swap else "PXx512")
+    assert not violations(m.k)
+
+
+def test_hugetlb_faults_whole_pages_and_keeps_them_from_reclaim():
+    """hugetlb: a fault maps the whole 2 MiB page (private: anonymous, no zero page; shared:
+    the file's); fork COW-copies a private page whole and leaves a shared one's PTEs; a
+    DONTNEED shorter than a huge page does nothing; LRU advice is EINVAL; mmap needs the
+    pool (measured: tests/linux/test_differential.py hugetlb-private-shared)."""
+    m = Model("linux-6.18", hugepages=3)
+    a = m.spawn("A")
+    p = m.mmap(a, 2 << 20, hugetlb=True)
+    m.read(a, p + 5 * PAGE, PAGE)
+    assert _runs(m, a, p, 512) == "PXx512" and mc(m, a, p, 512) == "1" * 512
+    s = m.mmap(a, 2 << 20, shared=True, hugetlb=True)
+    m.write(a, s, PAGE)
+    b = m.fork(a)
+    assert _runs(m, b, p, 512) == "Px512" and _runs(m, b, s, 512) == "-x512"
+    m.write(b, p, PAGE)
+    assert _runs(m, b, p, 512) == "PXx512"
+    m.madvise(a, p, 4 * PAGE, MADV_DONTNEED)
+    assert _runs(m, a, p, 512) == "PXx512"
+    for advice in (MADV_PAGEOUT, MADV_COLD, MADV_FREE):
+        with pytest.raises(ModelError, match="EINVAL"):
+            m.madvise(a, p, 2 << 20, advice)
+    with pytest.raises(ModelError, match="ENOMEM"):
+        m.mmap(a, 2 << 20, hugetlb=True)
+    m.madvise(a, s, 2 << 20, MADV_DONTNEED)
+    assert mc(m, a, s, 512) == "0" * 512  # mincore_hugetlb: the page cache is not asked
+    assert m.peek(a, s, PAGE) != bytes(PAGE)
+    assert not violations(m.k)
