@@ -52,14 +52,17 @@ class Model:
     """One modelled machine: a kernel profile, its tasks, objects, frames and swap."""
 
     def __init__(self, profile: Profile | str = DEFAULT_PROFILE, swap: bool = True,
-                 swap_sync: bool = True, thp: str = "madvise", hugepages: int = 0) -> None:
+                 swap_sync: bool = True, thp: str = "madvise", hugepages: int = 0,
+                 shmem_folio_pages: int = 1) -> None:
         """thp: the system's transparent_hugepage/enabled (always, madvise, never);
-        hugepages: vm.nr_hugepages, the hugetlb pool of 2 MiB pages."""
+        hugepages: vm.nr_hugepages, the hugetlb pool of 2 MiB pages; shmem_folio_pages:
+        the large shmem folio shmem_enabled allows (16 for hugepages-64kB=always)."""
         if isinstance(profile, str):
             profile = load_profile(profile)
         if thp not in ("always", "madvise", "never"):
             raise ValueError(f"thp={thp!r}: always, madvise or never")
-        self.k = Kernel(profile=profile, thp=thp, hugetlb_pool=hugepages)
+        self.k = Kernel(profile=profile, thp=thp, hugetlb_pool=hugepages,
+                        shmem_folio_pages=shmem_folio_pages)
         self.k.swap.enabled = swap
         self.k.swap.sync = swap_sync
 

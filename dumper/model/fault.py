@@ -15,6 +15,7 @@ from dumper.model import pte
 from dumper.model.hugetlb import hugetlb_fault, is_vm_hugetlb_page
 from dumper.model.mm import folio_free_swap, map_frames, swap_free, unmap_frames, vma_range
 from dumper.model.shmem import PC_PAGE, pc_kinds, pc_values, shmem_get_folio
+from dumper.model.shmem_large import finish_fault_folio, shmem_alloc_large
 from dumper.model.state import (
     F_ANON,
     F_DIRTY,
@@ -197,10 +198,17 @@ def handle_mm_fault(k: Kernel, task: Task, vma: Vma, i: int, write: bool) -> Non
             do_fault_around(k, vma, i)
             if int(vma.ptes[i]) != 0:
                 return
+            shmem_alloc_large(k, vma, i)  # a hole in an all-hole block: a large folio
             pfn = int(shmem_get_folio(k, vma.obj, idx, idx + 1, "SGP_CACHE")[0])
+            if finish_fault_folio(k, vma, i, pfn, write=vma.shared and bool(
+                    vma.prot & PROT_WRITE)):
+                return  # finish_fault maps a large folio whole
             _set_present(k, vma, i, pfn, write=vma.shared and bool(vma.prot & PROT_WRITE))
             return
+        shmem_alloc_large(k, vma, i)
         pfn = int(shmem_get_folio(k, vma.obj, idx, idx + 1, "SGP_CACHE")[0])
+        if vma.shared and finish_fault_folio(k, vma, i, pfn, write=True):
+            return  # do_shared_fault on a large folio: mapped whole
         if vma.shared:  # do_shared_fault
             _set_present(k, vma, i, pfn, write=True)
         else:  # do_cow_fault
@@ -232,7 +240,7 @@ def _fast_write(k: Kernel, vma: Vma, lo: int, hi: int, cids: np.ndarray) -> bool
         k.frames.flags.a[fi] |= F_DIRTY
         return True
     if vma.shared and not ptes.any() and vma.pgoff + hi <= vma.obj.npages and not \
-            is_vm_hugetlb_page(vma):
+            is_vm_hugetlb_page(vma) and k.shmem_folio_pages == 1:
         # do_shared_fault for a whole range inside i_size (past it shmem_fault is SIGBUS:
         # the slow path raises it at the first such page)
         pfns = shmem_get_folio(k, vma.obj, vma.pgoff + lo, vma.pgoff + hi, "SGP_WRITE")

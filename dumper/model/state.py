@@ -280,6 +280,7 @@ class Kernel:
     migrating: set[int] = field(default_factory=set)  # old PFNs with migration entries out
     thp: str = "madvise"  # /sys/kernel/mm/transparent_hugepage/enabled: always|madvise|never
     hugetlb_pool: int = 0  # vm.nr_hugepages (2 MiB pages)
+    shmem_folio_pages: int = 1  # the large shmem folio size shmem_enabled allows (16: 64K)
     large: dict[int, int] = field(default_factory=dict)  # THP folios: head PFN -> pages
     next_pid: int = 1
     next_ino: int = 1024

@@ -194,7 +194,8 @@ def reclaim_large_folios(k: Kernel, pfns: np.ndarray) -> None:
         return
     from dumper.model.mm import unmap_frames
 
-    heads = {h for h in (folio_of(k, int(p)) for p in np.unique(pfns)) if h is not None}
+    heads = {h for h in (folio_of(k, int(p)) for p in np.unique(pfns))
+             if h is not None and k.frames.flags.a[h - PFN_BASE] & F_ANON}
     for head in heads:
         n = k.large.pop(head)
         fi = np.arange(head, head + n, dtype=np.int64) - PFN_BASE

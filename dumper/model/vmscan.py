@@ -17,6 +17,7 @@ import numpy as np
 from dumper.kabi import PTE_MARKER_PAGEOUT, PTE_MARKER_UFFD_WP
 from dumper.model import pte
 from dumper.model.shmem import PC_PAGE, PC_SWAP, pc_make
+from dumper.model.shmem_large import reclaim_whole_folios
 from dumper.model.state import (
     F_ANON,
     F_DIRTY,
@@ -145,6 +146,7 @@ def shrink_folio_list(k: Kernel, pfns: np.ndarray, free_now: bool | None = None)
         free_now = k.swap.sync
     pfns = discard_lazyfree(k, pfns)
     reclaim_large_folios(k, pfns)  # THP: split (zero pages remapped) or swapped whole
+    pfns = reclaim_whole_folios(k, pfns)  # a large shmem folio goes whole
     pfns = pfns[(k.frames.flags.a[pfns.astype(np.int64) - PFN_BASE] & F_USED) != 0]
     if not len(pfns):
         return

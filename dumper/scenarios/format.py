@@ -6,6 +6,7 @@
     swap on | off | async                  # the swap device: zram-like, none, swapfile-like
     thp madvise | always | never           # transparent_hugepage/enabled (default madvise)
     hugepages N                            # vm.nr_hugepages: the hugetlb pool (default 0)
+    shmem-folio N                          # large shmem folios of N pages (16: 64 KiB)
     task A                                 # the root task
     mmap A shm 8 shared                    # A maps 8 pages MAP_SHARED|MAP_ANONYMOUS as "shm"
     write A shm 0-7                        # pages are region-relative: 3, 0-7, 0-3,6, all
@@ -138,6 +139,7 @@ class Scenario:
     swap: str = "on"
     thp: str = "madvise"
     hugepages: int = 0
+    shmem_folio: int = 1
     root: str = ""
     ops: list[Op] = field(default_factory=list)
     dump_line: int = 0
@@ -233,6 +235,11 @@ def parse(text: str, path: str = "<scenario>") -> Scenario:
             if len(args) != 1 or not args[0].isdigit():
                 raise fail("hugepages takes the number of 2 MiB pages in the pool")
             sc.hugepages = int(args[0])
+        elif op == "shmem-folio":
+            if len(args) != 1 or args[0] not in ("1", "2", "4", "8", "16", "32", "64", "128",
+                                                 "256", "512"):
+                raise fail("shmem-folio takes a power of two from 1 to 512 (pages)")
+            sc.shmem_folio = int(args[0])
         elif op == "task":
             if sc.root:
                 raise fail(f"the root task is already {sc.root!r}; create others with fork")

@@ -99,7 +99,7 @@ def build(sc: Scenario, profile, lenient: bool = False) -> World:
     program's would be; otherwise it is an error naming the line."""
     prof = load_profile(profile) if isinstance(profile, str) else profile
     m = Model(prof, swap=sc.swap != "off", swap_sync=sc.swap != "async", thp=sc.thp,
-              hugepages=sc.hugepages)
+              hugepages=sc.hugepages, shmem_folio_pages=sc.shmem_folio)
     w = World(sc, m)
     w.pids[sc.root] = m.spawn(sc.root)
     w.regions[sc.root], w.fds[sc.root] = {}, {}

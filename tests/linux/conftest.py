@@ -88,6 +88,19 @@ def thp() -> Iterator[dict[str, str]]:
         yield s
 
 
+SHMEM_FOLIO_SETTINGS = {  # 64 KiB shmem folios, nothing bigger (shmem_enabled stays never)
+    "hugepages-64kB/shmem_enabled": "always",
+    "hugepages-2048kB/shmem_enabled": "never",
+}
+
+
+@pytest.fixture
+def shmem_folios() -> Iterator[dict[str, str]]:
+    """Large (64 KiB: 16-page) shmem folios, put back afterwards."""
+    with set_kernel_settings({f"{THP}/{k}": v for k, v in SHMEM_FOLIO_SETTINGS.items()}) as s:
+        yield s
+
+
 HUGEPAGES = 8  # the hugetlb pool the hugetlb programs get (16 MiB)
 
 

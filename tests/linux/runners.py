@@ -232,10 +232,10 @@ class ModelRunner(Runner):
     thp: the machine's transparent_hugepage/enabled, which the tests set (conftest.thp)."""
 
     def __init__(self, swap: bool, swap_sync: bool = False, thp: str = "madvise",
-                 hugepages: int = 0) -> None:
+                 hugepages: int = 0, shmem_folio_pages: int = 1) -> None:
         super().__post_init__()
         self.m = Model("linux-6.18", swap=swap, swap_sync=swap_sync, thp=thp,
-                       hugepages=hugepages)
+                       hugepages=hugepages, shmem_folio_pages=shmem_folio_pages)
         self.pid: dict[str, int] = {}
         self.fd: dict[tuple[str, str], int] = {}
         self.observer = self.m.spawn("observer")

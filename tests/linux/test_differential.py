@@ -33,12 +33,13 @@ def kernel_views(procs, ops: list[Op]) -> list:
 
 
 def first_disagreement(procs, ops: list[Op], swap: bool, kernel: list | None = None,
-                       hugepages: int = 0) -> str | None:
+                       hugepages: int = 0, shmem_folio_pages: int = 1) -> str | None:
     """None if kernel and model agree after every op; else a report of the first op after
     which they do not. kernel: views already taken by kernel_views."""
     if kernel is None:
         kernel = kernel_views(procs, ops)
-    model = ModelRunner(swap=swap, swap_sync=False, hugepages=hugepages).run(ops)
+    model = ModelRunner(swap=swap, swap_sync=False, hugepages=hugepages,
+                        shmem_folio_pages=shmem_folio_pages).run(ops)
     for i, (k, m) in enumerate(zip(kernel, model, strict=True)):
         if k == m:
             continue
@@ -339,6 +340,38 @@ HUGETLB_PROGRAMS = {
 }
 
 
+# Large shmem folios (the shmem_folios fixture: hugepages-64kB/shmem_enabled=always),
+# measured on 6.18 and followed by dumper/model/shmem_large.py: a fault on a hole in an
+# all-hole aligned 16-page block maps a 64 KiB folio whole; write(2) and a block with a page
+# in it get small folios; a punch through a folio splits it (every mapper loses its PTEs);
+# reclaim takes a folio whole (clean: 16 holes).
+SHMEM_FOLIO_PROGRAMS = {
+    "shmem-large-folios": """
+        spawn A
+        memfd A m 64
+        mmap A r0 16 memfd m 0
+        mmap A r1 16 memfd m 16
+        mmap A r2 16 memfd m 32
+        mmap A r3 8 memfd m 48     # shorter than a folio: small folios
+        write A r0 5
+        pwrite A m 40
+        read A r2 10
+        read A r1 6
+        punch A m 6 1
+        dontneed A r2 8 2
+        fork A C
+        read C r2 1
+        pageout A r1 0 16
+        write A r3 0
+        mmap A r4 16 shared
+        read A r4 3
+        fork A D
+        write D r4 9
+        pageout A r4 0 16
+    """,
+}
+
+
 # MADV_FREE: a clean lazyfree page is discarded by reclaim (reads zeros), a redirtied one
 # is set swapbacked again and stays mapped this round; a swapped page is freed at once.
 LAZYFREE = """
@@ -459,6 +492,13 @@ def test_thp_program_with_swap(procs, thp, swap, name):
 def test_hugetlb_program(procs, hugetlb, name):
     ops = parse(HUGETLB_PROGRAMS[name])
     report = first_disagreement(procs, ops, bool(_active_swaps()), hugepages=HUGEPAGES)
+    assert report is None, f"kernel and model disagree\n{text(ops)}\n{report}"
+
+
+@pytest.mark.parametrize("name", sorted(SHMEM_FOLIO_PROGRAMS))
+def test_shmem_folio_program(procs, shmem_folios, name):
+    ops = parse(SHMEM_FOLIO_PROGRAMS[name])
+    report = first_disagreement(procs, ops, bool(_active_swaps()), shmem_folio_pages=16)
     assert report is None, f"kernel and model disagree\n{text(ops)}\n{report}"
 
 
