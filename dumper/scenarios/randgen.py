@@ -4,7 +4,8 @@ A program is the text of a scenario (so any program can be saved, read and repla
 library's), built from the operations userspace and the system can do: fork, exit, mmap of
 private / shared anonymous memory, of memfds and of SysV segments, munmap, mremap (moves,
 grows, shrinks), mprotect, writes and reads (with fault-around), MADV_DONTNEED / PAGEOUT /
-REMOVE / FREE / COLD / DONTFORK / DOFORK / WIPEONFORK / HUGEPAGE (THP), guard regions,
+REMOVE / FREE / COLD / DONTFORK / DOFORK / WIPEONFORK / HUGEPAGE (THP), large shmem
+folios (a quarter of the programs), hugetlb (when asked), guard regions,
 PMD-split zaps, system reclaim (with or without the swap-cache stage), swap-cache drops,
 NUMA migration (pending or finished), memfd writes and hole punches.
 """
@@ -44,6 +45,7 @@ def random_program(rng: random.Random, depth: int = 12, name: str = "random",
     st = _State()
     lines = [f"scenario {name}", f"swap {rng.choice(['on', 'on', 'async', 'off'])}"]
     lines += [f"hugepages {HUGEPAGES}"] if hugetlb else []
+    lines += ["shmem-folio 16"] if rng.random() < 0.25 else []  # 64 KiB shmem folios
     lines.append("task A")
     for _ in range(depth):
         if hugetlb and rng.random() < 0.1:
