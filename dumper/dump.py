@@ -76,7 +76,7 @@ class SharedInfo:
 @dataclass
 class PrivateVma:
     """One private VMA of a task: which pages the strategy keeps, and the physical page behind
-    each (cow_keys; the pagemap words themselves are not kept, for memory at scale)."""
+    those that have one (cow_keys, sparse; the pagemap words are not kept, for memory)."""
 
     vma: MapEntry
     keys: np.ndarray
@@ -132,86 +132,120 @@ def object_kind(entry: MapEntry) -> str:
 
 
 def cow_keys(words: np.ndarray, show_pfn: bool, zero_pfn: int | None) -> np.ndarray:
-    """A key per page naming the physical page behind it: PFN (bit 63 clear) or swap slot
-    (bit 63 set); 0 where there is none to share (PFNs hidden, the zero page, markers)."""
-    keys = np.zeros(len(words), dtype=U64)
+    """The physical page behind each page that has one, sparse: row 0 the page indices, row 1
+    the keys, PFN (bit 63 clear) or swap slot (bit 63 set). Pages without one to share (PFNs
+    hidden, the zero page, markers, none) are left out: at scale most pages are untouched."""
     if not show_pfn:
-        return keys
-    frame = words & U64(PM_PFRAME_MASK)
-    present = (words & U64(PM_PRESENT)) != 0
+        return np.zeros((2, 0), dtype=U64)
+    idx = np.flatnonzero(words & U64(PM_PRESENT | PM_SWAP))
+    w = words[idx]
+    frame = w & U64(PM_PFRAME_MASK)
+    present = (w & U64(PM_PRESENT)) != 0
     if zero_pfn is not None:
         present &= frame != U64(zero_pfn)
-    swp = ((words & U64(PM_SWAP)) != 0) & ~present & ((frame & U64(SWP_TYPE_MASK)) < U64(28))
-    keys[present] = frame[present]
-    keys[swp] = frame[swp] | U64(1 << 63)
-    return keys
+    swp = ~present & ((w & U64(PM_SWAP)) != 0) & ((frame & U64(SWP_TYPE_MASK)) < U64(28))
+    keep = present | swp
+    keys = frame[keep] | np.where(swp[keep], U64(1 << 63), U64(0))
+    return np.stack([idx[keep].astype(U64), keys])
+
+
+def _index_runs(idx: np.ndarray) -> Iterator[tuple[int, int]]:
+    """(first, count) of each run of consecutive indices in a sorted index array."""
+    brk = np.flatnonzero(np.diff(idx) != 1) + 1
+    for a, b in zip(np.concatenate([[0], brk]), np.concatenate([brk, [len(idx)]]), strict=True):
+        yield int(idx[a]), int(b - a)
 
 
 def marker_runs(pid: int, vma: MapEntry, words: np.ndarray, show_pfn: bool) -> list[GuardRun]:
     """Guard and poison markers of a VMA: PM_GUARD_REGION (6.15+), or with PFNs visible a swap
-    type 31 entry with the GUARD or POISONED bit (kernel.md §1, §9 rule 1)."""
-    frame = words & U64(PM_PFRAME_MASK)
-    marker = ((words & U64(PM_SWAP)) != 0) & show_pfn & (
+    type 31 entry with the GUARD or POISONED bit (kernel.md §1, §9 rule 1). Only the words
+    with PM_SWAP or PM_GUARD_REGION are looked at (one pass over the VMA, then the few)."""
+    cand = np.flatnonzero(words & U64(PM_SWAP | PM_GUARD_REGION))
+    if not len(cand):
+        return []
+    w = words[cand]
+    frame = w & U64(PM_PFRAME_MASK)
+    marker = ((w & U64(PM_SWAP)) != 0) & show_pfn & (
         (frame & U64(SWP_TYPE_MASK)) == U64(SWP_PTE_MARKER))
     bits = frame >> U64(5)
-    guard = ((words & U64(PM_GUARD_REGION)) != 0) | (
-        marker & ((bits & U64(PTE_MARKER_GUARD)) != 0))
+    guard = ((w & U64(PM_GUARD_REGION)) != 0) | (marker & ((bits & U64(PTE_MARKER_GUARD)) != 0))
     poison = marker & ((bits & U64(PTE_MARKER_POISONED)) != 0) & ~guard
     out = []
     for kind, mask in (("guard", guard), ("poison", poison)):
-        out += [GuardRun(pid, vma.start + (a << PAGE_SHIFT), n, kind) for a, n in runs_of(mask)]
+        if mask.any():
+            out += [GuardRun(pid, vma.start + (a << PAGE_SHIFT), n, kind)
+                    for a, n in _index_runs(cand[mask])]
     return sorted(out, key=lambda g: g.vaddr)
+
+
+def _cow_runs(pid: int, a: np.ndarray, sp: np.ndarray, sa: np.ndarray) -> list[CowRun]:
+    """COW records of pages at addresses a (sorted) held by (src pid, src address)."""
+    brk = np.flatnonzero((np.diff(a) != U64(PAGE_SIZE)) | (np.diff(sp) != 0)
+                         | (np.diff(sa) != U64(PAGE_SIZE))) + 1
+    starts = np.concatenate([[0], brk])
+    ends = np.concatenate([brk, [len(a)]])
+    return [CowRun(pid, int(a[x]), int(y - x), int(sp[x]), int(sa[x]))
+            for x, y in zip(starts, ends, strict=True)]
 
 
 def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int:
     """Mark which selected private pages are copies of an earlier task's (same key): those
-    become COW runs pointing at the first holder, which stores the page. Vectorized: sort all
-    keyed pages by (key, fork order, address); the first of each key is the source. The
-    pages are gathered in fork order and address order already, so a stable sort by key
-    alone gives that order (a third of a three-key lexsort's time)."""
+    become COW runs pointing at the first holder, which stores the page. Streamed VMA by VMA
+    in fork and address order against the sorted keys of the pages stored so far (one entry
+    per distinct physical page, with its holder), so no array of every key is built."""
     del show_pfn, zero_pfn  # the keys were taken when the pagemap was read
-    keys, owner, addr = [], [], []
-    for ti, t in enumerate(tasks):
+    seen = np.zeros(0, dtype=U64)  # sorted keys of the pages stored so far
+    seen_pid = np.zeros(0, dtype=np.int64)
+    seen_addr = np.zeros(0, dtype=U64)
+    total = 0
+    for t in tasks:
+        pid = t.info.pid
+        runs: list[CowRun] = []
         for pv in t.private:
-            k = pv.keys
-            idx = np.nonzero(pv.selected & (k != 0))[0]
-            keys.append(k[idx])
-            owner.append(np.full(len(idx), ti, dtype=np.int64))
-            addr.append(U64(pv.vma.start) + (idx.astype(U64) << U64(PAGE_SHIFT)))
             pv.stored = pv.selected.copy()
-    if not keys or not sum(len(k) for k in keys):
-        return 0
-    keys_a, owner_a, addr_a = np.concatenate(keys), np.concatenate(owner), np.concatenate(addr)
-    srt = np.sort(keys_a)  # a plain sort is ~6x cheaper than the stable argsort below
-    if not (srt[1:] == srt[:-1]).any():
-        return 0  # no physical page behind two selected pages: nothing is shared
-    order = np.argsort(keys_a, kind="stable")
-    ks = keys_a[order]
-    first = np.concatenate([[True], ks[1:] != ks[:-1]])
-    src_pos = np.maximum.accumulate(np.where(first, np.arange(len(ks)), 0))
-    dup = np.nonzero(~first)[0]
-    if not len(dup):
-        return 0
-    j, s = order[dup], order[src_pos[dup]]
-    d_owner, d_addr = owner_a[j], addr_a[j]
-    s_pid = np.array([t.info.pid for t in tasks], dtype=np.int64)[owner_a[s]]
-    s_addr = addr_a[s]
-    for ti, t in enumerate(tasks):
-        mine = np.nonzero(d_owner == ti)[0]
-        if not len(mine):
-            continue
-        mine = mine[np.argsort(d_addr[mine], kind="stable")]
-        a, sp, sa = d_addr[mine], s_pid[mine], s_addr[mine]
-        for pv in t.private:
-            inside = (a >= U64(pv.vma.start)) & (a < U64(pv.vma.end))
-            pv.stored[((a[inside] - U64(pv.vma.start)) >> U64(PAGE_SHIFT)).astype(np.int64)] = False
-        brk = np.nonzero((np.diff(a) != U64(PAGE_SIZE)) | (np.diff(sp) != 0)
-                         | (np.diff(sa) != U64(PAGE_SIZE)))[0] + 1
-        starts = np.concatenate([[0], brk])
-        ends = np.concatenate([brk, [len(a)]])
-        t.cow = [CowRun(t.info.pid, int(a[x]), int(y - x), int(sp[x]), int(sa[x]))
-                 for x, y in zip(starts, ends, strict=True)]
-    return len(dup)
+            idx, k = pv.keys
+            sel = pv.selected[idx.astype(np.int64)]
+            idx, k = idx[sel], k[sel]
+            if not len(k):
+                continue
+            addr = U64(pv.vma.start) + (idx << U64(PAGE_SHIFT))
+            del idx
+            if len(seen):
+                pos = np.minimum(np.searchsorted(seen, k), len(seen) - 1)
+                hit = seen[pos] == k
+            else:
+                pos, hit = np.zeros(len(k), dtype=np.int64), np.zeros(len(k), dtype=bool)
+            # Among this VMA's new keys, the lowest address holds (a stable sort by key).
+            new = np.flatnonzero(~hit)
+            order = new[np.argsort(k[new], kind="stable")]
+            del new
+            ks = k[order]
+            first = np.ones(len(ks), dtype=bool)
+            first[1:] = ks[1:] != ks[:-1]
+            del ks
+            fresh = order[first]  # sorted by key: merged into seen below
+            inner = order[~first]  # a second page of this VMA on a frame it holds already
+            if len(inner) or hit.any():
+                holder = order[np.maximum.accumulate(np.where(first, np.arange(len(order)),
+                                                              0))][~first]
+                dup = np.concatenate([np.flatnonzero(hit), inner])
+                sp = np.concatenate([seen_pid[pos[hit]], np.full(len(inner), pid)])
+                sa = np.concatenate([seen_addr[pos[hit]], addr[holder]])
+                srt = np.argsort(dup, kind="stable")
+                dup, sp, sa = dup[srt], sp[srt], sa[srt]
+                pv.stored[((addr[dup] - U64(pv.vma.start)) >> U64(PAGE_SHIFT)).astype(np.int64)
+                          ] = False
+                runs += _cow_runs(pid, addr[dup], sp, sa)
+                total += len(dup)
+                del dup, sp, sa, srt, holder
+            del pos, hit, order, first, inner
+            at = np.searchsorted(seen, k[fresh])
+            seen = np.insert(seen, at, k[fresh])
+            seen_pid = np.insert(seen_pid, at, pid)
+            seen_addr = np.insert(seen_addr, at, addr[fresh])
+        if runs:
+            t.cow = runs
+    return total
 
 
 def read_runs(read: Callable[[int, int], bytes], runs: list[tuple[int, int]],

@@ -44,12 +44,20 @@ from hypothesis import strategies as st
 from modelinvariants import violations
 
 from dumper.kabi import (
+    MADV_COLD,
+    MADV_DOFORK,
+    MADV_DONTFORK,
     MADV_DONTNEED,
+    MADV_FREE,
     MADV_GUARD_INSTALL,
+    MADV_HUGEPAGE,
+    MADV_KEEPONFORK,
+    MADV_NOHUGEPAGE,
     MADV_PAGEOUT,
     MADV_POPULATE_READ,
     MADV_POPULATE_WRITE,
     MADV_REMOVE,
+    MADV_WIPEONFORK,
     PAGE_SHIFT,
     PAGE_SIZE,
     PM_FILE,
@@ -61,6 +69,7 @@ from dumper.kabi import (
     PM_SWAP,
     PM_UFFD_WP,
     PTE_MARKER_GUARD,
+    PTE_MARKER_POISONED,
     PTE_MARKER_UFFD_WP,
     SEEK_DATA,
     SEEK_HOLE,
@@ -75,6 +84,8 @@ from dumper.model.content import UNREADABLE
 from dumper.model.shmem import object_cids
 from dumper.model.state import (
     F_ANON,
+    F_DIRTY,
+    F_LAZYFREE,
     F_UPTODATE,
     F_USED,
     PC_PAGE,
@@ -85,6 +96,7 @@ from dumper.model.state import (
     ZERO_PFN,
     Kernel,
 )
+from dumper.model.thp import HUGE_ZERO_PFN
 
 PAGE = PAGE_SIZE
 U64 = np.uint64
@@ -104,7 +116,8 @@ SETTINGS = settings(
 # ------------------------------------------------------------------------------------------
 
 SETUP_KINDS = ("anon", "shared", "memfd", "memfd-private")
-MAP_KINDS = SETUP_KINDS + ("fd-shared", "fd-private")
+MAP_KINDS = SETUP_KINDS + ("fd-shared", "fd-private", "thp")
+THP_PAGES = 1024  # 4 MiB under MADV_HUGEPAGE: at least one whole aligned PMD
 FREE = (None, True, False)  # m.reclaim(free=...): the device's default, both stages, stage 1
 
 
@@ -151,7 +164,17 @@ OPS = st.one_of(
     st.tuples(st.just("write"), IDX, IDX, RANGE),
     st.tuples(st.just("read"), IDX, IDX, RANGE),
     st.tuples(st.just("fork"), IDX),
+    st.tuples(st.just("mprotect"), IDX, IDX, RANGE, st.sampled_from((0, 1, 3))),
+    st.tuples(st.just("resize"), IDX, IDX, RANGE, NPAGES),
+    st.tuples(st.just("free"), IDX, IDX, RANGE),
+    st.tuples(st.just("cold"), IDX, IDX, RANGE),
+    st.tuples(st.just("vmaflag"), IDX, IDX, RANGE,
+              st.sampled_from(("dontfork", "dofork", "wipeonfork", "keeponfork", "hugepage",
+                               "nohugepage"))),
 )
+VMA_FLAG_ADVICE = {"dontfork": MADV_DONTFORK, "dofork": MADV_DOFORK,
+                   "wipeonfork": MADV_WIPEONFORK, "keeponfork": MADV_KEEPONFORK,
+                   "hugepage": MADV_HUGEPAGE, "nohugepage": MADV_NOHUGEPAGE}
 
 
 @st.composite
@@ -333,6 +356,21 @@ class Runner:
         elif name == "mremap":
             step.code = f"m.mremap({where})"
             step.run = lambda: m.mremap(pid, addr, length)
+        elif name == "mprotect":
+            prot = op[4]
+            step.code = f"m.mprotect({where}, {prot})"
+            step.run = lambda: m.mprotect(pid, addr, length, prot)
+        elif name == "resize":
+            new = op[4]
+            step.extra["new"] = new
+            step.code = f"m.mremap({where}, new_length={new} * PAGE)"
+            step.run = lambda: m.mremap(pid, addr, length, new_length=new * PAGE)
+        elif name in ("free", "cold", "vmaflag"):
+            advice, label = (VMA_FLAG_ADVICE[op[4]], f"MADV_{op[4].upper()}") \
+                if name == "vmaflag" else {"free": (MADV_FREE, "MADV_FREE"),
+                                           "cold": (MADV_COLD, "MADV_COLD")}[name]
+            step.code = f"m.madvise({where}, {label})"
+            step.run = lambda: m.madvise(pid, addr, length, advice)
         else:
             raise AssertionError(f"unknown op {op!r}")
         return step
@@ -343,6 +381,15 @@ class Runner:
         if kind == "anon":
             return Step("mmap", f"m.mmap({pid}, {npages} * PAGE)", lambda: m.mmap(pid, length),
                         pid=pid, kind=kind, extra={"npages": npages})
+        if kind == "thp":
+            def run_thp():
+                r = m.mmap(pid, THP_PAGES * PAGE)
+                m.madvise(pid, r, THP_PAGES * PAGE, MADV_HUGEPAGE)
+                return r
+
+            return Step("mmap", f"r = m.mmap({pid}, {THP_PAGES} * PAGE)\n"
+                        f"m.madvise({pid}, r, {THP_PAGES} * PAGE, MADV_HUGEPAGE)", run_thp,
+                        pid=pid, kind=kind, extra={"npages": THP_PAGES})
         if kind == "shared":
             return Step("mmap", f"m.mmap({pid}, {npages} * PAGE, shared=True)",
                         lambda: m.mmap(pid, length, shared=True), pid=pid, kind=kind,
@@ -621,14 +668,19 @@ class ForkCopiesMemory(Hooks):
     def check(self, r: Runner, parent: int, child: int) -> None:
         m = r.m
         self.forks += 1
-        pv, cv = task_view(m, parent), task_view(m, child)
+        # dup_mmap leaves VM_DONTCOPY VMAs out and gives VM_WIPEONFORK ones empty
+        kept = [v for v in m.k.task(parent).vmas if not v.dontcopy]
+        pv = [(v.start, [0] * v.npages if v.wipeonfork else observe.observable_vma(m.k, v)
+               .tolist()) for v in kept]
+        cv = task_view(m, child)
         assert [s for s, _ in pv] == [s for s, _ in cv], "child's VMAs differ" + r.where()
         for (start, a), (_, b) in zip(pv, cv, strict=True):
             diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
             assert not diff, (f"child {child} of {parent} reads differently at {start:#x} "
                               f"pages {diff[:8]}: {[hex(a[i]) for i in diff[:4]]} vs "
                               f"{[hex(b[i]) for i in diff[:4]]}" + r.where())
-        assert m.maps(parent) == m.maps(child), "child's maps differ" + r.where()
+        assert "".join(observe.maps_line(v) + "\n" for v in kept) == m.maps(child), (
+            "child's maps differ" + r.where())
 
     def end(self, r: Runner) -> None:
         for pid in r.pids():  # every task of the final tree forks once more
@@ -700,6 +752,14 @@ class ExactEffects(Hooks):
             v = step.vma
             ctx["objview"] = object_view(k, v.obj, v.pgoff + step.lo,
                                          v.pgoff + step.lo + step.npages)
+            if step.name == "resize":  # what the grown tail will read of the object
+                lo = v.pgoff + step.lo + step.npages
+                ctx["tailview"] = object_view(k, v.obj, lo, lo + max(0, step.extra["new"]
+                                                                    - step.npages))
+        if step.name == "free":
+            ctx["ptes"] = step.vma.ptes[step.lo : step.lo + step.npages].copy()
+        if step.name in ("reclaim", "pageout"):
+            ctx["discard"] = lazyfree_discards(r.m, step)
         return ctx
 
     def after(self, r: Runner, step: Step, ctx) -> None:
@@ -729,8 +789,26 @@ def expected_pages(r: Runner, step: Step, ctx, got: dict) -> tuple[dict, bool]:
             expect_write(step, src, want)
             return want, True
         return want, False  # refused, or a read that faulted: nothing observable changed
-    if name in ("read", "pread", "populate", "reclaim", "swapcache_drop", "migrate",
-                "migrate_finish", "pageout", "send_fd"):
+    if name in ("read", "pread", "populate", "swapcache_drop", "migrate", "migrate_finish",
+                "send_fd", "mprotect", "cold", "vmaflag"):
+        return want, False
+    if name in ("reclaim", "pageout"):  # move pages, except clean lazyfree ones: discarded
+        for key in ctx["discard"]:
+            want[key] = 0
+        return want, False
+    if name == "free":  # madvise_free_pte_range: swap entries and poison markers cleared
+        kinds, vals = pte.kinds(ctx["ptes"]), pte.values(ctx["ptes"])
+        gone = (kinds == pte.SWAP) | ((kinds == pte.MARKER) & (
+            (vals & U64(PTE_MARKER_POISONED)) != 0))
+        for j in np.nonzero(gone)[0]:
+            want[rng[j]] = 0
+        return want, False
+    if name == "resize":
+        new = step.extra["new"]
+        moved = [want.pop(key) for key in rng]
+        tail = [0] * max(0, new - step.npages) if step.vma.obj is None else ctx["tailview"]
+        for i, cid in enumerate((moved + tail)[:new]):
+            want[(pid, step.result + i * PAGE)] = cid
         return want, False
     if name in ("write", "pwrite"):
         expect_write(step, src, want)
@@ -772,7 +850,7 @@ def expected_pages(r: Runner, step: Step, ctx, got: dict) -> tuple[dict, bool]:
     elif name == "mmap":
         # a new anonymous mapping or a new memfd reads zeros; a memfd given contents, or an
         # existing object mapped whole, reads what the object held before the mmap
-        if step.kind in ("anon", "shared", "memfd"):
+        if step.kind in ("anon", "shared", "memfd", "thp"):
             view = [0] * step.extra["npages"]
         elif step.kind == "memfd-private":
             view = step.cids.tolist()
@@ -783,6 +861,29 @@ def expected_pages(r: Runner, step: Step, ctx, got: dict) -> tuple[dict, bool]:
     else:
         raise AssertionError(f"no expectation for {name}")
     return want, False
+
+
+def lazyfree_discards(m: Model, step: Step) -> list[tuple[int, int]]:
+    """The pages a reclaim or MADV_PAGEOUT step will discard: every mapping of a clean
+    lazyfree frame among the ones it takes (reclaim: those the range maps; pageout: those
+    mapped once, of private memory or a file the caller may page out)."""
+    k = m.k
+    ptes = step.vma.ptes[step.lo : step.lo + step.npages]
+    pfns = pte.values(ptes[pte.kinds(ptes) == pte.PRESENT])
+    pfns = pfns[pfns != U64(ZERO_PFN)]
+    fi = pfns.astype(np.int64) - PFN_BASE
+    if step.name == "pageout":
+        fi = fi[k.frames.mapcount.a[fi] == 1]
+    flags = k.frames.flags.a[fi]
+    lazy = set((fi[((flags & F_LAZYFREE) != 0) & ((flags & F_DIRTY) == 0)] + PFN_BASE).tolist())
+    out = []
+    for pid in sorted(k.tasks):
+        for vma in k.task(pid).vmas:
+            kinds, vals = pte.kinds(vma.ptes), pte.values(vma.ptes)
+            for i in np.nonzero(kinds == pte.PRESENT)[0]:
+                if int(vals[i]) in lazy:
+                    out.append((pid, vma.start + int(i) * PAGE))
+    return out
 
 
 def expect_write(step: Step, src: dict, want: dict) -> None:
@@ -860,9 +961,17 @@ def expected_pagemap(k: Kernel, vma, i: int) -> int | None:
     wp = bool(word & pte.UFFD_WP)
     flags = k.frames.flags.a
     if kind == pte.PRESENT:
+        if word & pte.HUGE_ZERO:  # the huge zero page: its own PFNs, no anonymous folio
+            return (PM_PRESENT | PM_FILE | (HUGE_ZERO_PFN + ((vma.start >> 12) + i) % 512)
+                    | (PM_UFFD_WP if wp else 0))
         zero = val == ZERO_PFN
         anon = not zero and bool(flags[val - PFN_BASE] & F_ANON)
         excl = not zero and k.frames.mapcount.a[val - PFN_BASE] == 1
+        pmd = (vma.start + i * PAGE) >> 21
+        if excl and vma.huge.get(pmd) == "thp":  # PMD-mapped: the folio's mapcounts
+            first = vma.index(pmd << 21)
+            whole = pte.values(vma.ptes[first : first + 512]).astype(np.int64) - PFN_BASE
+            excl = bool((k.frames.mapcount.a[whole] == 1).all())
         return (PM_PRESENT | val | (0 if zero or anon else PM_FILE)
                 | (PM_MMAP_EXCLUSIVE if excl else 0) | (PM_UFFD_WP if wp else 0))
     if kind == pte.SWAP:
@@ -905,7 +1014,8 @@ def decode_check(k: Kernel, pid: int, vma, i: int, w: int) -> list[str]:
         out.append("PM_MMAP_EXCLUSIVE without PM_PRESENT")
     if w & PM_SOFT_DIRTY or w & (3 << 59):
         out.append("soft-dirty or reserved bits set")
-    if present and (w & PM_PFRAME_MASK) != val:
+    frame = HUGE_ZERO_PFN + ((vma.start >> 12) + i) % 512 if word & pte.HUGE_ZERO else val
+    if present and (w & PM_PFRAME_MASK) != frame:
         out.append("PFN differs from the PTE's frame")
     if kind == pte.SWAP and decode_frame(w) != (0, val):
         out.append(f"swap type/offset {decode_frame(w)} != (0, {val})")

@@ -12,9 +12,16 @@ from modelinvariants import violations
 from modelsupport import PAGE, flags, frames, ls, mc, pm
 
 from dumper.kabi import (
+    MADV_COLD,
+    MADV_DOFORK,
+    MADV_DONTFORK,
     MADV_DONTNEED,
+    MADV_FREE,
     MADV_GUARD_INSTALL,
+    MADV_KEEPONFORK,
     MADV_PAGEOUT,
+    MADV_WIPEONFORK,
+    PROT_NONE,
     PROT_READ,
     PTE_MARKER_PAGEOUT,
     SEEK_DATA,
@@ -185,6 +192,20 @@ def test_filemap_map_pages_skips_swapped_and_not_uptodate():
     m.read(a, r + 3 * PAGE, PAGE)
     assert pm(m, a, r) == "--PP----"
     assert ls(m, a, r) == "DDDD...."
+
+
+def test_shm_vm_ops_has_no_map_pages():
+    """should_fault_around is false for a SysV segment (shm_vm_ops has no map_pages): a read
+    fault of a fork child maps the faulting page only, where a memfd maps its neighbours."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    seg = m.shmget(0x42, 8 * PAGE)
+    r = m.shmat(a, seg)
+    m.write(a, r, 8 * PAGE)
+    b = m.fork(a)
+    m.read(b, r + 3 * PAGE, PAGE)
+    assert pm(m, b, r) == "---P----"
+    assert pm(m, a, r) == "PPPPPPPP"
 
 
 def test_do_shared_fault_maps_only_the_faulting_page():
@@ -512,3 +533,220 @@ def test_migrating_a_read_swapped_in_folio_leaks_nothing(zap):
         assert (m.k.swap.in_use, m.k.frames.allocated) == (0, 0)
     else:
         assert pm(m, a, r, 1) == "P" and m.k.swap.in_use == 1  # mapped, slot kept
+
+
+def test_mprotect_fixup_splits_and_fault_around_stops_at_the_split():
+    """mprotect_fixup splits the VMA; do_fault_around clips to the faulting VMA, so a read
+    beside a PROT_NONE part maps fewer neighbours; PROT_NONE PTEs stay present; giving the
+    protection back merges the parts (vma_modify_flags) and fault-around spans them again."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    fd = m.memfd_create(a, "f", 16 * PAGE)
+    m.pwrite(a, fd, 0, 16 * PAGE)
+    r = m.mmap(a, 16 * PAGE, shared=True, fd=fd)
+    m.read(a, r + 5 * PAGE, PAGE)
+    m.mprotect(a, r + 4 * PAGE, 4 * PAGE, PROT_NONE)
+    assert len(m.k.task(a).vmas) == 3
+    assert pm(m, a, r, 16) == "P" * 16
+    with pytest.raises(ModelError, match="SIGSEGV"):
+        m.read(a, r + 5 * PAGE, PAGE)
+    b = m.fork(a)
+    m.read(b, r + 2 * PAGE, PAGE)
+    assert pm(m, b, r, 16) == "PPPP" + "-" * 12
+    m.mprotect(a, r + 4 * PAGE, 4 * PAGE, PROT_READ | 2)
+    assert len(m.k.task(a).vmas) == 1
+    c = m.fork(a)
+    m.read(c, r + 2 * PAGE, PAGE)
+    assert pm(m, c, r, 16) == "P" * 16
+    assert not violations(m.k)
+
+
+def test_mprotect_read_only_write_protects_and_write_faults():
+    """change_protection without PROT_WRITE: a later write is SIGSEGV; pages stay."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, 4 * PAGE)
+    m.write(a, r, 4 * PAGE)
+    before = m.peek(a, r, 4 * PAGE)
+    m.mprotect(a, r, 2 * PAGE, PROT_READ)
+    with pytest.raises(ModelError, match="SIGSEGV"):
+        m.write(a, r, PAGE)
+    assert m.peek(a, r, 4 * PAGE) == before and pm(m, a, r, 4) == "PPPP"
+
+
+def test_mremap_shrinks_in_place_and_grows_with_none_ptes():
+    """do_mremap: a shrink unmaps the tail; a grow of a VMA with room after it is vma_expand
+    in place (new PTEs none); a shmem object does not grow, so its new pages are SIGBUS."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, 4 * PAGE, addr=0x100000000)
+    m.write(a, r, 4 * PAGE)
+    assert m.mremap(a, r, 4 * PAGE, new_length=2 * PAGE) == r
+    assert m.k.task(a).vmas[0].npages == 2
+    assert m.mremap(a, r, 2 * PAGE, new_length=6 * PAGE, may_move=False) == r
+    assert pm(m, a, r, 6) == "PP----"
+    s = m.mmap(a, 2 * PAGE, shared=True, addr=0x200000000)
+    m.mremap(a, s, 2 * PAGE, new_length=4 * PAGE, may_move=False)
+    with pytest.raises(ModelError, match="SIGBUS"):
+        m.read(a, s + 3 * PAGE, PAGE)
+    m.mmap(a, PAGE, addr=r + 6 * PAGE)
+    with pytest.raises(ModelError, match="ENOMEM"):
+        m.mremap(a, r, 6 * PAGE, new_length=8 * PAGE, may_move=False)
+    moved = m.mremap(a, r, 6 * PAGE, new_length=8 * PAGE)
+    assert moved != r and pm(m, a, moved, 8) == "PP------"
+    assert not violations(m.k)
+
+
+def test_madvise_free_lazyfree_discarded_when_clean_kept_when_redirtied():
+    """madvise_free_pte_range marks exclusive pages lazyfree and frees swap entries at once;
+    shrink_folio_list discards a clean lazyfree folio (zeros, even without swap) and puts a
+    redirtied one back (try_to_unmap_one: folio_set_swapbacked, stays mapped)."""
+    for swap in (True, False):
+        m = Model("linux-6.18", swap=swap)
+        a = m.spawn("A")
+        r = m.mmap(a, 6 * PAGE)
+        m.write(a, r, 6 * PAGE)
+        if swap:
+            m.madvise(a, r + 4 * PAGE, 2 * PAGE, MADV_PAGEOUT)
+            assert pm(m, a, r + 4 * PAGE, 2) == "SS"
+        kept = m.peek(a, r + PAGE, PAGE)
+        m.madvise(a, r, 6 * PAGE, MADV_FREE)
+        assert pm(m, a, r, 6) == "PPPP" + ("--" if swap else "PP")
+        m.write(a, r + PAGE, PAGE, kept)
+        m.madvise(a, r, 4 * PAGE, MADV_PAGEOUT)
+        assert pm(m, a, r, 4) == "-P--"
+        assert m.peek(a, r, 4 * PAGE) == bytes(PAGE) + kept + bytes(2 * PAGE)
+        assert not violations(m.k)
+
+
+def test_madvise_free_needs_private_anonymous_memory():
+    m, a, r = shared_written("linux-6.18", 2)
+    with pytest.raises(ModelError, match="EINVAL"):
+        m.madvise(a, r, PAGE, MADV_FREE)
+
+
+def test_madvise_cold_changes_nothing_the_model_shows():
+    """MADV_COLD only deactivates (no LRU in the model): every page and view stays."""
+    m, a, r = shared_written("linux-6.18", 4)
+    p = m.mmap(a, 4 * PAGE)
+    m.write(a, p, 4 * PAGE)
+    before = (m.peek(a, p, 4 * PAGE), pm(m, a, p, 4), pm(m, a, r, 4), mc(m, a, r, 4))
+    m.madvise(a, p, 4 * PAGE, MADV_COLD)
+    m.madvise(a, r, 4 * PAGE, MADV_COLD)
+    assert before == (m.peek(a, p, 4 * PAGE), pm(m, a, p, 4), pm(m, a, r, 4), mc(m, a, r, 4))
+
+
+def test_dup_mmap_skips_dontcopy_and_empties_wipeonfork():
+    """dup_mmap: a VM_DONTCOPY VMA is not in the child; a VM_WIPEONFORK one is, empty (no
+    copy_page_range, no anon_vma), and keeps the flag; DOFORK / KEEPONFORK undo them, and the
+    madvise splits merge back."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = m.mmap(a, 4 * PAGE)
+    m.write(a, r, 4 * PAGE)
+    s = m.mmap(a, 4 * PAGE)
+    m.write(a, s, 4 * PAGE)
+    m.madvise(a, r, 4 * PAGE, MADV_DONTFORK)
+    m.madvise(a, s + PAGE, 2 * PAGE, MADV_WIPEONFORK)
+    b = m.fork(a)
+    assert m.k.task(b).find_vma(r) is None
+    assert pm(m, b, s, 4) == "P--P"
+    assert m.peek(b, s + PAGE, 2 * PAGE) == bytes(2 * PAGE)
+    c = m.fork(b)
+    assert pm(m, c, s, 4) == "P--P"
+    m.madvise(a, r, 4 * PAGE, MADV_DOFORK)
+    m.madvise(a, s, 4 * PAGE, MADV_KEEPONFORK)
+    assert len(m.k.task(a).vmas) == 2
+    d = m.fork(a)
+    assert pm(m, d, r, 4) == pm(m, d, s, 4) == "PPPP"
+    with pytest.raises(ModelError, match="EINVAL"):
+        m.madvise(a, m.mmap(a, PAGE, shared=True), PAGE, MADV_WIPEONFORK)
+    assert not violations(m.k)
+
+
+def _runs(m: Model, pid: int, addr: int, n: int) -> str:
+    """pagemap letters (P F X, - for none) per page, run-length encoded: "PXx512"."""
+    from itertools import groupby
+
+    letters = ["".join(c for c in (flags(m, pid, addr + i * PAGE, 1)) if c in "PSFX") or "-"
+               for i in range(n)]
+    return " ".join(f"{k}x{len(list(g))}" for k, g in groupby(letters))
+
+
+def _thp_region(m: Model, a: int) -> int:
+    from dumper.kabi import MADV_HUGEPAGE
+
+    r = m.mmap(a, 4 << 20)
+    r = (r + (2 << 20) - 1) & ~((2 << 20) - 1)
+    m.madvise(a, r, 2 << 20, MADV_HUGEPAGE)
+    return r
+
+
+def test_do_huge_pmd_anonymous_page_maps_the_whole_pmd():
+    """A write in a VM_HUGEPAGE PMD maps all 512 pages (a THP), a read the huge zero page
+    (P F); a partial DONTNEED splits the PMD; fork shares it and a child's write copies one
+    page (6.18, measured: tests/linux/test_differential.py thp-fault-split-fork)."""
+    m = Model("linux-6.18")
+    a = m.spawn("A")
+    r = _thp_region(m, a)
+    m.write(a, r + 5 * PAGE, PAGE)
+    assert _runs(m, a, r, 512) == "PXx512"
+    m.madvise(a, r + 8 * PAGE, 4 * PAGE, MADV_DONTNEED)
+    assert _runs(m, a, r, 512) == "PXx8 -x4 PXx500"
+    z = _thp_region(m, a)
+    m.read(a, z + 7 * PAGE, PAGE)
+    assert _runs(m, a, z, 512) == "PFx512"
+    m.write(a, z + 9 * PAGE, PAGE)
+    assert _runs(m, a, z, 512) == "PXx512"
+    b = m.fork(a)
+    m.write(b, z + 3 * PAGE, PAGE)
+    assert _runs(m, b, z, 512) == "Px3 PXx1 Px508"
+    assert not violations(m.k)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_reclaim_of_a_thp_splits_it_and_remaps_zero_pages(swap):
+    """shrink_folio_list on a THP: one holding data in every page is swapped out whole; any
+    other is split and its zero-filled pages are mapped to the shared zero page (6.12)."""
+    m = Model("linux-6.18", swap=swap)
+    a = m.spawn("A")
+    d = _thp_region(m, a)
+    m.write(a, d, PAGE)
+    m.write(a, d + 100 * PAGE, PAGE)
+    m.madvise(a, d, 2 << 20, MADV_PAGEOUT)
+    s = "S" if swap else "PX"
+    assert _runs(m, a, d, 512) == f"{s}x1 Px99 {s}x1 Px411"
+    g = _thp_region(m, a)
+    m.write(a, g, 2 << 20)
+    m.madvise(a, g, 2 << 20, MADV_PAGEOUT)
+    assert _runs(m, a, g, 512) == ("Sx512" if swap else "PXx512")
+    assert not violations(m.k)
+
+
+def test_hugetlb_faults_whole_pages_and_keeps_them_from_reclaim():
+    """hugetlb: a fault maps the whole 2 MiB page (private: anonymous, no zero page; shared:
+    the file's); fork COW-copies a private page whole and leaves a shared one's PTEs; a
+    DONTNEED shorter than a huge page does nothing; LRU advice is EINVAL; mmap needs the
+    pool (measured: tests/linux/test_differential.py hugetlb-private-shared)."""
+    m = Model("linux-6.18", hugepages=3)
+    a = m.spawn("A")
+    p = m.mmap(a, 2 << 20, hugetlb=True)
+    m.read(a, p + 5 * PAGE, PAGE)
+    assert _runs(m, a, p, 512) == "PXx512" and mc(m, a, p, 512) == "1" * 512
+    s = m.mmap(a, 2 << 20, shared=True, hugetlb=True)
+    m.write(a, s, PAGE)
+    b = m.fork(a)
+    assert _runs(m, b, p, 512) == "Px512" and _runs(m, b, s, 512) == "-x512"
+    m.write(b, p, PAGE)
+    assert _runs(m, b, p, 512) == "PXx512"
+    m.madvise(a, p, 4 * PAGE, MADV_DONTNEED)
+    assert _runs(m, a, p, 512) == "PXx512"
+    for advice in (MADV_PAGEOUT, MADV_COLD, MADV_FREE):
+        with pytest.raises(ModelError, match="EINVAL"):
+            m.madvise(a, p, 2 << 20, advice)
+    with pytest.raises(ModelError, match="ENOMEM"):
+        m.mmap(a, 2 << 20, hugetlb=True)
+    m.madvise(a, s, 2 << 20, MADV_DONTNEED)
+    assert mc(m, a, s, 512) == "0" * 512  # mincore_hugetlb: the page cache is not asked
+    assert m.peek(a, s, PAGE) != bytes(PAGE)
+    assert not violations(m.k)

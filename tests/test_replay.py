@@ -167,7 +167,10 @@ def test_exhaustive_mode_counts_programs():
 
 def test_explore_exits_1_when_a_must_not_lose_strategy_loses(monkeypatch):
     monkeypatch.setattr(ex, "MUST_NOT_LOSE", ("pagemap",))
-    r = run("explore", "--seed", "8", "--count", "1", "--depth", "10", "--kernel",
+    prof = PROFILES["linux-6.18"]
+    seed = next(s for s, text in ex.random_programs(1, 60, 10)
+                if ex.lost_pages(text, prof, "pagemap") > 0)  # the generator's first loser
+    r = run("explore", "--seed", str(seed), "--count", "1", "--depth", "10", "--kernel",
             "linux-6.18", "--strategy", "pagemap")
     assert r.exit_code == 1
     assert "pagemap under linux-6.18 lost data" in r.output

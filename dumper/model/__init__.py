@@ -11,13 +11,21 @@ from __future__ import annotations
 import numpy as np
 
 from dumper.kabi import (
+    MADV_COLD,
+    MADV_DOFORK,
+    MADV_DONTFORK,
     MADV_DONTNEED,
+    MADV_FREE,
     MADV_GUARD_INSTALL,
     MADV_GUARD_REMOVE,
+    MADV_HUGEPAGE,
+    MADV_KEEPONFORK,
+    MADV_NOHUGEPAGE,
     MADV_PAGEOUT,
     MADV_POPULATE_READ,
     MADV_POPULATE_WRITE,
     MADV_REMOVE,
+    MADV_WIPEONFORK,
     MAP_ANONYMOUS,
     MAP_PRIVATE,
     MAP_SHARED,
@@ -27,22 +35,34 @@ from dumper.kabi import (
     PROT_WRITE,
 )
 from dumper.model import fault, madvise, migrate, mm, observe, shmem, task, vmscan
+from dumper.model.hugetlb import hugetlb_reserve_pages
 from dumper.model.kernels import DEFAULT_PROFILE, PROFILES, Profile, load_profile
 from dumper.model.state import Inode, Kernel, ModelError
 
 __all__ = ["Model", "ModelError", "Profile", "PROFILES", "load_profile", "Kernel"]
 
 RW = PROT_READ | PROT_WRITE
+HPAGE_SIZE = 2 << 20
+VMA_FLAG_ADVICE = {MADV_DONTFORK: "dontfork", MADV_DOFORK: "dofork",
+                   MADV_WIPEONFORK: "wipeonfork", MADV_KEEPONFORK: "keeponfork",
+                   MADV_HUGEPAGE: "hugepage", MADV_NOHUGEPAGE: "nohugepage"}
 
 
 class Model:
     """One modelled machine: a kernel profile, its tasks, objects, frames and swap."""
 
     def __init__(self, profile: Profile | str = DEFAULT_PROFILE, swap: bool = True,
-                 swap_sync: bool = True) -> None:
+                 swap_sync: bool = True, thp: str = "madvise", hugepages: int = 0,
+                 shmem_folio_pages: int = 1) -> None:
+        """thp: the system's transparent_hugepage/enabled (always, madvise, never);
+        hugepages: vm.nr_hugepages, the hugetlb pool of 2 MiB pages; shmem_folio_pages:
+        the large shmem folio shmem_enabled allows (16 for hugepages-64kB=always)."""
         if isinstance(profile, str):
             profile = load_profile(profile)
-        self.k = Kernel(profile=profile)
+        if thp not in ("always", "madvise", "never"):
+            raise ValueError(f"thp={thp!r}: always, madvise or never")
+        self.k = Kernel(profile=profile, thp=thp, hugetlb_pool=hugepages,
+                        shmem_folio_pages=shmem_folio_pages)
         self.k.swap.enabled = swap
         self.k.swap.sync = swap_sync
 
@@ -62,10 +82,22 @@ class Model:
 
     # -- address space ----------------------------------------------------------------------
     def mmap(self, pid: int, length: int, prot: int = RW, shared: bool = False,
-             fd: int | None = None, offset: int = 0, addr: int | None = None) -> int:
-        """mmap(2): anonymous unless fd is given."""
+             fd: int | None = None, offset: int = 0, addr: int | None = None,
+             hugetlb: bool = False) -> int:
+        """mmap(2): anonymous unless fd is given; hugetlb: MAP_HUGETLB (anonymous, 2 MiB
+        pages from the pool: a hugetlbfs file behind it, length rounded up, mmap's
+        reservation check)."""
         flags = MAP_SHARED if shared else MAP_PRIVATE
         obj = None
+        if hugetlb:
+            if fd is not None or (addr or 0) % HPAGE_SIZE:
+                raise ModelError("EINVAL", "MAP_HUGETLB: anonymous, at a 2 MiB boundary")
+            length = -(-length // HPAGE_SIZE) * HPAGE_SIZE
+            hugetlb_reserve_pages(self.k, length >> PAGE_SHIFT)
+            obj = self.k.new_inode("hugetlb", length, name="/anon_hugepage (deleted)",
+                                   dev=(0, 0x11))
+            return mm.do_mmap(self.k, pid, length, prot, flags, obj=obj, addr=addr,
+                              align=HPAGE_SIZE)
         if fd is None:
             flags |= MAP_ANONYMOUS
         else:
@@ -76,8 +108,13 @@ class Model:
     def munmap(self, pid: int, addr: int, length: int) -> None:
         mm.do_munmap(self.k, pid, addr, length)
 
-    def mremap(self, pid: int, addr: int, length: int, new_addr: int | None = None) -> int:
-        return mm.do_mremap(self.k, pid, addr, length, new_addr)
+    def mremap(self, pid: int, addr: int, length: int, new_addr: int | None = None,
+               new_length: int | None = None, may_move: bool = True) -> int:
+        """mremap(2): a move (same length), or a shrink / grow (MREMAP_MAYMOVE if may_move)."""
+        return mm.do_mremap(self.k, pid, addr, length, new_addr, new_length, may_move)
+
+    def mprotect(self, pid: int, addr: int, length: int, prot: int) -> None:
+        mm.do_mprotect(self.k, pid, addr, length, prot)
 
     def write(self, pid: int, addr: int, length: int, data: bytes | None = None) -> None:
         """A task writes whole pages: fresh contents, or the given bytes (a multiple of 4096)."""
@@ -114,6 +151,12 @@ class Model:
             madvise.madvise_guard_install(k, pid, addr, length)
         elif advice == MADV_GUARD_REMOVE:
             madvise.madvise_guard_remove(k, pid, addr, length)
+        elif advice == MADV_FREE:
+            madvise.madvise_free(k, pid, addr, length)
+        elif advice == MADV_COLD:
+            madvise.madvise_cold(k, pid, addr, length)
+        elif advice in VMA_FLAG_ADVICE:
+            madvise.madvise_update_vma(k, pid, addr, length, VMA_FLAG_ADVICE[advice])
         else:
             raise ModelError("EINVAL", f"madvise advice {advice} is not modelled")
 
@@ -141,8 +184,8 @@ class Model:
     def shmget(self, key: int, size: int) -> Inode:
         return shmem.shmget(self.k, key, size)
 
-    def shmat(self, pid: int, seg: Inode, prot: int = RW) -> int:
-        return shmem.shmat(self.k, pid, seg, prot)
+    def shmat(self, pid: int, seg: Inode, prot: int = RW, addr: int | None = None) -> int:
+        return shmem.shmat(self.k, pid, seg, prot, addr)
 
     def shm_rmid(self, seg: Inode) -> None:
         shmem.shm_rmid(self.k, seg)

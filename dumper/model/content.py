@@ -72,8 +72,10 @@ class ContentStore:
         """The bytes of several pages, in order (vectorized for seed pages)."""
         cids = np.asarray(cids, dtype=np.uint64)
         if cids.size and not (cids & np.uint64(EXPLICIT)).any():
-            # Seeds and zeros: each page is its 8-byte id repeated; zero stays zero.
-            return np.repeat(cids, PAGE_SIZE // 8).astype("<u8").tobytes()
+            # Seeds and zeros: each page is its 8-byte id repeated; zero stays zero. One pass
+            # (a broadcast view), not repeat + astype + tobytes: three at 16 GiB a dump.
+            rows = cids.astype("<u8", copy=False)[:, None]
+            return np.broadcast_to(rows, (len(cids), PAGE_SIZE // 8)).tobytes()
         return b"".join(self.page_bytes(c) for c in cids)
 
     def intern_pages(self, data: bytes | memoryview) -> np.ndarray:

@@ -12,8 +12,10 @@ import numpy as np
 from dumper.kabi import PAGE_SHIFT, PAGE_SIZE, PROT_READ, PROT_WRITE, PTE_MARKER_GUARD
 from dumper.kabi import PTE_MARKER_POISONED as MARKER_POISONED
 from dumper.model import pte
+from dumper.model.hugetlb import hugetlb_fault, is_vm_hugetlb_page
 from dumper.model.mm import folio_free_swap, map_frames, swap_free, unmap_frames, vma_range
 from dumper.model.shmem import PC_PAGE, pc_kinds, pc_values, shmem_get_folio
+from dumper.model.shmem_large import finish_fault_folio, shmem_alloc_large
 from dumper.model.state import (
     F_ANON,
     F_DIRTY,
@@ -25,6 +27,7 @@ from dumper.model.state import (
     Task,
     Vma,
 )
+from dumper.model.thp import do_huge_pmd_fault, thp_vma_allowable
 
 U64 = np.uint64
 
@@ -40,12 +43,25 @@ def _new_anon(k: Kernel, vma: Vma, cid: int) -> int:
     return int(k.frames.alloc(np.array([cid], dtype=U64), F_ANON | F_UPTODATE)[0])
 
 
+# vm_ops->map_pages per object kind: should_fault_around() (mm/memory.c) returns false when
+# the VMA's vm_operations_struct has none. shmem_vm_ops / shmem_anon_vm_ops and a regular
+# file's generic_file_vm_ops have filemap_map_pages; a SysV segment's VMA has shm_vm_ops
+# (ipc/shm.c), which wraps shmem's fault but has no map_pages: a read fault maps only the
+# faulting page (measured on 6.18, tests/linux/test_differential.py "sysv-no-fault-around").
+MAP_PAGES = {"shmem-anon": True, "memfd": True, "tmpfs": True, "file": True, "sysv": False}
+
+
+def should_fault_around(k: Kernel, vma: Vma) -> bool:
+    """should_fault_around: the VMA's ops have map_pages and fault_around_bytes > 1 page."""
+    return MAP_PAGES[vma.obj.kind] and k.profile.fault_around_pages > 1
+
+
 def do_fault_around(k: Kernel, vma: Vma, i: int) -> None:
     """do_fault_around -> filemap_map_pages: map the uptodate page-cache pages around index i
     whose PTEs are none, within fault_around_pages, the VMA and the page table (512)."""
-    nr = k.profile.fault_around_pages
-    if nr <= 1:
+    if not should_fault_around(k, vma):
         return
+    nr = k.profile.fault_around_pages
     addr = vma.start + (i << PAGE_SHIFT)
     pte_off = (addr >> PAGE_SHIFT) & 511
     lo_pte = max(pte_off - pte_off % nr, pte_off - min(pte_off, i))
@@ -148,6 +164,9 @@ def handle_mm_fault(k: Kernel, task: Task, vma: Vma, i: int, write: bool) -> Non
     write), or a ModelError says which signal the task would get."""
     if write and not vma.prot & PROT_WRITE or not write and not vma.prot & PROT_READ:
         raise ModelError("SIGSEGV", f"pid {task.pid}: access violates {vma.start:#x} prot")
+    if is_vm_hugetlb_page(vma):
+        hugetlb_fault(k, vma, i, write)
+        return
     word = int(vma.ptes[i])
     kind = pte.kind_of(word)
     if kind == pte.MARKER:
@@ -163,6 +182,8 @@ def handle_mm_fault(k: Kernel, task: Task, vma: Vma, i: int, write: bool) -> Non
 
         remove_migration_ptes(k, pte.value_of(word))  # migration_entry_wait
         return handle_mm_fault(k, task, vma, i, write)
+    if vma.obj is None and do_huge_pmd_fault(k, vma, i, write):
+        return  # a PMD-level fault (THP or the huge zero page) did it
     if kind == pte.SWAP:
         do_swap_page(k, vma, i, write)
     elif kind == pte.NONE:
@@ -177,10 +198,17 @@ def handle_mm_fault(k: Kernel, task: Task, vma: Vma, i: int, write: bool) -> Non
             do_fault_around(k, vma, i)
             if int(vma.ptes[i]) != 0:
                 return
+            shmem_alloc_large(k, vma, i)  # a hole in an all-hole block: a large folio
             pfn = int(shmem_get_folio(k, vma.obj, idx, idx + 1, "SGP_CACHE")[0])
+            if finish_fault_folio(k, vma, i, pfn, write=vma.shared and bool(
+                    vma.prot & PROT_WRITE)):
+                return  # finish_fault maps a large folio whole
             _set_present(k, vma, i, pfn, write=vma.shared and bool(vma.prot & PROT_WRITE))
             return
+        shmem_alloc_large(k, vma, i)
         pfn = int(shmem_get_folio(k, vma.obj, idx, idx + 1, "SGP_CACHE")[0])
+        if vma.shared and finish_fault_folio(k, vma, i, pfn, write=True):
+            return  # do_shared_fault on a large folio: mapped whole
         if vma.shared:  # do_shared_fault
             _set_present(k, vma, i, pfn, write=True)
         else:  # do_cow_fault
@@ -198,7 +226,8 @@ def _fast_write(k: Kernel, vma: Vma, lo: int, hi: int, cids: np.ndarray) -> bool
     ptes = vma.ptes[lo:hi]
     if not vma.prot & PROT_WRITE:
         return False
-    if vma.obj is None and not ptes.any():  # do_anonymous_page for a whole range
+    if vma.obj is None and not ptes.any() and not thp_vma_allowable(k, vma):
+        # do_anonymous_page for a whole range (a THP-allowed VMA faults PMD by PMD)
         vma.anon_vma = True
         pfns = k.frames.alloc(cids, F_ANON | F_UPTODATE | F_DIRTY)
         ptes[:] = pte.make_array(pte.PRESENT, pfns, write=True)
@@ -210,7 +239,10 @@ def _fast_write(k: Kernel, vma: Vma, lo: int, hi: int, cids: np.ndarray) -> bool
         k.frames.content.a[fi] = cids
         k.frames.flags.a[fi] |= F_DIRTY
         return True
-    if vma.shared and not ptes.any():  # do_shared_fault for a whole range
+    if vma.shared and not ptes.any() and vma.pgoff + hi <= vma.obj.npages and not \
+            is_vm_hugetlb_page(vma) and k.shmem_folio_pages == 1:
+        # do_shared_fault for a whole range inside i_size (past it shmem_fault is SIGBUS:
+        # the slow path raises it at the first such page)
         pfns = shmem_get_folio(k, vma.obj, vma.pgoff + lo, vma.pgoff + hi, "SGP_WRITE")
         ptes[:] = pte.make_array(pte.PRESENT, pfns, write=True)
         map_frames(k, pfns)
@@ -238,8 +270,9 @@ def access(
         done += hi - lo
         if write and _fast_write(k, vma, lo, hi, part):
             continue
-        if not write and (pte.kinds(vma.ptes[lo:hi]) == pte.PRESENT).all():
-            continue
+        if not write and vma.prot & PROT_READ and (
+                pte.kinds(vma.ptes[lo:hi]) == pte.PRESENT).all():
+            continue  # nothing to fault in (a PROT_NONE VMA faults: the slow path says so)
         for j, i in enumerate(range(lo, hi)):
             handle_mm_fault(k, task, vma, i, write)
             if write:

@@ -24,6 +24,8 @@ from dumper.kabi import (
     PM_PRESENT,
     PM_SWAP,
     PM_UFFD_WP,
+    PROT_READ,
+    PROT_WRITE,
 )
 from dumper.model import Model, observe
 from dumper.model.content import UNREADABLE, ZERO
@@ -72,6 +74,20 @@ def cid_digest(cids: np.ndarray) -> np.ndarray:
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+_ZERO_DIGEST = cid_digest(np.zeros(1, dtype=np.uint64))[0]
+
+
+def truth_digest(cids: np.ndarray) -> np.ndarray:
+    """cid_digest, with the pages never written (cid 0, most of a big mapping) filled with
+    zero's digest instead of mixed one by one."""
+    nz = np.flatnonzero(cids)
+    if len(nz) == len(cids):
+        return cid_digest(cids)
+    out = np.full(len(cids), _ZERO_DIGEST, dtype=np.uint64)
+    out[nz] = cid_digest(cids[nz])
+    return out
 
 
 def _oserror(e: ModelError) -> OSError:
@@ -171,10 +187,12 @@ class ModelHost:
 
     truth_algo = "model-cid-64"
 
-    def truth(self, pid: int) -> list[tuple[int, np.ndarray]]:
+    def truth(self, pid: int) -> Iterator[tuple[int, np.ndarray]]:
         """observable_memory digested: a 64-bit mix of each page's content id (content ids
-        are canonical, so equal digests mean equal bytes)."""
-        return [(start, cid_digest(cids)) for start, cids in observe.observable_memory(self.k, pid)]
+        are canonical, so equal digests mean equal bytes). Streamed in windows of each VMA
+        (observe.observable_runs), so no task's whole truth is held at once."""
+        for start, cids in observe.observable_runs(self.k, pid):
+            yield start, truth_digest(cids)
 
     def zero_pfn(self) -> int | None:
         return ZERO_PFN if self.privileged else None
@@ -265,8 +283,17 @@ class ModelRestoreMixin:
         self.model.munmap(pid, start, end - start)
 
     def write_memory(self, pid: int, addr: int, data: bytes) -> None:
-        """Write pages into a task (the restorer's own writes, breaking COW where shared)."""
+        """Write pages into a task (the restorer's own writes, breaking COW where shared). A
+        VMA mapped without PROT_WRITE is made writable for the write and given its protection
+        back after (mprotect), as CRIU's restorer does for its private VMAs."""
+        end = addr + len(data)
+        locked = [(max(v.start, addr), min(v.end, end), v.prot)
+                  for v in self.model.k.task(pid).vmas_in(addr, end) if not v.prot & PROT_WRITE]
+        for a, b, _ in locked:
+            self.model.mprotect(pid, a, b - a, PROT_READ | PROT_WRITE)
         self.model.write(pid, addr, len(data), data)
+        for a, b, prot in locked:
+            self.model.mprotect(pid, a, b - a, prot)
 
     def discard(self, pid: int, start: int, end: int) -> None:
         """MADV_DONTNEED: anonymous pages read zeros again, file pages the file's."""

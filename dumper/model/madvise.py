@@ -7,16 +7,33 @@ import numpy as np
 
 from dumper.kabi import (
     PAGE_SHIFT,
-    PROT_WRITE,
     PTE_MARKER_GUARD,
     PTE_MARKER_POISONED,
     PTE_MARKER_UFFD_WP,
 )
 from dumper.model import pte
 from dumper.model.fault import handle_mm_fault
-from dumper.model.mm import vma_range, zap_pte_range
+from dumper.model.hugetlb import HPAGE, hugetlb_align, is_vm_hugetlb_page
+from dumper.model.mm import (
+    folio_free_swap,
+    isolate_range,
+    swap_free,
+    vma_merge_range,
+    vma_range,
+    zap_pte_range,
+)
 from dumper.model.shmem import shmem_fallocate
-from dumper.model.state import F_ANON, PFN_BASE, ZERO_PFN, Inode, Kernel, ModelError, Task
+from dumper.model.state import (
+    F_ANON,
+    F_DIRTY,
+    F_LAZYFREE,
+    PFN_BASE,
+    ZERO_PFN,
+    Inode,
+    Kernel,
+    ModelError,
+    Task,
+)
 from dumper.model.vmscan import shrink_folio_list
 
 U64 = np.uint64
@@ -24,8 +41,13 @@ U64 = np.uint64
 
 def madvise_dontneed(k: Kernel, pid: int, start: int, length: int) -> None:
     """MADV_DONTNEED: zap_page_range_single over the caller's PTEs only; shared pages stay in
-    the page cache, guard and uffd-wp markers stay (no ZAP_FLAG_DROP_MARKER)."""
+    the page cache, guard and uffd-wp markers stay (no ZAP_FLAG_DROP_MARKER). A hugetlb
+    range is whole huge pages (hugetlb_align)."""
     for vma, lo, hi in vma_range(k.task(pid), start, start + length):
+        if is_vm_hugetlb_page(vma):
+            a, b = hugetlb_align(vma, vma.start + (lo << PAGE_SHIFT),
+                                 vma.start + (hi << PAGE_SHIFT), "MADV_DONTNEED")
+            lo, hi = vma.index(a), vma.index(b)
         zap_pte_range(k, vma, lo, hi, drop_markers=False)
 
 
@@ -36,11 +58,16 @@ def split_huge_pmd(k: Kernel, pid: int, start: int, length: int) -> None:
 
 
 def madvise_remove(k: Kernel, pid: int, start: int, length: int) -> None:
-    """MADV_REMOVE: needs a shared writable mapping (vma_is_shared_maywrite, else EACCES);
-    punches the object's pages (vfs_fallocate PUNCH_HOLE|KEEP_SIZE), zapping every mapper."""
+    """MADV_REMOVE: needs a shared mapping that may be written (vma_is_shared_maywrite: VM_SHARED
+    and VM_MAYWRITE, which a read-only mprotect keeps; else EACCES); punches the object's
+    pages (vfs_fallocate PUNCH_HOLE|KEEP_SIZE), zapping every mapper."""
     for vma, lo, hi in vma_range(k.task(pid), start, start + length):
-        if not (vma.shared and vma.prot & PROT_WRITE) or vma.obj is None:
+        if not (vma.shared and vma.maywrite) or vma.obj is None:
             raise ModelError("EACCES", f"MADV_REMOVE on a non-shared-writable VMA {vma.start:#x}")
+        if is_vm_hugetlb_page(vma):  # hugetlbfs_punch_hole: whole huge pages only
+            lo, hi = -(-lo // HPAGE) * HPAGE, hi // HPAGE * HPAGE
+            if hi <= lo:
+                continue
         shmem_fallocate(k, vma.obj, (vma.pgoff + lo) << PAGE_SHIFT, (hi - lo) << PAGE_SHIFT,
                         punch=True, keep_size=True)
 
@@ -56,7 +83,9 @@ def madvise_pageout(k: Kernel, pid: int, start: int, length: int) -> None:
     of a file/shmem mapping only if can_do_file_pageout (else silently nothing)."""
     task = k.task(pid)
     chosen = []
-    for vma, lo, hi in vma_range(task, start, start + length):
+    ranges = vma_range(task, start, start + length)
+    lru_advice_valid(ranges, "MADV_PAGEOUT")
+    for vma, lo, hi in ranges:
         ptes = vma.ptes[lo:hi]
         present = pte.kinds(ptes) == pte.PRESENT
         pfns = pte.values(ptes[present])
@@ -90,6 +119,9 @@ def madvise_guard_install(k: Kernel, pid: int, start: int, length: int) -> None:
     on shmem, until 6.19), zap the range, install PTE_MARKER_GUARD in every PTE."""
     if not k.profile.guard_regions:
         raise ModelError("EINVAL", f"{k.profile.name} has no MADV_GUARD_INSTALL")
+    for vma, _, _ in vma_range(k.task(pid), start, start + length):
+        if is_vm_hugetlb_page(vma):  # is_valid_guard_vma
+            raise ModelError("EINVAL", f"MADV_GUARD_INSTALL on a hugetlb VMA {vma.start:#x}")
     for vma, lo, hi in vma_range(k.task(pid), start, start + length):
         if k.profile.guard_install_anon_vma or vma.obj is None:
             vma.anon_vma = True
@@ -129,3 +161,82 @@ def uffd_poison(k: Kernel, pid: int, start: int, length: int) -> None:
         if vma.ptes[lo:hi].any():
             raise ModelError("EEXIST", f"UFFDIO_POISON over populated PTEs at {vma.start:#x}")
         vma.ptes[lo:hi] = U64(pte.make(pte.MARKER, PTE_MARKER_POISONED))
+
+
+def madvise_free(k: Kernel, pid: int, start: int, length: int) -> None:
+    """MADV_FREE (madvise_free_pte_range), private anonymous VMAs only (else EINVAL): a swap
+    entry is freed and its PTE cleared (the page reads zeros at once), a poison marker too;
+    a present page (not the zero page) is cleaned and marked lazyfree (folio_mark_lazyfree),
+    after folio_free_swap if it is in the swap cache (skipped if its slot is still needed).
+    A folio in the swap cache or dirty is skipped when mapped more than once; a clean shared
+    one is marked lazyfree but keeps its other mappers' dirty bits, which the model holds on
+    the frame: it stays dirty, so reclaim keeps it (try_to_unmap_one sees a dirty PTE)."""
+    ranges = vma_range(k.task(pid), start, start + length)
+    for vma, _, _ in ranges:  # a hugetlb VMA has a file: EINVAL too
+        if vma.obj is not None or vma.shared:
+            raise ModelError("EINVAL", f"MADV_FREE on a non-anonymous VMA {vma.start:#x}")
+    for vma, lo, hi in ranges:
+        ptes = vma.ptes[lo:hi]
+        kinds = pte.kinds(ptes)
+        vals = pte.values(ptes)
+        swapped = kinds == pte.SWAP
+        swap_free(k, vals[swapped])
+        poisoned = (kinds == pte.MARKER) & ((vals & U64(PTE_MARKER_POISONED)) != 0)
+        ptes[swapped | poisoned] = 0
+        pfns = vals[(kinds == pte.PRESENT) & (vals != U64(ZERO_PFN))]
+        for pfn in pfns.tolist():
+            fi = pfn - PFN_BASE
+            shared = k.frames.mapcount.a[fi] > 1
+            if k.frames.swapslot.a[fi]:  # folio_test_swapcache
+                if shared:
+                    continue
+                folio_free_swap(k, np.array([pfn], dtype=U64))
+                if k.frames.swapslot.a[fi]:  # a swap entry still needs the slot
+                    continue
+            if not shared:  # folio_clear_dirty and this PTE's dirty bit
+                k.frames.flags.a[fi] &= ~np.uint8(F_DIRTY)
+            k.frames.flags.a[fi] |= np.uint8(F_LAZYFREE)
+
+
+def madvise_cold(k: Kernel, pid: int, start: int, length: int) -> None:
+    """MADV_COLD (madvise_cold_or_pageout_pte_range without pageout): the pages move to the
+    inactive LRU and lose their young bits. The model has no LRU and reclaims only when told
+    (reclaim, pageout), so nothing it shows changes; the range must be mapped (ENOMEM) and
+    not hugetlb (EINVAL)."""
+    lru_advice_valid(vma_range(k.task(pid), start, start + length), "MADV_COLD")
+
+
+def lru_advice_valid(ranges, what: str) -> None:
+    """can_madv_lru_vma: no LRU advice on a hugetlb VMA (EINVAL)."""
+    for vma, _, _ in ranges:
+        if is_vm_hugetlb_page(vma):
+            raise ModelError("EINVAL", f"{what} on a hugetlb VMA {vma.start:#x}")
+
+
+VMA_FLAG_ADVICE = {  # advice -> (Vma field, value): madvise_update_vma's new vm_flags
+    "dontfork": ("dontcopy", True), "dofork": ("dontcopy", False),
+    "wipeonfork": ("wipeonfork", True), "keeponfork": ("wipeonfork", False),
+    "hugepage": ("hugepage", True), "nohugepage": ("nohugepage", True),
+}
+OPPOSITE = {"hugepage": "nohugepage", "nohugepage": "hugepage"}  # hugepage_madvise
+
+
+def madvise_update_vma(k: Kernel, pid: int, start: int, length: int, advice: str) -> None:
+    """MADV_DONTFORK / DOFORK (VM_DONTCOPY), MADV_WIPEONFORK / KEEPONFORK (VM_WIPEONFORK,
+    private anonymous VMAs only: EINVAL for a file or shared one) and MADV_HUGEPAGE /
+    NOHUGEPAGE (hugepage_madvise: each sets its flag and clears the other's):
+    madvise_update_vma splits the VMAs to the range, sets the flag and merges what it can
+    (vma_modify_flags)."""
+    task = k.task(pid)
+    field, value = VMA_FLAG_ADVICE[advice]
+    ranges = vma_range(task, start, start + length)
+    if field == "wipeonfork" and value:
+        for vma, _, _ in ranges:
+            if vma.obj is not None or vma.shared:
+                raise ModelError("EINVAL", f"MADV_WIPEONFORK on a file or shared VMA "
+                                 f"{vma.start:#x}")
+    for vma in isolate_range(task, start, start + length):
+        setattr(vma, field, value)
+        if field in OPPOSITE:
+            setattr(vma, OPPOSITE[field], False)
+    vma_merge_range(k, task, start, start + length)

@@ -11,7 +11,7 @@ import numpy as np
 
 from dumper.model import pte
 from dumper.model.shmem import PC_PAGE, pc_make
-from dumper.model.state import PFN_BASE, ZERO_PFN, Kernel
+from dumper.model.state import F_HUGETLB, PFN_BASE, ZERO_PFN, Kernel
 from dumper.model.vmscan import page_cache_owner, rmap_walk
 
 U64 = np.uint64
@@ -84,7 +84,11 @@ def remove_migration_ptes(k: Kernel, old_pfn: int) -> int:
 
 def migrate_pages(k: Kernel, pfns: np.ndarray, finish: bool = True) -> None:
     """migrate_pages: unmap to migration entries; finish=False leaves them out (the stage a
-    dumper may observe); finish completes the move."""
+    dumper may observe); finish completes the move. hugetlb folios are left where they are
+    (the model does not migrate them)."""
+    pfns = np.asarray(pfns, dtype=np.uint64)
+    pfns = pfns[pfns != U64(ZERO_PFN)]
+    pfns = pfns[(k.frames.flags.a[pfns.astype(np.int64) - PFN_BASE] & F_HUGETLB) == 0]
     try_to_migrate(k, pfns)
     if finish:
         migrate_finish(k)

@@ -6,6 +6,8 @@ its slot. The helpers here keep those counts exact, as mm/memory.c and mm/swapfi
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from dumper.kabi import (
@@ -14,6 +16,7 @@ from dumper.kabi import (
     MAP_SHARED,
     PAGE_SHIFT,
     PAGE_SIZE,
+    PROT_WRITE,
     PTE_MARKER_PAGEOUT,
     PTE_MARKER_UFFD_WP,
 )
@@ -28,6 +31,7 @@ from dumper.model.state import (
     Task,
     Vma,
 )
+from dumper.model.thp import free_empty_ptables, move_pmds, split_vma_pmds, zap_pmds
 
 
 def page_align(n: int) -> int:
@@ -122,6 +126,7 @@ def zap_pte_range(k: Kernel, vma: Vma, lo: int, hi: int, drop_markers: bool) -> 
     """zap_pte_range over page indices [lo, hi) of one VMA: present pages lose a mapcount,
     swap entries a swap count; markers survive unless drop_markers (ZAP_FLAG_DROP_MARKER, as
     munmap and exit pass). The RFC's PAGEOUT hint is dropped by any zap (best effort)."""
+    zap_pmds(k, vma, lo, hi)
     ptes = vma.ptes[lo:hi]
     kinds = pte.kinds(ptes)
     vals = pte.values(ptes)
@@ -139,16 +144,18 @@ def zap_pte_range(k: Kernel, vma: Vma, lo: int, hi: int, drop_markers: bool) -> 
     )
     ptes[clear] = 0
     ptes[keep_wp] = np.uint64(pte.make(pte.MARKER, PTE_MARKER_UFFD_WP))
+    free_empty_ptables(vma, lo, hi)
 
 
-def get_unmapped_area(k: Kernel, task: Task, length: int) -> int:
-    """arch_get_unmapped_area_topdown: the highest gap below mmap_base that fits."""
+def get_unmapped_area(k: Kernel, task: Task, length: int, align: int = PAGE_SIZE) -> int:
+    """arch_get_unmapped_area_topdown: the highest gap below mmap_base that fits (aligned:
+    hugetlb_get_unmapped_area asks for huge-page alignment)."""
     top = k.mmap_base
     for vma in sorted(task.vmas, key=lambda v: -v.start):
-        if vma.end <= top - length:
+        if vma.end <= (top - length) // align * align:
             break
         top = min(top, vma.start)
-    return top - length
+    return (top - length) // align * align
 
 
 def do_mmap(
@@ -161,6 +168,8 @@ def do_mmap(
     pgoff: int = 0,
     addr: int | None = None,
     name: str = "",
+    maywrite: bool = True,
+    align: int = PAGE_SIZE,
 ) -> int:
     """do_mmap: a new VMA; MAP_SHARED|MAP_ANONYMOUS gets its own shmem inode
     (shmem_zero_setup, "/dev/zero (deleted)"). Returns the address."""
@@ -180,7 +189,7 @@ def do_mmap(
     elif obj is None:
         raise ModelError("EBADF", "mmap of a file needs an fd")
     if addr is None:
-        addr = get_unmapped_area(k, task, length)
+        addr = get_unmapped_area(k, task, length, align)
     elif addr & (PAGE_SIZE - 1):
         raise ModelError("EINVAL", f"address {addr:#x} is not page aligned")
     else:
@@ -194,6 +203,7 @@ def do_mmap(
         pgoff=pgoff,
         ptes=np.zeros(length >> PAGE_SHIFT, dtype=np.uint64),
         name=name,
+        maywrite=maywrite,
     )
     if obj is not None:
         obj.refs += 1
@@ -204,24 +214,68 @@ def do_mmap(
 def split_vma(task: Task, vma: Vma, addr: int) -> Vma:
     """__split_vma: cut vma at addr; returns the upper part (already in the task's list)."""
     cut = vma.index(addr)
-    upper = Vma(
-        start=addr,
-        end=vma.end,
-        prot=vma.prot,
-        shared=vma.shared,
-        obj=vma.obj,
-        pgoff=vma.pgoff + cut,
-        ptes=vma.ptes[cut:].copy(),
-        anon_vma=vma.anon_vma,
-        uffd_wp=vma.uffd_wp,
-        name=vma.name,
-    )
+    upper = replace(vma, start=addr, pgoff=vma.pgoff + cut, ptes=vma.ptes[cut:].copy())
     vma.ptes = vma.ptes[:cut].copy()
     vma.end = addr
+    split_vma_pmds(vma, upper)
     if vma.obj is not None:
         vma.obj.refs += 1
     task.insert_vma(upper)
     return upper
+
+
+def can_vma_merge(prev: Vma, nxt: Vma) -> bool:
+    """is_mergeable_vma + is_mergeable_anon_vma (mm/vma.c): adjacent, the same flags, file
+    and name, contiguous pgoff. The model keeps no anon_vma identity: pieces of one VMA share
+    theirs, and a VMA without one merges with any (as a NULL anon_vma does)."""
+    return (prev.end == nxt.start and prev.prot == nxt.prot and prev.shared == nxt.shared
+            and prev.obj is nxt.obj and prev.pgoff + prev.npages == nxt.pgoff
+            and prev.uffd_wp == nxt.uffd_wp and prev.name == nxt.name
+            and prev.dontcopy == nxt.dontcopy and prev.wipeonfork == nxt.wipeonfork
+            and prev.maywrite == nxt.maywrite and prev.hugepage == nxt.hugepage
+            and prev.nohugepage == nxt.nohugepage)
+
+
+def vma_merge_range(k: Kernel, task: Task, start: int, end: int) -> None:
+    """vma_modify's merge: the VMAs touching [start, end) merge with their neighbours where
+    can_vma_merge allows (mprotect or madvise putting back what a split took apart)."""
+    i = 0
+    while i + 1 < len(task.vmas):
+        a, b = task.vmas[i], task.vmas[i + 1]
+        if start <= a.end <= end and can_vma_merge(a, b):
+            a.ptes = np.concatenate([a.ptes, b.ptes])
+            a.end = b.end
+            a.anon_vma = a.anon_vma or b.anon_vma
+            a.huge = {**a.huge, **b.huge}
+            a.ptables = a.ptables | b.ptables
+            del task.vmas[i + 1]
+            release_vma(k, b)
+            continue
+        i += 1
+
+
+def do_mprotect(k: Kernel, pid: int, start: int, length: int, prot: int) -> None:
+    """mprotect_fixup over [start, start+length): VMAs split to the range, vm_flags set, then
+    change_protection: taking PROT_WRITE away write-protects the present PTEs (giving it
+    leaves them read-only: the next write fault upgrades them); PROT_NONE PTEs stay present
+    (pte_present is true for a protnone PTE: pagemap and mincore still see the page). A
+    split VMA bounds fault-around (do_fault_around clips to the VMA)."""
+    task = k.task(pid)
+    if start & (PAGE_SIZE - 1):
+        raise ModelError("EINVAL", f"mprotect address {start:#x} is not page aligned")
+    end = start + page_align(length)
+    for vma, _, _ in vma_range(task, start, end):  # ENOMEM on a gap, before any change
+        if vma.obj is not None and vma.obj.kind == "hugetlb" and (start | end) % (2 << 20):
+            raise ModelError("EINVAL", f"mprotect of a hugetlb VMA at {start:#x}: not 2 MiB "
+                             "aligned")
+        if prot & PROT_WRITE and vma.shared and not vma.maywrite:
+            raise ModelError("EACCES", f"mprotect(PROT_WRITE) of {vma.start:#x}: no VM_MAYWRITE")
+    for vma in isolate_range(task, start, end):
+        if not prot & PROT_WRITE:
+            present = pte.kinds(vma.ptes) == pte.PRESENT
+            vma.ptes[present] &= ~np.uint64(pte.WRITE)
+        vma.prot = prot
+    vma_merge_range(k, task, start, end)
 
 
 def isolate_range(task: Task, start: int, end: int) -> list[Vma]:
@@ -244,7 +298,7 @@ def release_vma(k: Kernel, vma: Vma) -> None:
 def put_inode(k: Kernel, obj: Inode) -> None:
     """iput: the last reference gone, shmem_evict_inode frees pages and swap."""
     obj.refs -= 1
-    if obj.refs <= 0 and obj.is_shmem:
+    if obj.refs <= 0 and (obj.is_shmem or obj.kind == "hugetlb"):
         from dumper.model.shmem import shmem_truncate_range
 
         shmem_truncate_range(k, obj, 0, len(obj.cache))
@@ -259,31 +313,68 @@ def do_munmap(k: Kernel, pid: int, start: int, length: int) -> None:
     if start & (PAGE_SIZE - 1):
         raise ModelError("EINVAL", f"munmap address {start:#x} is not page aligned")
     end = start + page_align(length)
+    for vma in task.vmas_in(start, end):  # hugetlb_split: only whole huge pages
+        if vma.obj is not None and vma.obj.kind == "hugetlb" and (start | end) % (2 << 20):
+            raise ModelError("EINVAL", f"munmap of {start:#x}-{end:#x}: a hugetlb VMA is "
+                             "unmapped in whole 2 MiB pages")
     for vma in isolate_range(task, start, end):
         zap_pte_range(k, vma, 0, vma.npages, drop_markers=True)
         task.vmas.remove(vma)
         release_vma(k, vma)
 
 
-def do_mremap(k: Kernel, pid: int, old: int, old_len: int, new_addr: int | None = None) -> int:
-    """mremap(MREMAP_MAYMOVE|MREMAP_FIXED) of a whole range: move_vma with move_page_tables,
-    which carries every PTE (swap entries and markers included) to the new address."""
+def do_mremap(k: Kernel, pid: int, old: int, old_len: int, new_addr: int | None = None,
+              new_len: int | None = None, may_move: bool = True) -> int:
+    """mremap. Same length: move_vma with move_page_tables (MREMAP_MAYMOVE|MREMAP_FIXED),
+    which carries every PTE (swap entries and markers included) to the new address. Shorter:
+    the tail is unmapped in place (do_vmi_munmap). Longer (one VMA, vma_to_resize, else
+    EFAULT): vma_expand in place when the range
+    ends its VMA and the pages after it are free, else (MREMAP_MAYMOVE) move_vma to a new
+    area of the new length; the new pages are none (a shmem object does not grow: a page
+    past its size is SIGBUS). Returns the address."""
     task = k.task(pid)
     old_len = page_align(old_len)
+    new_len = old_len if new_len is None else page_align(new_len)
+    if new_len <= 0:
+        raise ModelError("EINVAL", "mremap to length 0")
+    if new_len != old_len:
+        vma = task.find_vma(old)
+        if vma is None:
+            raise ModelError("EFAULT", f"mremap of {old:#x}: not mapped")
+        if vma.obj is not None and vma.obj.kind == "hugetlb":
+            raise ModelError("EINVAL", "the model resizes no hugetlb mapping")
+        if new_len < old_len:  # always allowed, across VMAs: the tail is unmapped
+            do_munmap(k, pid, old + new_len, old_len - new_len)
+            return old
+        if old + old_len > vma.end:  # vma_to_resize: a growing range is one VMA
+            raise ModelError("EFAULT", f"mremap of {old:#x}+{old_len:#x}: not in one VMA")
+        grow = new_len - old_len
+        if old + old_len == vma.end and not task.vmas_in(vma.end, vma.end + grow):
+            vma.ptes = np.concatenate([vma.ptes, np.zeros(grow >> PAGE_SHIFT, dtype=np.uint64)])
+            vma.end += grow
+            return old
+        if not may_move:
+            raise ModelError("ENOMEM", f"mremap of {old:#x}: no room to grow in place")
     vmas = isolate_range(task, old, old + old_len)
     if not vmas or vmas[0].start != old or sum(v.npages for v in vmas) << PAGE_SHIFT != old_len:
         raise ModelError("EFAULT", f"mremap of {old:#x}+{old_len:#x}: not one mapped range")
     if new_addr is None:
-        new_addr = get_unmapped_area(k, task, old_len)
+        new_addr = get_unmapped_area(k, task, new_len)
     else:
-        do_munmap(k, pid, new_addr, old_len)
+        do_munmap(k, pid, new_addr, new_len)
     for vma in vmas:
         task.vmas.remove(vma)
     for vma in vmas:
-        delta = vma.start - old
+        delta, was = vma.start - old, vma.start
         vma.end = new_addr + delta + (vma.end - vma.start)
         vma.start = new_addr + delta
+        move_pmds(vma, was)
         task.insert_vma(vma)
+    if new_len > old_len:  # the moved VMA (one, as vma_to_resize checked) grows at its end
+        last = vmas[-1]
+        last.ptes = np.concatenate([last.ptes, np.zeros((new_len - old_len) >> PAGE_SHIFT,
+                                                        dtype=np.uint64)])
+        last.end += new_len - old_len
     return new_addr
 
 

@@ -7,6 +7,7 @@ k.counters (PTEs walked, page-cache lookups, syscalls).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,7 @@ from dumper.model.state import (
     ModelError,
     Vma,
 )
+from dumper.model.thp import HUGE_ZERO_PFN
 
 U64 = np.uint64
 _SHIFT = U64(5)  # MAX_SWAPFILES_SHIFT
@@ -75,9 +77,23 @@ def pte_to_pagemap_entry(k: Kernel, vma: Vma, lo: int, hi: int, show_pfn: bool) 
     w = np.full(len(pf), PM_PRESENT, dtype=U64)
     w |= np.where(~zero & ((flags & F_ANON) == 0), U64(PM_FILE), U64(0))
     w |= np.where(~zero & (mapcount == 1), U64(PM_MMAP_EXCLUSIVE), U64(0))
+    # the huge zero page (pagemap_pmd_range): a folio that is not anonymous, so PM_FILE; its
+    # PFN is the huge page's plus the offset in it
+    hz = pte.huge_zero(words[p])
+    w |= np.where(hz, U64(PM_FILE), U64(0))
     if show_pfn:
-        w |= pf
+        addrs = vma.start + (np.flatnonzero(p) + lo).astype(U64) * U64(PAGE_SIZE)
+        w |= np.where(hz, U64(HUGE_ZERO_PFN) + ((addrs >> U64(PAGE_SHIFT)) & U64(511)), pf)
     out[p] = w
+    for pmd, state in vma.huge.items():  # pagemap_pmd_range: one answer for the whole folio
+        a, b = max(lo, vma.index(pmd << 21)), min(hi, vma.index((pmd + 1) << 21))
+        if state != "thp" or a >= b:
+            continue
+        whole = pte.values(vma.ptes[vma.index(pmd << 21) : vma.index((pmd + 1) << 21)])
+        # PM_MMAP_EXCLUSIVE unless folio_maybe_mapped_shared: any page of it mapped twice
+        shared = (k.frames.mapcount.a[whole.astype(np.int64) - PFN_BASE] > 1).any()
+        if shared:
+            out[a - lo : b - lo] &= ~U64(PM_MMAP_EXCLUSIVE)
     # swap: type 0 | offset << 5; a swap pte is anonymous (no PM_FILE).
     s = kinds == pte.SWAP
     out[s] = U64(PM_SWAP) | ((vals[s] << _SHIFT) if show_pfn else U64(0))
@@ -176,7 +192,8 @@ def mincore_pte_range(k: Kernel, pid: int, vma: Vma, lo: int, hi: int) -> np.nda
         unmapped |= mk  # pte_none_mostly()
     else:
         out[mk] = True  # non_swap_entry(): 1
-    if vma.obj is not None:  # __mincore_unmapped_range: file VMAs look in the page cache
+    if vma.obj is not None and vma.obj.kind != "hugetlb":
+        # __mincore_unmapped_range: file VMAs look in the page cache (mincore_hugetlb: not)
         idx = np.nonzero(unmapped)[0]
         out[idx] = pagecache_incore(k, vma.obj, vma.pgoff + lo + idx)
     return out.astype(np.uint8)
@@ -217,6 +234,8 @@ def shmem_file_llseek(k: Kernel, obj: Inode, offset: int, whence: int) -> int:
         raise ModelError("EINVAL", f"whence {whence} is not SEEK_DATA/SEEK_HOLE")
     if offset < 0 or offset >= obj.size:
         raise ModelError("ENXIO", f"offset {offset} is at or past the size {obj.size}")
+    if obj.kind == "hugetlb":  # hugetlbfs has default_llseek: all data, the hole at i_size
+        return offset if whence == SEEK_DATA else obj.size
     npages = obj.npages
     i = offset >> PAGE_SHIFT
     chunk = 4096
@@ -294,17 +313,23 @@ def observable_vma(k: Kernel, vma: Vma, lo: int = 0, hi: int | None = None) -> n
     """What a read of pages [lo, hi) of one VMA returns now, as content ids (UNREADABLE where
     the read would fault: a guard or poison marker, a shared page past EOF)."""
     hi = vma.npages if hi is None else hi
-    kinds = pte.kinds(vma.ptes[lo:hi])
-    vals = pte.values(vma.ptes[lo:hi])
+    ptes = vma.ptes[lo:hi]
     n = hi - lo
     if vma.obj is not None:
         first = vma.pgoff + lo
         base = object_cids(k, vma.obj, first, first + n)
-        beyond = np.arange(first, first + n) >= vma.obj.npages
-        base[beyond] = U64(UNREADABLE)
+        if first + n > vma.obj.npages:
+            base[max(0, vma.obj.npages - first):] = U64(UNREADABLE)
     else:
         base = np.zeros(n, dtype=U64)
     out = base
+    if pte.only_none_or_present(ptes):  # no marker to hide a page, no swap entry to read
+        if not vma.shared:
+            nz = np.flatnonzero(ptes)
+            out[nz] = k.frames.cids(pte.values(ptes[nz]))
+        return out
+    kinds = pte.kinds(ptes)
+    vals = pte.values(ptes)
     if not vma.shared:  # a private mapping: its own PTEs decide, the file fills the rest
         p = kinds == pte.PRESENT
         out[p] = k.frames.cids(vals[p])
@@ -321,3 +346,16 @@ def observable_vma(k: Kernel, vma: Vma, lo: int = 0, hi: int | None = None) -> n
 def observable_memory(k: Kernel, pid: int) -> list[tuple[int, np.ndarray]]:
     """Ground truth: for every VMA of pid, (start, content id of each page)."""
     return [(vma.start, observable_vma(k, vma)) for vma in k.task(pid).vmas]
+
+
+TRUTH_WINDOW = 1 << 20  # pages of a VMA observed at a time (8 MiB of content ids)
+
+
+def observable_runs(k: Kernel, pid: int, window: int = TRUTH_WINDOW
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """observable_memory in windows: (address, content ids) of at most `window` pages, in
+    VMA and address order; the task's VMAs are taken when the walk starts."""
+    for vma in list(k.task(pid).vmas):
+        for lo in range(0, vma.npages, window):
+            hi = min(vma.npages, lo + window)
+            yield vma.start + (lo << PAGE_SHIFT), observable_vma(k, vma, lo, hi)

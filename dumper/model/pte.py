@@ -4,6 +4,7 @@ Layout (the model's own, not the hardware's):
     bits 60-63  kind: NONE, PRESENT, SWAP, MIGRATION, MARKER
     bit  59     writable (present: pte_write; migration: a WRITE migration entry)
     bit  58     uffd-wp (pte_uffd_wp / pte_swp_uffd_wp)
+    bit  57     huge zero page (present, value ZERO_PFN: a read fault's huge zero PMD)
     bits 0-54   value: PFN (present, migration), swap offset (swap), marker bits (marker)
 A kernel PTE carries the same information: include/linux/swapops.h encodes swap, migration and
 marker entries as "swap entries" of distinct types; the model keeps the kind explicit.
@@ -22,6 +23,7 @@ MARKER = 4
 KIND_SHIFT = 60
 WRITE = 1 << 59
 UFFD_WP = 1 << 58
+HUGE_ZERO = 1 << 57  # a present PTE word of the huge zero page (its value is ZERO_PFN)
 VALUE_MASK = (1 << 55) - 1
 
 U64 = np.uint64
@@ -47,6 +49,15 @@ def value_of(word: int) -> int:
 def kinds(ptes: np.ndarray) -> np.ndarray:
     """The kind of every PTE of an array."""
     return (ptes >> _KSHIFT).astype(np.uint8)
+
+
+def only_none_or_present(ptes: np.ndarray) -> bool:
+    """No swap, migration or marker entry among these PTEs (one pass, no kind array)."""
+    return not len(ptes) or int(ptes.max() >> _KSHIFT) <= PRESENT
+
+
+def huge_zero(ptes: np.ndarray) -> np.ndarray:
+    return (ptes & U64(HUGE_ZERO)) != 0
 
 
 def values(ptes: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 from dumper.kabi import PAGE_SHIFT, PAGE_SIZE
 from dumper.model import pte
 from dumper.model.mm import do_mmap, put_inode, swap_free, unmap_frames, zap_pte_range
+from dumper.model.shmem_large import split_for_punch
 from dumper.model.state import (
     F_ANON,
     F_DIRTY,
@@ -223,7 +224,8 @@ def shmem_fallocate(k: Kernel, obj: Inode, offset: int, length: int, punch: bool
         raise ModelError("EINVAL", "the model fallocates whole pages only")
     lo, hi = offset >> PAGE_SHIFT, (offset + length) >> PAGE_SHIFT
     if punch:
-        unmap_mapping_range(k, obj, lo, hi, even_cows=False)
+        a, b = split_for_punch(k, obj, lo, hi)  # a large folio cut through: split
+        unmap_mapping_range(k, obj, a, b, even_cows=False)
         shmem_truncate_range(k, obj, lo, hi)
         return
     if not keep_size and offset + length > obj.size:
@@ -236,6 +238,8 @@ def shmem_setattr_size(k: Kernel, obj: Inode, size: int) -> None:
     truncates; growing adds holes."""
     newpages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
     if size < obj.size:
+        a, _ = split_for_punch(k, obj, newpages, len(obj.cache))
+        unmap_mapping_range(k, obj, a, newpages, even_cows=False)
         unmap_mapping_range(k, obj, newpages, len(obj.cache), even_cows=True)
         shmem_truncate_range(k, obj, newpages, len(obj.cache))
     obj.size = size
@@ -291,11 +295,13 @@ def shmget(k: Kernel, key: int, size: int) -> Inode:
     return obj
 
 
-def shmat(k: Kernel, pid: int, obj: Inode, prot: int) -> int:
-    """shmat: a MAP_SHARED mapping of the segment's shmem file."""
-    from dumper.kabi import MAP_SHARED
+def shmat(k: Kernel, pid: int, obj: Inode, prot: int, addr: int | None = None) -> int:
+    """do_shmat: a MAP_SHARED mapping of the segment's shmem file (at addr if given); a
+    read-only attach (SHM_RDONLY) opens it O_RDONLY, so the VMA has no VM_MAYWRITE."""
+    from dumper.kabi import MAP_SHARED, PROT_WRITE
 
-    return do_mmap(k, pid, obj.npages << PAGE_SHIFT, prot, MAP_SHARED, obj=obj)
+    return do_mmap(k, pid, obj.npages << PAGE_SHIFT, prot, MAP_SHARED, obj=obj, addr=addr,
+                   maywrite=bool(prot & PROT_WRITE))
 
 
 def shm_rmid(k: Kernel, obj: Inode) -> None:

@@ -20,7 +20,9 @@ from dumper.model.kernels import Profile
 F_USED = 1
 F_ANON = 2  # folio_test_anon: a private anonymous page (PM_FILE is its negation)
 F_UPTODATE = 4  # folio_test_uptodate: fallocated shmem folios are not (SGP_FALLOC)
-F_DIRTY = 8  # a file page written since it was read from disk
+F_DIRTY = 8  # written since last cleaned (a file page since read; pte_dirty for anon)
+F_LAZYFREE = 16  # !folio_test_swapbacked: MADV_FREE'd anonymous, discarded by reclaim if clean
+F_HUGETLB = 32  # a page of a hugetlb folio (from the pool; never reclaimed)
 
 PFN_BASE = 0x100000
 # The shared zero page (mm/memory.c my_zero_pfn); this machine's was 0x3b34 (kernel.md §7 (e)).
@@ -138,7 +140,7 @@ class Inode:
     """A shared object: shmem (MAP_SHARED|MAP_ANONYMOUS), memfd, SysV segment, tmpfs or
     regular file. Its page cache is one u64 per index (hole / page / swap value)."""
 
-    kind: str  # "shmem-anon" | "memfd" | "sysv" | "tmpfs" | "file"
+    kind: str  # "shmem-anon" | "memfd" | "sysv" | "tmpfs" | "file" | "hugetlb"
     dev: tuple[int, int]
     ino: int
     name: str
@@ -157,7 +159,8 @@ class Inode:
 
     @property
     def is_shmem(self) -> bool:
-        return self.kind != "file"
+        """On a shmem mount (TMPFS_MAGIC): not a regular file, nor a hugetlbfs one."""
+        return self.kind not in ("file", "hugetlb")
 
     def grow_cache(self, npages: int) -> None:
         if npages > len(self.cache):
@@ -194,6 +197,16 @@ class Vma:
     anon_vma: bool = False
     uffd_wp: bool = False  # registered with userfaultfd in WP mode (async, unpopulated)
     name: str = ""  # e.g. [heap], [stack]
+    dontcopy: bool = False  # VM_DONTCOPY (MADV_DONTFORK): fork leaves it out of the child
+    wipeonfork: bool = False  # VM_WIPEONFORK: the child gets the VMA empty
+    maywrite: bool = True  # VM_MAYWRITE: not for a SysV segment attached SHM_RDONLY
+    hugepage: bool = False  # VM_HUGEPAGE (MADV_HUGEPAGE)
+    nohugepage: bool = False  # VM_NOHUGEPAGE
+    # PMD state of the page table under the VMA, by PMD number (address >> 21): PMD-mapped
+    # ("thp": a huge folio, "zero": the huge zero page; the model still keeps a PTE word per
+    # page), and PMDs that have a PTE table although every PTE may be none (split or zapped).
+    huge: dict[int, str] = field(default_factory=dict)
+    ptables: set[int] = field(default_factory=set)
 
     @property
     def npages(self) -> int:
@@ -265,6 +278,10 @@ class Kernel:
     inodes: list[Inode] = field(default_factory=list)
     counters: Counters = field(default_factory=Counters)
     migrating: set[int] = field(default_factory=set)  # old PFNs with migration entries out
+    thp: str = "madvise"  # /sys/kernel/mm/transparent_hugepage/enabled: always|madvise|never
+    hugetlb_pool: int = 0  # vm.nr_hugepages (2 MiB pages)
+    shmem_folio_pages: int = 1  # the large shmem folio size shmem_enabled allows (16: 64K)
+    large: dict[int, int] = field(default_factory=dict)  # THP folios: head PFN -> pages
     next_pid: int = 1
     next_ino: int = 1024
     next_sysv_id: int = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from dumper.kabi import PTE_MARKER_GUARD, PTE_MARKER_POISONED
@@ -42,6 +44,12 @@ def copy_page_range(k: Kernel, dst: Vma, src: Vma) -> None:
     readable, markers through copy_pte_marker (poison and guard only: uffd-wp needs a uffd
     in the child, and the RFC's PAGEOUT hint is never copied)."""
     ptes = src.ptes
+    if pte.only_none_or_present(ptes):  # the common case, in whole-array passes
+        if not src.shared:  # wrprotect the parent's private pages too (none stays 0)
+            ptes &= ~U64(pte.WRITE)
+        dst.ptes = ptes & ~U64(pte.UFFD_WP)
+        map_frames(k, pte.values(ptes[ptes != 0]))
+        return
     kinds = pte.kinds(ptes)
     vals = pte.values(ptes)
     out = np.zeros_like(ptes)
@@ -66,24 +74,20 @@ def copy_page_range(k: Kernel, dst: Vma, src: Vma) -> None:
 
 def dup_mmap(k: Kernel, parent: Task, child: Task) -> None:
     """dup_mmap: every VMA is duplicated (file refs taken, userfaultfd dropped as without
-    UFFD_FEATURE_EVENT_FORK); PTEs are copied only where vma_needs_copy says so."""
+    UFFD_FEATURE_EVENT_FORK) except VM_DONTCOPY ones (MADV_DONTFORK); PTEs are copied only
+    where vma_needs_copy says so, and never for VM_WIPEONFORK (the child's VMA starts
+    empty, without an anon_vma, and keeps the flag)."""
     for src in parent.vmas:
-        dst = Vma(
-            start=src.start,
-            end=src.end,
-            prot=src.prot,
-            shared=src.shared,
-            obj=src.obj,
-            pgoff=src.pgoff,
-            ptes=np.zeros(src.npages, dtype=U64),
-            anon_vma=src.anon_vma,
-            uffd_wp=False,
-            name=src.name,
-        )
+        if src.dontcopy:
+            continue
+        dst = replace(src, ptes=np.zeros(src.npages, dtype=U64), uffd_wp=False,
+                      anon_vma=src.anon_vma and not src.wipeonfork)
         if src.obj is not None:
             src.obj.refs += 1
-        if vma_needs_copy(dst, src):
+        dst.huge, dst.ptables = {}, set()
+        if not src.wipeonfork and vma_needs_copy(dst, src):
             copy_page_range(k, dst, src)
+            dst.huge, dst.ptables = dict(src.huge), set(src.ptables)  # copy_huge_pmd
         child.vmas.append(dst)
 
 

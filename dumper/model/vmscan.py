@@ -17,15 +17,20 @@ import numpy as np
 from dumper.kabi import PTE_MARKER_PAGEOUT, PTE_MARKER_UFFD_WP
 from dumper.model import pte
 from dumper.model.shmem import PC_PAGE, PC_SWAP, pc_make
+from dumper.model.shmem_large import reclaim_whole_folios
 from dumper.model.state import (
     F_ANON,
     F_DIRTY,
+    F_HUGETLB,
+    F_LAZYFREE,
+    F_USED,
     PFN_BASE,
     ZERO_PFN,
     Inode,
     Kernel,
     Vma,
 )
+from dumper.model.thp import reclaim_large_folios
 
 U64 = np.uint64
 
@@ -104,6 +109,26 @@ def swapcache_drop_all(k: Kernel) -> int:
     return before - k.frames.allocated
 
 
+def discard_lazyfree(k: Kernel, pfns: np.ndarray) -> np.ndarray:
+    """The lazyfree (MADV_FREE) folios among pfns, as shrink_folio_list treats them: no
+    add_to_swap (not swapbacked), then try_to_unmap_one: a clean one is discarded (every PTE
+    cleared: the pages read zeros, with or without swap); a redirtied one is set swapbacked
+    again and stays mapped this round (activate_locked). Returns the other folios."""
+    fi = pfns.astype(np.int64) - PFN_BASE
+    flags = k.frames.flags.a[fi]
+    lazy = (flags & F_LAZYFREE) != 0
+    if not lazy.any():
+        return pfns
+    k.frames.flags.a[fi[lazy]] &= ~np.uint8(F_LAZYFREE)
+    gone = pfns[lazy & ((flags & F_DIRTY) == 0)]
+    for vma, idx in list(rmap_walk(k, gone)):
+        np.subtract.at(k.frames.mapcount.a, pte.values(vma.ptes[idx]).astype(np.int64)
+                       - PFN_BASE, 1)
+        vma.ptes[idx] = 0
+    k.frames.free(gone)
+    return pfns[~lazy]
+
+
 def shrink_folio_list(k: Kernel, pfns: np.ndarray, free_now: bool | None = None) -> None:
     """shrink_folio_list for chosen folios: add_to_swap / shmem_writeout / file writeback,
     try_to_unmap, then (free_now, or a synchronous device) release from the swap cache.
@@ -111,12 +136,20 @@ def shrink_folio_list(k: Kernel, pfns: np.ndarray, free_now: bool | None = None)
     and kept (shmem_writeout fails: kernel.md §3, verified (n))."""
     pfns = np.unique(np.asarray(pfns, dtype=U64))
     pfns = pfns[pfns != U64(ZERO_PFN)]
+    # hugetlb folios are not on the LRU: reclaim never sees them
+    pfns = pfns[(k.frames.flags.a[pfns.astype(np.int64) - PFN_BASE] & F_HUGETLB) == 0]
     if k.migrating:  # a folio under migration is isolated from the LRU: never reclaimed
         pfns = pfns[~np.isin(pfns, np.array(sorted(k.migrating), dtype=U64))]
     if not len(pfns):
         return
     if free_now is None:
         free_now = k.swap.sync
+    pfns = discard_lazyfree(k, pfns)
+    reclaim_large_folios(k, pfns)  # THP: split (zero pages remapped) or swapped whole
+    pfns = reclaim_whole_folios(k, pfns)  # a large shmem folio goes whole
+    pfns = pfns[(k.frames.flags.a[pfns.astype(np.int64) - PFN_BASE] & F_USED) != 0]
+    if not len(pfns):
+        return
     fi = pfns.astype(np.int64) - PFN_BASE
     anon = (k.frames.flags.a[fi] & F_ANON) != 0
     # A folio still in the swap cache since a read fault swapped it in (do_swap_page keeps

@@ -4,6 +4,9 @@
     scenario fork-unmap-after-swapout      # the name (defaults to the file's stem)
     cite david-2021-08-17a                 # the thread message it comes from (docs/thread.md)
     swap on | off | async                  # the swap device: zram-like, none, swapfile-like
+    thp madvise | always | never           # transparent_hugepage/enabled (default madvise)
+    hugepages N                            # vm.nr_hugepages: the hugetlb pool (default 0)
+    shmem-folio N                          # large shmem folios of N pages (16: 64 KiB)
     task A                                 # the root task
     mmap A shm 8 shared                    # A maps 8 pages MAP_SHARED|MAP_ANONYMOUS as "shm"
     write A shm 0-7                        # pages are region-relative: 3, 0-7, 0-3,6, all
@@ -16,11 +19,15 @@
 
 Operations (TASK, REGION, FD are names; PAGES region-relative page lists):
     task NAME                       fork PARENT CHILD               exit TASK
-    mmap TASK REGION NPAGES [shared|private] [fd=FD] [offset=N] [prot=r|rw]
-    munmap TASK REGION [PAGES]      mremap TASK REGION              zap TASK REGION PAGES
+    mmap TASK REGION NPAGES [shared|private] [fd=FD] [offset=N] [prot=r|rw] [hugetlb]
+    munmap TASK REGION [PAGES]      zap TASK REGION PAGES
+    mremap TASK REGION [NPAGES]     a move, or a grow / shrink to NPAGES (in place if it can)
+    mprotect TASK REGION PAGES none|r|rw
+    shm TASK REGION NPAGES          a private SysV segment attached, its id removed at once
     write TASK REGION PAGES         read TASK REGION PAGES
     madvise TASK REGION PAGES dontneed|pageout|remove|populate-read|populate-write|
-                                    guard-install|guard-remove
+                                    guard-install|guard-remove|free|cold|dontfork|dofork|
+                                    wipeonfork|keeponfork|hugepage|nohugepage
     uffd-wp TASK REGION PAGES       poison TASK REGION PAGES
     memfd TASK FD [NPAGES]          sendfd FROM FD TO               mapfd TASK REGION FD
     pwrite TASK FD PAGES            fallocate TASK FD PAGES [punch] ftruncate TASK FD NPAGES
@@ -45,17 +52,22 @@ from dumper.model.kernels import PROFILES
 from dumper.select import STRATEGIES
 
 ADVICE = ("dontneed", "pageout", "remove", "populate-read", "populate-write", "guard-install",
-          "guard-remove")
+          "guard-remove", "free", "cold", "dontfork", "dofork", "wipeonfork", "keeponfork",
+          "hugepage", "nohugepage")
+PROTS = ("none", "r", "rw")
 VIEWS = ("pagemap", "mincore", "lseek", "flags", "classify", "truth")
 
 # name -> (positional arg kinds, allowed options); kinds: task, newtask, region, newregion,
-# fd, newfd, pages, int
+# fd, newfd, pages, int, advice, prot
 OPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "fork": (("task", "newtask"), ()),
     "exit": (("task",), ()),
-    "mmap": (("task", "newregion", "int"), ("shared", "private", "fd=", "offset=", "prot=")),
+    "mmap": (("task", "newregion", "int"), ("shared", "private", "fd=", "offset=", "prot=",
+                                            "hugetlb")),
     "munmap": (("task", "region"), ("pages",)),
-    "mremap": (("task", "region"), ()),
+    "mremap": (("task", "region"), ("int",)),
+    "mprotect": (("task", "region", "pages", "prot"), ()),
+    "shm": (("task", "newregion", "int"), ()),
     "zap": (("task", "region", "pages"), ()),
     "write": (("task", "region", "pages"), ()),
     "read": (("task", "region", "pages"), ()),
@@ -125,6 +137,9 @@ class Scenario:
     cite: list[str] = field(default_factory=list)
     header: str = ""  # the leading comment block
     swap: str = "on"
+    thp: str = "madvise"
+    hugepages: int = 0
+    shmem_folio: int = 1
     root: str = ""
     ops: list[Op] = field(default_factory=list)
     dump_line: int = 0
@@ -212,6 +227,19 @@ def parse(text: str, path: str = "<scenario>") -> Scenario:
             if args not in (["on"], ["off"], ["async"]):
                 raise fail("swap takes on, off or async")
             sc.swap = args[0]
+        elif op == "thp":
+            if args not in (["madvise"], ["always"], ["never"]):
+                raise fail("thp takes madvise, always or never")
+            sc.thp = args[0]
+        elif op == "hugepages":
+            if len(args) != 1 or not args[0].isdigit():
+                raise fail("hugepages takes the number of 2 MiB pages in the pool")
+            sc.hugepages = int(args[0])
+        elif op == "shmem-folio":
+            if len(args) != 1 or args[0] not in ("1", "2", "4", "8", "16", "32", "64", "128",
+                                                 "256", "512"):
+                raise fail("shmem-folio takes a power of two from 1 to 512 (pages)")
+            sc.shmem_folio = int(args[0])
         elif op == "task":
             if sc.root:
                 raise fail(f"the root task is already {sc.root!r}; create others with fork")
@@ -291,6 +319,10 @@ def _parse_op(op, args, tasks, regions, fds, fail, n) -> Op:
             if not a.isdigit() or int(a) == 0:
                 raise fail(f"{a!r} is not a positive number of pages")
             out.append(int(a))
+        elif kind == "prot":
+            if a not in PROTS:
+                raise fail(f"unknown protection {a!r} (one of {', '.join(PROTS)})")
+            out.append(a)
         elif kind == "advice":
             if a not in ADVICE:
                 raise fail(f"unknown advice {a!r} (one of {', '.join(ADVICE)})")
@@ -325,9 +357,11 @@ def _parse_op(op, args, tasks, regions, fds, fail, n) -> Op:
             opts[key[:-1]] = value
         else:
             opts[r] = True
-    if op == "mmap":
-        regions[out[1]] = out[2]
     _check_pages(op, out, opts, regions, fail)
+    if op in ("mmap", "shm"):
+        regions[out[1]] = out[2]
+    elif op == "mremap" and "int" in opts:  # names are per task: a fork may keep the old size
+        regions[out[1]] = max(regions[out[1]], opts["int"])
     return Op(n, op, tuple(out), opts)
 
 

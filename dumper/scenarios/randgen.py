@@ -2,10 +2,12 @@
 
 A program is the text of a scenario (so any program can be saved, read and replayed like the
 library's), built from the operations userspace and the system can do: fork, exit, mmap of
-private / shared anonymous memory and of memfds, munmap, mremap, writes and reads (with
-fault-around), MADV_DONTNEED / PAGEOUT / REMOVE, guard regions, PMD-split zaps, system
-reclaim (with or without the swap-cache stage), swap-cache drops, NUMA migration (pending or
-finished), memfd writes and hole punches.
+private / shared anonymous memory, of memfds and of SysV segments, munmap, mremap (moves,
+grows, shrinks), mprotect, writes and reads (with fault-around), MADV_DONTNEED / PAGEOUT /
+REMOVE / FREE / COLD / DONTFORK / DOFORK / WIPEONFORK / HUGEPAGE (THP), large shmem
+folios (a quarter of the programs), hugetlb (when asked), guard regions,
+PMD-split zaps, system reclaim (with or without the swap-cache stage), swap-cache drops,
+NUMA migration (pending or finished), memfd writes and hole punches.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import random
 from dataclasses import dataclass, field
 
 MAX_PAGES = 12
+THP_PAGES = 1024
+HUGEPAGES = 8
 
 
 @dataclass
@@ -33,11 +37,24 @@ def _pages(rng: random.Random, n: int) -> str:
     return str(a) if a == b else f"{a}-{b}"
 
 
-def random_program(rng: random.Random, depth: int = 12, name: str = "random") -> str:
-    """A random scenario of about depth operations, ending with a dump of the root."""
+def random_program(rng: random.Random, depth: int = 12, name: str = "random",
+                   hugetlb: bool = False) -> str:
+    """A random scenario of about depth operations, ending with a dump of the root.
+    hugetlb: also MAP_HUGETLB mappings (a pool of HUGEPAGES): off by default while the dump
+    references a hugetlbfs mapping as a regular file instead of saving its pages."""
     st = _State()
-    lines = [f"scenario {name}", f"swap {rng.choice(['on', 'on', 'async', 'off'])}", "task A"]
+    lines = [f"scenario {name}", f"swap {rng.choice(['on', 'on', 'async', 'off'])}"]
+    lines += [f"hugepages {HUGEPAGES}"] if hugetlb else []
+    lines += ["shmem-folio 16"] if rng.random() < 0.25 else []  # 64 KiB shmem folios
+    lines.append("task A")
     for _ in range(depth):
+        if hugetlb and rng.random() < 0.1:
+            st.n_regions += 1
+            r = f"r{st.n_regions}"
+            t = rng.choice(sorted(st.alive))
+            st.regions[t][r] = 512
+            lines.append(f"mmap {t} {r} 512 {rng.choice(['private', 'shared'])} hugetlb")
+            continue
         lines += _step(rng, st)
     lines.append("dump A")
     return "\n".join(lines) + "\n"
@@ -47,11 +64,11 @@ def _step(rng: random.Random, st: _State) -> list[str]:
     alive = sorted(st.alive)
     t = rng.choice(alive)
     regs = st.regions[t]
-    choices = ["mmap", "mmap", "memfd", "fork"]
+    choices = ["mmap", "mmap", "memfd", "fork", "shm", "thp"]
     if regs:
         choices += ["write"] * 4 + ["read"] * 2 + ["reclaim"] * 2 + [
             "dontneed", "pageout", "zap", "migrate", "munmap", "mremap", "guard", "remove",
-            "punch"]
+            "punch", "mprotect", "resize", "free", "cold", "dontfork", "wipeonfork"]
     if len(alive) > 1:
         choices.append("exit")
     choices += ["swapcache-drop", "migrate-finish"]
@@ -76,6 +93,17 @@ def _step(rng: random.Random, st: _State) -> list[str]:
         if kind == "shared":
             st.shared.add(r)
         return [f"mmap {t} {r} {n} {kind}"]
+    if op == "thp":  # 4 MiB of private memory under MADV_HUGEPAGE: one aligned PMD at least
+        st.n_regions += 1
+        r = f"r{st.n_regions}"
+        regs[r] = THP_PAGES
+        return [f"mmap {t} {r} {THP_PAGES} private", f"madvise {t} {r} all hugepage"]
+    if op == "shm":
+        st.n_regions += 1
+        r = f"r{st.n_regions}"
+        regs[r] = rng.randint(1, MAX_PAGES)
+        st.shared.add(r)
+        return [f"shm {t} {r} {regs[r]}"]
     if op == "memfd":
         st.n_fds += 1
         fd = f"m{st.n_fds}"
@@ -124,6 +152,16 @@ def _step(rng: random.Random, st: _State) -> list[str]:
         return [f"munmap {t} {r}"]
     if op == "mremap":
         return [f"mremap {t} {r}"]
+    if op == "resize":
+        regs[r] = rng.randint(1, MAX_PAGES)
+        return [f"mremap {t} {r} {regs[r]}"]
+    if op == "mprotect":
+        return [f"mprotect {t} {r} {pages} {rng.choice(['none', 'r', 'rw', 'rw'])}"]
+    if op in ("free", "cold"):
+        return [f"madvise {t} {r} {pages} {op}"]
+    if op in ("dontfork", "wipeonfork"):
+        undo = "dofork" if op == "dontfork" else "keeponfork"
+        return [f"madvise {t} {r} {pages} {rng.choice([op, op, undo])}"]
     if op == "punch":
         fds = st.fds[t]
         if not fds:

@@ -13,16 +13,25 @@ import numpy as np
 
 from dumper.images.reader import ImageSet
 from dumper.kabi import (
+    MADV_COLD,
+    MADV_DOFORK,
+    MADV_DONTFORK,
     MADV_DONTNEED,
+    MADV_FREE,
     MADV_GUARD_INSTALL,
     MADV_GUARD_REMOVE,
+    MADV_HUGEPAGE,
+    MADV_KEEPONFORK,
+    MADV_NOHUGEPAGE,
     MADV_PAGEOUT,
     MADV_POPULATE_READ,
     MADV_POPULATE_WRITE,
     MADV_REMOVE,
+    MADV_WIPEONFORK,
     PAGE_SIZE,
     PM_PRESENT,
     PM_SWAP,
+    PROT_NONE,
     PROT_READ,
     PROT_WRITE,
     SEEK_DATA,
@@ -41,7 +50,11 @@ ADVICE = {
     "dontneed": MADV_DONTNEED, "pageout": MADV_PAGEOUT, "remove": MADV_REMOVE,
     "populate-read": MADV_POPULATE_READ, "populate-write": MADV_POPULATE_WRITE,
     "guard-install": MADV_GUARD_INSTALL, "guard-remove": MADV_GUARD_REMOVE,
+    "free": MADV_FREE, "cold": MADV_COLD, "dontfork": MADV_DONTFORK, "dofork": MADV_DOFORK,
+    "wipeonfork": MADV_WIPEONFORK, "keeponfork": MADV_KEEPONFORK,
+    "hugepage": MADV_HUGEPAGE, "nohugepage": MADV_NOHUGEPAGE,
 }
+PROT = {"none": PROT_NONE, "r": PROT_READ, "rw": PROT_READ | PROT_WRITE}
 
 
 @dataclass
@@ -66,6 +79,9 @@ class World:
         addr, n = self.region(task, name, line)
         if pages == "all":
             return [(addr, n * PAGE_SIZE)]
+        if max(pages) >= n:
+            raise ScenarioError(self.sc.path, line, f"page {max(pages)} is outside task "
+                                f"{task}'s region {name!r} ({n} pages)")
         mask = np.zeros(n, dtype=bool)
         mask[list(pages)] = True
         return [(addr + a * PAGE_SIZE, k * PAGE_SIZE) for a, k in runs_of(mask)]
@@ -82,7 +98,8 @@ def build(sc: Scenario, profile, lenient: bool = False) -> World:
     operation the kernel refuses (or a task takes a signal for) is skipped, as a random
     program's would be; otherwise it is an error naming the line."""
     prof = load_profile(profile) if isinstance(profile, str) else profile
-    m = Model(prof, swap=sc.swap != "off", swap_sync=sc.swap != "async")
+    m = Model(prof, swap=sc.swap != "off", swap_sync=sc.swap != "async", thp=sc.thp,
+              hugepages=sc.hugepages, shmem_folio_pages=sc.shmem_folio)
     w = World(sc, m)
     w.pids[sc.root] = m.spawn(sc.root)
     w.regions[sc.root], w.fds[sc.root] = {}, {}
@@ -116,7 +133,7 @@ def apply(w: World, op: Op) -> None:
         fd = w.fd(a[0], o["fd"], n) if "fd" in o else None
         shared = bool(o.get("shared")) and not o.get("private")
         addr = m.mmap(pid, a[2] * PAGE_SIZE, prot=prot, shared=shared, fd=fd,
-                      offset=int(o.get("offset", 0)) * PAGE_SIZE)
+                      offset=int(o.get("offset", 0)) * PAGE_SIZE, hugetlb=bool(o.get("hugetlb")))
         w.regions[a[0]][a[1]] = (addr, a[2])
     elif op.name == "munmap":
         for addr, length in w.page_runs(a[0], a[1], o.get("pages", "all"), n):
@@ -125,9 +142,17 @@ def apply(w: World, op: Op) -> None:
             del w.regions[a[0]][a[1]]
     elif op.name == "mremap":
         addr, npages = w.region(a[0], a[1], n)
-        w.regions[a[0]][a[1]] = (m.mremap(pid, addr, npages * PAGE_SIZE), npages)
+        new = o.get("int", npages)
+        w.regions[a[0]][a[1]] = (m.mremap(pid, addr, npages * PAGE_SIZE,
+                                          new_length=new * PAGE_SIZE), new)
+    elif op.name == "shm":
+        if a[1] in w.regions[a[0]]:
+            raise ScenarioError(w.sc.path, n, f"task {a[0]} already has a region {a[1]!r}")
+        seg = m.shmget(0, a[2] * PAGE_SIZE)  # IPC_PRIVATE
+        w.regions[a[0]][a[1]] = (m.shmat(pid, seg), a[2])
+        m.shm_rmid(seg)
     elif op.name in ("zap", "write", "read", "madvise", "uffd-wp", "poison", "reclaim",
-                     "migrate"):
+                     "migrate", "mprotect"):
         for addr, length in w.page_runs(a[0], a[1], a[2], n):
             if op.name == "zap":
                 m.zap(pid, addr, length)
@@ -141,6 +166,8 @@ def apply(w: World, op: Op) -> None:
                 m.uffd_writeprotect(pid, addr, length)
             elif op.name == "poison":
                 m.uffd_poison(pid, addr, length)
+            elif op.name == "mprotect":
+                m.mprotect(pid, addr, length, PROT[a[3]])
             elif op.name == "reclaim":
                 m.reclaim(pid, addr, length, free=False if o.get("keep-swapcache") else None)
             else:

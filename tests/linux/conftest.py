@@ -3,6 +3,7 @@ cleaned up; every test here is skipped (with the reason) when not running as roo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -33,6 +34,84 @@ def procs() -> Iterator[ProcSet]:
 def _active_swaps() -> list[str]:
     with open("/proc/swaps") as f:
         return [line.split()[0] for line in f.read().splitlines()[1:] if line.strip()]
+
+
+THP = "/sys/kernel/mm/transparent_hugepage"
+THP_SETTINGS = {  # what the THP programs assume (tests/linux/test_differential.py)
+    "enabled": "madvise",
+    "hugepages-2048kB/enabled": "inherit",
+    "use_zero_page": "1",
+    # khugepaged would collapse split PMDs back behind the test's back: asleep meanwhile
+    "khugepaged/scan_sleep_millisecs": "3600000",
+    "khugepaged/alloc_sleep_millisecs": "3600000",
+}
+
+
+def _setting(path: str) -> str:
+    """A sysfs setting's value: the [chosen] word of a choice list, or the text."""
+    with open(path) as f:
+        text = f.read().strip()
+    if "[" in text:
+        return text[text.index("[") + 1 : text.index("]")]
+    return text
+
+
+@contextlib.contextmanager
+def set_kernel_settings(settings: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Write each path -> value, and put every one back as found on the way out, whatever
+    happens (in reverse order; one that cannot be put back is reported, the rest still are)."""
+    saved: list[tuple[str, str]] = []
+    try:
+        for path, value in settings.items():
+            if not os.path.exists(path):
+                pytest.skip(f"{path} does not exist on this kernel")
+            saved.append((path, _setting(path)))
+            with open(path, "w") as f:
+                f.write(value)
+        yield settings
+    finally:
+        failed = []
+        for path, value in reversed(saved):
+            try:
+                with open(path, "w") as f:
+                    f.write(value)
+            except OSError as e:
+                failed.append(f"{path}={value}: {e}")
+        if failed:
+            raise RuntimeError("could not restore kernel settings: " + "; ".join(failed))
+
+
+@pytest.fixture
+def thp() -> Iterator[dict[str, str]]:
+    """Transparent huge pages as the THP programs need them, restored afterwards."""
+    with set_kernel_settings({f"{THP}/{k}": v for k, v in THP_SETTINGS.items()}) as s:
+        yield s
+
+
+SHMEM_FOLIO_SETTINGS = {  # 64 KiB shmem folios, nothing bigger (shmem_enabled stays never)
+    "hugepages-64kB/shmem_enabled": "always",
+    "hugepages-2048kB/shmem_enabled": "never",
+}
+
+
+@pytest.fixture
+def shmem_folios() -> Iterator[dict[str, str]]:
+    """Large (64 KiB: 16-page) shmem folios, put back afterwards."""
+    with set_kernel_settings({f"{THP}/{k}": v for k, v in SHMEM_FOLIO_SETTINGS.items()}) as s:
+        yield s
+
+
+HUGEPAGES = 8  # the hugetlb pool the hugetlb programs get (16 MiB)
+
+
+@pytest.fixture
+def hugetlb() -> Iterator[dict[str, str]]:
+    """vm.nr_hugepages = HUGEPAGES (every page must come: the kernel may give fewer), put
+    back afterwards."""
+    with set_kernel_settings({"/proc/sys/vm/nr_hugepages": str(HUGEPAGES)}) as s:
+        if int(_setting("/proc/sys/vm/nr_hugepages")) != HUGEPAGES:
+            pytest.skip(f"the kernel could not give {HUGEPAGES} huge pages")
+        yield s
 
 
 @pytest.fixture

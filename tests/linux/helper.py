@@ -24,6 +24,9 @@ libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+libc.mremap.restype = ctypes.c_void_p
+libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int]
+libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
 libc.shmat.restype = ctypes.c_void_p
 libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
 libc.shmctl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
@@ -54,10 +57,11 @@ class Helper:
         self.stop = threading.Event()
 
     # -- operations --------------------------------------------------------------------------
-    def op_mmap(self, name, pages, shared=False, memfd=None, offset=0, prot=3, addr=None):
+    def op_mmap(self, name, pages, shared=False, memfd=None, offset=0, prot=3, addr=None,
+                hugetlb=False):
         """A region; at addr exactly if given (MAP_FIXED_NOREPLACE, no fences: the caller
-        keeps regions apart)."""
-        flags = 0x01 if shared else 0x02
+        keeps regions apart); hugetlb: MAP_HUGETLB."""
+        flags = (0x01 if shared else 0x02) | (0x40000 if hugetlb else 0)
         fd = -1
         if memfd is None:
             flags |= 0x20
@@ -79,6 +83,18 @@ class Helper:
         self.regions[name] = (base + PAGE, pages * PAGE)
         self.spans[name] = (base, total)
         return {"addr": base + PAGE}
+
+    def op_shmat(self, name, pages, addr):
+        """A private SysV segment attached at addr and marked IPC_RMID at once, so it goes
+        with its last attach (the helper's exit) whatever the test does."""
+        shmid = check(libc.shmget(0, pages * PAGE, 0o1600), "shmget")  # IPC_PRIVATE|IPC_CREAT
+        try:
+            got = check(libc.shmat(shmid, addr, 0), "shmat")
+        finally:
+            check(libc.shmctl(shmid, 0, None), "shmctl(IPC_RMID)")
+        self.regions[name] = (got, pages * PAGE)
+        self.spans[name] = (got, pages * PAGE)
+        return {"addr": got}
 
     def op_write(self, name, pages, tag):
         addr, _ = self.regions[name]
@@ -110,6 +126,15 @@ class Helper:
     def op_mprotect(self, name, page, npages, prot):
         addr, _ = self.regions[name]
         check(libc.mprotect(addr + page * PAGE, npages * PAGE, prot), "mprotect")
+        return {}
+
+    def op_mremap(self, name, pages):
+        """Grow or shrink a region in place (flags 0: no move)."""
+        addr, length = self.regions[name]
+        check(libc.mremap(addr, length, pages * PAGE, 0), "mremap")
+        self.regions[name] = (addr, pages * PAGE)
+        span_addr, span_len = self.spans[name]
+        self.spans[name] = (span_addr, span_len - length + pages * PAGE)
         return {}
 
     def op_memfd(self, name, pages=0, size=None, huge=False):

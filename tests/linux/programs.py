@@ -8,6 +8,7 @@ A program is a list of Op, one per line in text form:
     mmap A r1 8 shared         MAP_SHARED|MAP_ANONYMOUS
     memfd A m 16               memfd_create + ftruncate to 16 pages
     mmap A r2 8 memfd m 6      MAP_SHARED of memfd m from its page 6
+    mmap A r3 8 sysv           a private SysV segment (shmget, shmat, IPC_RMID at once)
     pwrite A m 0-3             write(2) whole pages through the fd
     punch A m 2 2              fallocate(PUNCH_HOLE|KEEP_SIZE) of pages 2-3
     send A m B                 SCM_RIGHTS: B gets its own fd on memfd m
@@ -16,7 +17,15 @@ A program is a list of Op, one per line in text form:
     munmap A r0
     dontneed A r0 0 4          madvise(MADV_DONTNEED) of pages 0-3; likewise pageout
                                (MADV_PAGEOUT), remove (MADV_REMOVE), guard and unguard
-                               (MADV_GUARD_INSTALL / MADV_GUARD_REMOVE)
+                               (MADV_GUARD_INSTALL / MADV_GUARD_REMOVE), free (MADV_FREE),
+                               cold (MADV_COLD), dontfork / dofork (whole regions only, so a
+                               child maps a region whole or not at all), wipeonfork /
+                               keeponfork, hugepage / nohugepage (MADV_HUGEPAGE)
+    mmap A r0 512 anon         one PMD of private memory (regions are 2 MiB aligned)
+    mmap A r0 512 hugetlb      MAP_PRIVATE|MAP_HUGETLB (hugetlb-shared: MAP_SHARED), whole
+                               2 MiB pages; DONTNEED, mprotect and munmap in whole ones
+    mprotect A r0 2 3 none     mprotect of pages 2-4 to PROT_NONE (or r, rw)
+    mremap A r0 12             grow or shrink in place (flags 0) to 12 pages
     writeback A                wait until the kernel has no writeback in flight (nothing on
                                the model, whose swap cache stage lasts until reclaimed again)
 
@@ -25,7 +34,8 @@ in the model, so fault-around windows (aligned to 16 pages inside a page table) 
 on both sides. Checker.apply() tells whether an op is valid where it stands (no access to a
 guard page, MADV_REMOVE only on shared mappings, ...): the generator and the shrinker use it.
 After every op, each runner reports, per process and mapped region, pagemap flags
-(P S F G W X), mincore, and for shared regions the object's SEEK_DATA/SEEK_HOLE extents.
+(P S F G W X), mincore, and for shared regions the object's SEEK_DATA/SEEK_HOLE extents
+(not for SysV: shm_file_operations' llseek is noop_llseek).
 """
 
 from __future__ import annotations
@@ -34,10 +44,14 @@ import random
 from dataclasses import dataclass, field
 
 REGION_BASE = 0x2000_0000_0000
-REGION_STRIDE = 1 << 21  # one page table (2 MiB) per region
+REGION_STRIDE = 1 << 22  # 4 MiB: 2 MiB aligned, and a 512-page region has a gap after it
 MAX_PAGES = 16  # one fault-around window
-KINDS = ("anon", "shared", "memfd")
-ADVICE = ("dontneed", "pageout", "remove", "guard", "unguard")
+HPAGE = 512  # a private anonymous region may also be one PMD (a THP under MADV_HUGEPAGE)
+KINDS = ("anon", "shared", "memfd", "sysv")
+HUGETLB = ("hugetlb", "hugetlb-shared")  # MAP_HUGETLB (the hugetlb fixture's pool), 512 pages
+ADVICE = ("dontneed", "pageout", "remove", "guard", "unguard", "free", "cold", "dontfork",
+          "dofork", "wipeonfork", "keeponfork", "hugepage", "nohugepage")
+PROTS = ("none", "r", "rw")
 
 
 class Invalid(Exception):
@@ -91,7 +105,9 @@ def parse(text: str) -> list[Op]:
             args: tuple = (rest[0], parse_pages(rest[1]))
         elif verb in ADVICE or verb == "punch":
             args = (rest[0], int(rest[1]), int(rest[2]))
-        elif verb == "memfd":
+        elif verb == "mprotect":
+            args = (rest[0], int(rest[1]), int(rest[2]), rest[3])
+        elif verb in ("memfd", "mremap"):
             args = (rest[0], int(rest[1]))
         elif verb == "mmap":
             args = (rest[0], int(rest[1]), rest[2], *([rest[3], int(rest[4])] if
@@ -112,14 +128,24 @@ def region_addr(region: str) -> int:
 
 @dataclass(frozen=True)
 class Region:
-    kind: str  # anon / shared / memfd
+    kind: str  # anon / shared / memfd / sysv
     npages: int
     memfd: str | None = None
     offset: int = 0  # object page of the region's first page
+    objpages: int = 0  # the object's size in pages (a page past it is SIGBUS)
 
     @property
     def shared(self) -> bool:
-        return self.kind != "anon"
+        return self.kind not in ("anon", "hugetlb")
+
+    @property
+    def hugetlb(self) -> bool:
+        return self.kind in HUGETLB
+
+    @property
+    def seekable(self) -> bool:
+        """SEEK_DATA/SEEK_HOLE answer on its map_files fd (shm_file_operations: noop_llseek)."""
+        return self.shared and self.kind != "sysv"
 
 
 @dataclass
@@ -132,6 +158,16 @@ class Checker:
     fds: dict[str, set[str]] = field(default_factory=dict)  # process -> memfds it holds
     sizes: dict[str, int] = field(default_factory=dict)  # memfd -> pages
     forks: dict[str, int] = field(default_factory=dict)  # spawn -> forks in its tree
+    prots: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # per page
+    dontfork: set[tuple[str, str]] = field(default_factory=set)
+    wipe: dict[tuple[str, str], set[int]] = field(default_factory=dict)  # WIPEONFORK pages
+
+    def readable(self, p: str, r: str, pages) -> bool:
+        """Every page mapped, backed (not past the object's end), not PROT_NONE."""
+        reg = self.regions[p][r]
+        prot = self.prots[(p, r)]
+        return all(i < reg.npages and prot[i] != "none" and (
+            not reg.shared or reg.offset + i < reg.objpages) for i in pages)
 
     def apply(self, op: Op) -> None:
         p, a = op.proc, op.args
@@ -146,11 +182,17 @@ class Checker:
             _need(c not in self.roots, op)
             self.roots[c] = self.roots[p]
             self.forks[self.roots[p]] += 1
-            self.regions[c] = dict(self.regions[p])
+            self.regions[c] = {r: reg for r, reg in self.regions[p].items()
+                               if (p, r) not in self.dontfork}
             self.fds[c] = set(self.fds[p])
-            for (q, r), g in list(self.guards.items()):
-                if q == p:
-                    self.guards[(c, r)] = set(g)
+            for r in self.regions[c]:
+                self.prots[(c, r)] = list(self.prots[(p, r)])
+                wipe = self.wipe.get((p, r), set())
+                if wipe:
+                    self.wipe[(c, r)] = set(wipe)
+                g = self.guards.get((p, r), set()) - wipe  # a wiped page has no marker
+                if g:
+                    self.guards[(c, r)] = g
         elif op.verb == "memfd":
             name, n = a
             _need(name not in self.sizes and 0 < n <= 64, op)
@@ -168,15 +210,42 @@ class Checker:
             self.fds[q].add(name)
         elif op.verb == "mmap":
             r, n, kind = a[:3]
-            _need(r not in self.regions[p] and 0 < n <= MAX_PAGES and kind in KINDS, op)
+            _need(r not in self.regions[p] and (kind in KINDS and (
+                0 < n <= MAX_PAGES or kind == "anon" and n == HPAGE)
+                or kind in HUGETLB and n % HPAGE == 0 and 0 < n <= 2 * HPAGE), op)
             reg = Region(kind, n, *(a[3:] if kind == "memfd" else ()))
             if kind == "memfd":
                 _need(reg.memfd in self.fds[p] and reg.offset + n <= self.sizes[reg.memfd], op)
+            reg = Region(reg.kind, n, reg.memfd, reg.offset,
+                         self.sizes[reg.memfd] if kind == "memfd" else n)
             self.regions[p][r] = reg
+            self.prots[(p, r)] = ["rw"] * n
         elif op.verb == "munmap":
             _need(a[0] in self.regions[p], op)
             del self.regions[p][a[0]]
-            self.guards.pop((p, a[0]), None)
+            for d in (self.guards, self.prots, self.wipe):
+                d.pop((p, a[0]), None)
+            self.dontfork.discard((p, a[0]))
+        elif op.verb == "mremap":
+            r, n = a
+            reg = self.regions[p].get(r)
+            _need(reg is not None and 0 < n <= MAX_PAGES and n != reg.npages and not reg.hugetlb,
+                  op)
+            prot = self.prots[(p, r)]
+            # Growing needs the region to be one VMA (vma_to_resize, else EFAULT), which the
+            # new pages join: read-write all through, no WIPEONFORK part.
+            _need(n < reg.npages or set(prot) == {"rw"} and not self.wipe.get((p, r)), op)
+            self.regions[p][r] = Region(reg.kind, n, reg.memfd, reg.offset, reg.objpages)
+            self.prots[(p, r)] = (prot + ["rw"] * n)[:n]
+            for d in (self.guards, self.wipe):
+                if (p, r) in d:
+                    d[(p, r)] = {i for i in d[(p, r)] if i < n}
+        elif op.verb == "mprotect":
+            r, first, n, prot = a
+            reg = self.regions[p].get(r)
+            _need(reg is not None and n > 0 and first + n <= reg.npages and prot in PROTS, op)
+            _need(not reg.hugetlb or first % HPAGE == 0 and n % HPAGE == 0, op)
+            self.prots[(p, r)][first : first + n] = [prot] * n
         elif op.verb == "writeback":
             pass
         elif op.verb in ("write", "read"):
@@ -184,16 +253,32 @@ class Checker:
             reg = self.regions[p].get(r)
             _need(reg is not None and pages and max(pages) < reg.npages, op)
             _need(not set(pages) & self.guards.get((p, r), set()), op)
+            _need(self.readable(p, r, pages), op)
+            _need(op.verb == "read" or all(self.prots[(p, r)][i] == "rw" for i in pages), op)
         elif op.verb in ADVICE:
             r, first, n = a
             reg = self.regions[p].get(r)
             _need(reg is not None and n > 0 and first + n <= reg.npages, op)
             _need(op.verb != "remove" or reg.shared, op)
+            _need(op.verb not in ("free", "wipeonfork") or reg.kind == "anon", op)
+            # hugetlb: no LRU advice, no guards, DONTNEED from a huge page boundary
+            _need(not reg.hugetlb or op.verb not in ("pageout", "cold", "guard", "unguard"), op)
+            _need(not reg.hugetlb or op.verb != "dontneed" or first % HPAGE == 0, op)
+            span = set(range(first, first + n))
+            if op.verb in ("dontfork", "dofork"):
+                _need(first == 0 and n == reg.npages, op)
+                (self.dontfork.add if op.verb == "dontfork" else self.dontfork.discard)((p, r))
+            elif op.verb in ("wipeonfork", "keeponfork"):
+                w = self.wipe.setdefault((p, r), set())
+                if op.verb == "wipeonfork":
+                    w |= span
+                else:
+                    w -= span
             g = self.guards.setdefault((p, r), set())
             if op.verb == "guard":
-                g |= set(range(first, first + n))
+                g |= span
             elif op.verb == "unguard":
-                g -= set(range(first, first + n))
+                g -= span
         else:
             raise Invalid(f"unknown op {op}")
 
@@ -247,8 +332,10 @@ def random_program(seed: int, length: int = 14, pageout: bool = True,
         regs = list(c.regions[p])
         verb = rng.choices(
             ["mmap", "memfd", "fork", "write", "read", "dontneed", "pageout", "remove",
-             "guard", "unguard", "munmap", "pwrite", "punch", "send"],
-            [4, 1, 2, 6, 5, 2, 3 if pageout else 0, 2, 1, 1, 1, 2, 1, 1])[0]
+             "guard", "unguard", "munmap", "pwrite", "punch", "send", "mprotect", "mremap",
+             "free", "cold", "dontfork", "dofork", "wipeonfork", "keeponfork"],
+            [4, 1, 2, 6, 5, 2, 3 if pageout else 0, 2, 1, 1, 1, 2, 1, 1, 2, 1, 2, 1, 1, 1, 1,
+             1])[0]
         if verb == "mmap":
             kind = rng.choice(KINDS)
             n = rng.randint(2, 8)
@@ -272,7 +359,7 @@ def random_program(seed: int, length: int = 14, pageout: bool = True,
             n = c.regions[p][r].npages
             k = rng.randint(1, min(3, n))
             op = Op(verb, p, (r, tuple(sorted(rng.sample(range(n), k)))))
-        elif verb in ADVICE or verb == "munmap":
+        elif verb in ADVICE or verb in ("munmap", "mprotect", "mremap"):
             if not regs:
                 continue
             r = rng.choice(regs)
@@ -280,8 +367,17 @@ def random_program(seed: int, length: int = 14, pageout: bool = True,
                 continue
             n = c.regions[p][r].npages
             first = rng.randrange(n)
-            op = Op(verb, p, (r,)) if verb == "munmap" else \
-                Op(verb, p, (r, first, rng.randint(1, n - first)))
+            count = rng.randint(1, n - first)
+            if verb in ("dontfork", "dofork"):
+                first, count = 0, n
+            if verb == "munmap":
+                op = Op(verb, p, (r,))
+            elif verb == "mremap":
+                op = Op(verb, p, (r, rng.randint(1, MAX_PAGES)))
+            elif verb == "mprotect":
+                op = Op(verb, p, (r, first, count, rng.choice(PROTS)))
+            else:
+                op = Op(verb, p, (r, first, count))
         elif verb in ("pwrite", "punch"):
             mine = sorted(c.fds[p])
             if not mine:

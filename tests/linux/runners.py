@@ -19,17 +19,28 @@ from dataclasses import dataclass
 import numpy as np
 
 from dumper.kabi import (
+    MADV_COLD,
+    MADV_DOFORK,
+    MADV_DONTFORK,
     MADV_DONTNEED,
+    MADV_FREE,
     MADV_GUARD_INSTALL,
     MADV_GUARD_REMOVE,
+    MADV_HUGEPAGE,
+    MADV_KEEPONFORK,
+    MADV_NOHUGEPAGE,
     MADV_PAGEOUT,
     MADV_REMOVE,
+    MADV_WIPEONFORK,
     PM_FILE,
     PM_GUARD_REGION,
     PM_MMAP_EXCLUSIVE,
     PM_PRESENT,
     PM_SWAP,
     PM_UFFD_WP,
+    PROT_NONE,
+    PROT_READ,
+    PROT_WRITE,
     SEEK_DATA,
     SEEK_HOLE,
 )
@@ -41,7 +52,11 @@ from .procs import PAGE, Proc, ProcSet
 from .programs import Checker, Op, Region, region_addr
 
 ADVICE = {"dontneed": MADV_DONTNEED, "pageout": MADV_PAGEOUT, "remove": MADV_REMOVE,
-          "guard": MADV_GUARD_INSTALL, "unguard": MADV_GUARD_REMOVE}
+          "guard": MADV_GUARD_INSTALL, "unguard": MADV_GUARD_REMOVE, "free": MADV_FREE,
+          "cold": MADV_COLD, "dontfork": MADV_DONTFORK, "dofork": MADV_DOFORK,
+          "wipeonfork": MADV_WIPEONFORK, "keeponfork": MADV_KEEPONFORK,
+          "hugepage": MADV_HUGEPAGE, "nohugepage": MADV_NOHUGEPAGE}
+PROT = {"none": PROT_NONE, "r": PROT_READ, "rw": PROT_READ | PROT_WRITE}
 FLAGS = ((PM_PRESENT, "P"), (PM_SWAP, "S"), (PM_FILE, "F"), (PM_GUARD_REGION, "G"),
          (PM_UFFD_WP, "W"), (PM_MMAP_EXCLUSIVE, "X"))
 
@@ -102,7 +117,8 @@ class Runner:
     def run(self, ops: list[Op]) -> list[Observation]:
         out = []
         for op in ops:
-            gone = self.state.regions[op.proc].get(op.args[0]) if op.verb == "munmap" else None
+            gone = self.state.regions[op.proc].get(op.args[0]) if op.verb in ("munmap", "mremap") \
+                else None
             self.state.apply(op)
             self.do(op, gone)
             if op.verb in ("spawn", "fork"):
@@ -115,11 +131,11 @@ class Runner:
         for p in self.order:
             for r, reg in sorted(self.state.regions[p].items()):
                 obs[(p, r)] = (flag_strings(self.words(p, r, reg)), self.mincore(p, r, reg),
-                               self.lseek(p, r, reg) if reg.shared else None)
+                               self.lseek(p, r, reg) if reg.seekable else None)
         return obs
 
     def do(self, op: Op, gone: Region | None) -> None:
-        """Run op; gone is the region a munmap removes."""
+        """Run op; gone is the region a munmap removes or an mremap resizes, as it was."""
     def words(self, p: str, r: str, reg: Region) -> np.ndarray: ...
     def mincore(self, p: str, r: str, reg: Region) -> str: ...
     def lseek(self, p: str, r: str, reg: Region) -> str: ...
@@ -154,6 +170,12 @@ class RealRunner(Runner):
             self.p[a[0]] = self.procs.fork(h)
         elif op.verb == "mmap":
             r, n, kind = a[:3]
+            if kind == "sysv":
+                h.call("shmat", name=r, pages=n, addr=region_addr(r))
+                return
+            if kind in ("hugetlb", "hugetlb-shared"):
+                h.mmap(r, n, shared=kind == "hugetlb-shared", addr=region_addr(r), hugetlb=True)
+                return
             kw = {"memfd": a[3], "offset": a[4]} if kind == "memfd" else {}
             h.mmap(r, n, shared=kind != "anon", addr=region_addr(r), **kw)
         elif op.verb == "memfd":
@@ -170,10 +192,25 @@ class RealRunner(Runner):
                                                             else {}))
         elif op.verb == "munmap":
             h.call("munmap", name=a[0])
+        elif op.verb == "mprotect":
+            h.call("mprotect", name=a[0], page=a[1], npages=a[2], prot=PROT[a[3]])
+        elif op.verb == "mremap":
+            h.call("mremap", name=a[0], pages=a[1])
         elif op.verb == "writeback":
             wait_writeback()
         else:
             h.call("madvise", name=a[0], page=a[1], npages=a[2], advice=ADVICE[op.verb])
+
+    @staticmethod
+    def vma_at(pid: int, addr: int) -> tuple[int, int]:
+        """The VMA holding addr (a region mprotect split is several: any one names the
+        object, whose extents are asked)."""
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                a, b = (int(x, 16) for x in line.split()[0].split("-"))
+                if a <= addr < b:
+                    return a, b
+        raise LookupError(f"pid {pid} maps nothing at {addr:#x}")
 
     def words(self, p: str, r: str, reg: Region) -> np.ndarray:
         start = region_addr(r)
@@ -185,17 +222,20 @@ class RealRunner(Runner):
 
     def lseek(self, p: str, r: str, reg: Region) -> str:
         start = region_addr(r)
-        with MapFile.open(self.p[p].pid, start, start + reg.npages * PAGE) as obj:
+        with MapFile.open(self.p[p].pid, *self.vma_at(self.p[p].pid, start)) as obj:
             size = os.fstat(obj.fd).st_size
             return extents_mask(obj.lseek, reg.offset, reg.npages, size)
 
 
 class ModelRunner(Runner):
-    """The model's linux-6.18 profile; an observer task holds the map_files fds it opens."""
+    """The model's linux-6.18 profile; an observer task holds the map_files fds it opens.
+    thp: the machine's transparent_hugepage/enabled, which the tests set (conftest.thp)."""
 
-    def __init__(self, swap: bool, swap_sync: bool = False) -> None:
+    def __init__(self, swap: bool, swap_sync: bool = False, thp: str = "madvise",
+                 hugepages: int = 0, shmem_folio_pages: int = 1) -> None:
         super().__post_init__()
-        self.m = Model("linux-6.18", swap=swap, swap_sync=swap_sync)
+        self.m = Model("linux-6.18", swap=swap, swap_sync=swap_sync, thp=thp,
+                       hugepages=hugepages, shmem_folio_pages=shmem_folio_pages)
         self.pid: dict[str, int] = {}
         self.fd: dict[tuple[str, str], int] = {}
         self.observer = self.m.spawn("observer")
@@ -213,6 +253,15 @@ class ModelRunner(Runner):
                     self.fd[(a[0], name)] = fd
         elif op.verb == "mmap":
             r, n, kind = a[:3]
+            if kind in ("hugetlb", "hugetlb-shared"):
+                m.mmap(pid, n * PAGE, shared=kind == "hugetlb-shared", addr=region_addr(r),
+                       hugetlb=True)
+                return
+            if kind == "sysv":  # IPC_PRIVATE, removed at once as the helper does
+                seg = m.shmget(0, n * PAGE)
+                m.shmat(pid, seg, addr=region_addr(r))
+                m.shm_rmid(seg)
+                return
             fd = self.fd[(p, a[3])] if kind == "memfd" else None
             m.mmap(pid, n * PAGE, shared=kind != "anon", fd=fd,
                    offset=a[4] * PAGE if kind == "memfd" else 0, addr=region_addr(r))
@@ -232,6 +281,12 @@ class ModelRunner(Runner):
         elif op.verb == "munmap":
             assert gone is not None
             m.munmap(pid, region_addr(a[0]), gone.npages * PAGE)
+        elif op.verb == "mprotect":
+            m.mprotect(pid, region_addr(a[0]) + a[1] * PAGE, a[2] * PAGE, PROT[a[3]])
+        elif op.verb == "mremap":
+            assert gone is not None
+            m.mremap(pid, region_addr(a[0]), gone.npages * PAGE, new_length=a[1] * PAGE,
+                     may_move=False)
         elif op.verb == "writeback":
             pass
         else:
