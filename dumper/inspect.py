@@ -69,10 +69,9 @@ def inspect() -> None:
 
 
 def _read_input(path: str) -> bytes:
-    if path == "-":
-        return sys.stdin.buffer.read()
-    with open(path, "rb") as f:
-        return f.read()
+    from dumper.images.safeio import read_input
+
+    return read_input(path)  # regular files only, and `-`, both bounded
 
 
 def _write_output(path: str | None, data: bytes) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.message import Message
 
-from dumper.images import codec
+from dumper.images import codec, manifest, safeio
 from dumper.images import flags as F
 from dumper.images import magic as M
 from dumper.images.checksums import TaskDigest
@@ -120,7 +120,7 @@ class ImageSet:
         return str(self.path / name)
 
     def _load_opt(self, name: str, kind: codec.Kind) -> codec.Image | None:
-        return codec.load(self._f(name), kind) if (self.path / name).exists() else None
+        return codec.load(self._f(name), kind) if os.path.lexists(self.path / name) else None
 
     def _single(self, img: codec.Image) -> Message:
         if len(img.entries) != 1:
@@ -128,13 +128,13 @@ class ImageSet:
         return img.entries[0]
 
     def _load(self, verify: bool) -> None:
+        self._load_meta()  # first: its manifest vouches for every other file
         inv_img = codec.load(self._f(M.INVENTORY), codec.BY_NAME["INVENTORY"])
         inv = self._single(inv_img)
         if inv.img_version != 2:
             raise ImageError(
                 inv_img.path, f"img_version {inv.img_version}: only 2 (v1.1) is supported", 4
             )
-        self._load_meta()
         self._load_files()
         self._load_pstree()
         for task in self.tasks.values():
@@ -154,6 +154,7 @@ class ImageSet:
         if img is None:
             return
         d = self._single(img)
+        manifest.check(d, self.path)
         if d.page_size != PAGE_SIZE:
             raise ImageError(img.path, f"page size {d.page_size}: only {PAGE_SIZE} is supported")
         if d.compression not in _COMPRESSION:
@@ -228,7 +229,7 @@ class ImageSet:
             raise ImageError(img.path, "the thread-group leader's core has no task core (tc)", 8)
         t.comm, t.state = core.tc.comm, core.tc.task_state
         mm_path = self.path / M.mm(t.pid)
-        if not mm_path.exists() and t.state in (F.TASK_DEAD, F.TASK_ZOMBIE):
+        if not os.path.lexists(mm_path) and t.state in (F.TASK_DEAD, F.TASK_ZOMBIE):
             return  # zombies have no memory
         img = codec.load(mm_path, codec.BY_NAME["MM"])
         mm = self._single(img)
@@ -325,8 +326,9 @@ class ImageSet:
         elif self.meta is not None and need:
             raise ImageError(self._f(M.DUMPER), f"has no record of {name}")
         else:
-            raw = stored = path.stat().st_size if path.exists() else 0
-        if need and pm is None and not path.exists():
+            size = safeio.regular_size(path)
+            raw = stored = size or 0
+        if need and pm is None and not os.path.lexists(path):
             raise ImageError(self._f(name), f"missing: {img.path} needs {need} bytes of pages")
         if need > raw:
             idx = next(
@@ -413,7 +415,7 @@ class ImageSet:
 
     def _load_object(self, obj: SharedObject) -> SharedObject:
         name = M.pagemap_shmem(obj.shmid)
-        if not (self.path / name).exists() and self.meta is None:
+        if not os.path.lexists(self.path / name) and self.meta is None:
             return obj  # CRIU: an object nobody dumped pages of
         img = codec.load(self._f(name), codec.BY_NAME["PAGEMAP"])
         limit = -(-obj.size // PAGE_SIZE) * PAGE_SIZE
@@ -432,7 +434,7 @@ class ImageSet:
             if pid not in self.pages:
                 raise ImageError(self._f(M.DUMPER), f"records {M.pages(pid)}, no pagemap uses it")
         for pages_id, info in self.pages.items():
-            if info.raw_size == 0 and not (self.path / M.pages(pages_id)).exists():
+            if info.raw_size == 0 and not os.path.lexists(self.path / M.pages(pages_id)):
                 continue
             r = self.reader(pages_id)
             if verify:
@@ -507,9 +509,9 @@ class ImageSet:
 
     def _load_truth(self, t: Task, verify: bool) -> None:
         img_path = self.path / M.truth(t.pid)
-        if not img_path.exists():
+        if not os.path.lexists(img_path):
             return
-        with open(img_path, "rb") as f:
+        with safeio.open_image(img_path) as f:
             path = str(img_path)
             kind = codec.read_header(f, path)
             if kind is not codec.BY_NAME["TRUTH"]:
@@ -643,7 +645,7 @@ class ImageSet:
     def iter_truth(self, pid: int) -> Iterator[tuple[int, np.ndarray]]:
         """(vaddr, page digests) runs of a task's truth-PID.img."""
         path = self._f(M.truth(pid))
-        with open(path, "rb") as f:
+        with safeio.open_image(path) as f:
             kind = codec.read_header(f, path)
             for i, (_, run) in enumerate(codec.iter_entries(f, path, kind)):
                 if i:

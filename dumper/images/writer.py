@@ -13,7 +13,8 @@
 Everything is written into a temporary sibling directory (mode 0700, files 0600: they hold
 process memory). Pages stream straight to their files while the small metadata (tasks, VMAs,
 objects) waits in memory; commit() writes pstree, core, mm, files, memfd, objects and
-dumper.img, then inventory.img last, reads the whole set back through ImageSet's validation,
+inventory.img, then dumper.img last with its manifest (dumper.images.manifest: every file's
+size and checksum), reads the whole set back through ImageSet's validation,
 fsyncs every file and the directory (unless sync=False), and renames it into place. An
 existing set is replaced only with force=True, by an atomic exchange where the filesystem
 has renameat2, and a directory that is not an image set is never replaced.
@@ -36,7 +37,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from dumper import __version__
-from dumper.images import codec
+from dumper.images import codec, manifest
 from dumper.images import flags as F
 from dumper.images import magic as M
 from dumper.images.checksums import PAGE_DIGEST_ALGO, TaskDigest
@@ -55,7 +56,7 @@ from dumper.images.records import (
 )
 from dumper.kabi import MAP_SHARED, PAGE_SIZE
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = manifest.FORMAT_VERSION
 TRUTH_RUN_MAX = 1 << 16  # digests per TruthRun entry: 512 KiB
 _U32_MAX = (1 << 32) - 1
 _ARCH = {"x86_64": criu.X86_64, "aarch64": criu.AARCH64, "arm64": criu.AARCH64}
@@ -539,9 +540,11 @@ class ImageSetWriter:
             if self._memfds:
                 self._write_image(M.MEMFD, codec.BY_NAME["MEMFD_INODE"], self._memfds)
             self._write_image(M.OBJECTS, codec.BY_NAME["OBJECTS"], self._objects_img())
-            self._write_image(M.DUMPER, codec.BY_NAME["DUMPER"], [self._dump_entry()])
             inv = criu.InventoryEntry(img_version=2, fdinfo_per_id=True, ns_per_id=True)
             self._write_image(M.INVENTORY, codec.BY_NAME["INVENTORY"], [inv])
+            # Last: the manifest lists (and checksums) every file written before it.
+            self._write_image(M.DUMPER, codec.BY_NAME["DUMPER"],
+                              [manifest.seal(self._dump_entry(), self.tmp)])
             self._validate()
             if self.sync:
                 _fsync_dir(self.tmp)
