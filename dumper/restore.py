@@ -73,6 +73,9 @@ def page_sources(t: Task, vma: Vma) -> tuple[np.ndarray, np.ndarray]:
 
 def restore(images: ImageSet, target: Any) -> RestoreSummary:
     """Rebuild the image set's tree on target (a host with the restore operations)."""
+    from dumper.images.validate import check_for_restore
+
+    check_for_restore(images)  # the whole set, before anything is created
     objs = {}
     for shmid, o in images.objects.items():
         h = target.create_object(o.kind, o.size, o.name, o.ino)

@@ -67,6 +67,9 @@ class VerifyReport:
 def verify(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None) -> VerifyReport:
     """Compare the set's truth with host.truth() for every task (pid_map: image pid -> host
     pid when they differ)."""
+    from dumper.images.validate import check_for_verify
+
+    check_for_verify(images, host)  # the whole set and its truth's digests, before reading
     algo = {t.algo for t in images.truth.values()} if hasattr(images, "truth") else set()
     if algo and host.truth_algo not in algo:
         raise ValueError(f"{images.path}: truth digests are {sorted(algo)}, but this host "
@@ -238,6 +241,9 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
                 ) -> VerifyReport:
     """Compare what a restore from the set would give every task with what the live tree
     (frozen, or unchanged since the dump) reads now: digests of real bytes on both sides."""
+    from dumper.images.validate import check_set
+
+    check_set(images)  # the whole set, before its VMAs size any array
     report = VerifyReport()
     seen_obj: set[tuple[int, int]] = set()
     for t in images.tasks.values():

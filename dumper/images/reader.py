@@ -57,6 +57,15 @@ from dumper.kabi import PAGE_SIZE
 
 _COMPRESSION = {own.COMPRESSION_NONE: "none", own.COMPRESSION_ZSTD: "zstd"}
 _COW_DEPTH = 64
+# The highest user address on any kernel a set can come from: x86-64 with 5-level paging
+# (TASK_SIZE_MAX, arch/x86/include/asm/page_64_types.h: (1 << 56) - PAGE_SIZE); aarch64's
+# 52-bit VA is below it. The one VMA above is x86-64's gate page (get_gate_vma).
+USER_ADDR_LIMIT = (1 << 56) - PAGE_SIZE
+VSYSCALL_PAGE = 0xFFFFFFFFFF600000
+MAX_FILE_SIZE = (1 << 63) - 1  # MAX_LFS_FILESIZE: no object or file offset goes beyond
+# A zstd frame is decompressed whole: the writer's frames are 4 MiB by default; a larger
+# frame_raw_size is taken as corruption before anything that size is allocated.
+MAX_FRAME = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,7 @@ class ImageSet:
         self.pages: dict[int, PagesInfo] = {}
         self.truths: dict[int, Truth] = {}
         self.root = 0
+        self.checked_whole = False  # dumper.images.validate.check_set has passed
         self._pages_meta: dict[int, own.PagesImageEntry] = {}
         self._readers: dict[int, PagesReader] = {}
         self._files: dict[int, criu.FileEntry] = {}
@@ -176,6 +186,9 @@ class ImageSet:
                 raise ImageError(img.path, f"pages-{pm.pages_id}.img listed twice")
             if pm.compression not in _COMPRESSION or pm.raw_size != pm.nr_pages * PAGE_SIZE:
                 raise ImageError(img.path, f"bad record of pages-{pm.pages_id}.img")
+            why = _pages_record_error(pm)
+            if why:
+                raise ImageError(img.path, f"record of pages-{pm.pages_id}.img: {why}")
             self._pages_meta[pm.pages_id] = pm
 
     def _load_files(self) -> None:
@@ -238,6 +251,9 @@ class ImageSet:
         for i, v in enumerate(mm.vmas):
             if v.start >= v.end or v.start % PAGE_SIZE or v.end % PAGE_SIZE:
                 raise ImageError(img.path, f"VMA {i} [{v.start:#x}, {v.end:#x}) is malformed", 4)
+            why = _vma_bounds_error(v)
+            if why:
+                raise ImageError(img.path, f"VMA {i} [{v.start:#x}, {v.end:#x}) {why}", 4)
             if v.start < prev_end:
                 raise ImageError(
                     img.path,
@@ -359,6 +375,9 @@ class ImageSet:
         for off, e in zip(img.offsets, img.entries, strict=True) if img else ():
             if e.shmid in found or e.kind not in SHARED_KINDS:
                 raise ImageError(img.path, f"object {e.shmid} repeated or of kind {e.kind!r}", off)
+            if e.size > MAX_FILE_SIZE:
+                raise ImageError(img.path, f"object {e.shmid}: size {e.size} is past the "
+                                 f"largest file size ({MAX_FILE_SIZE})", off)
             found[e.shmid] = SharedObject(
                 shmid=e.shmid,
                 kind=e.kind,
@@ -661,6 +680,32 @@ class ImageSet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _vma_bounds_error(v: criu.VmaEntry) -> str:
+    """Why a page-aligned VMA is outside what an address space can hold, or ""."""
+    if v.status & F.VMA_AREA_VSYSCALL:
+        if (v.start, v.end) != (VSYSCALL_PAGE, VSYSCALL_PAGE + PAGE_SIZE):
+            return "is marked vsyscall but is not the gate page"
+    elif v.end > USER_ADDR_LIMIT:
+        return f"ends past the highest user address {USER_ADDR_LIMIT:#x}"
+    if v.pgoff % PAGE_SIZE or v.pgoff + (v.end - v.start) > MAX_FILE_SIZE:
+        return f"has pgoff {v.pgoff:#x}: not page-aligned or past the largest file size"
+    return ""
+
+
+def _pages_record_error(pm: own.PagesImageEntry) -> str:
+    """Why a pages image's record cannot be right, checked before anything is allocated."""
+    if pm.compression == own.COMPRESSION_NONE:
+        return "" if pm.stored_size == pm.raw_size else (
+            f"raw, but {pm.stored_size} bytes stored for {pm.raw_size}")
+    fsz = pm.frame_raw_size
+    if fsz <= 0 or fsz % PAGE_SIZE or fsz > MAX_FRAME:
+        return f"zstd frames of {fsz} bytes: not whole pages, or over {MAX_FRAME}"
+    if len(pm.frame_sizes) != -(-pm.raw_size // fsz) or sum(pm.frame_sizes) != pm.stored_size:
+        return (f"{len(pm.frame_sizes)} zstd frames of {sum(pm.frame_sizes)} bytes for "
+                f"{pm.raw_size} raw bytes and {pm.stored_size} stored")
+    return ""
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
