@@ -62,6 +62,7 @@ _COW_DEPTH = 64
 # 52-bit VA is below it. The one VMA above is x86-64's gate page (get_gate_vma).
 USER_ADDR_LIMIT = (1 << 56) - PAGE_SIZE
 VSYSCALL_PAGE = 0xFFFFFFFFFF600000
+_KERNEL_VMAS = F.VMA_AREA_VSYSCALL | F.VMA_AREA_VDSO | F.VMA_AREA_VVAR  # truth may skip them
 MAX_FILE_SIZE = (1 << 63) - 1  # MAX_LFS_FILESIZE: no object or file offset goes beyond
 # A zstd frame is decompressed whole: the writer's frames are 4 MiB by default; a larger
 # frame_raw_size is taken as corruption before anything that size is allocated.
@@ -542,6 +543,10 @@ class ImageSet:
             h = head[1]
             if h.pid != t.pid:
                 raise ImageError(path, f"is the truth of task {h.pid}", head[0])
+            ordinary = sum(v.npages for v in t.vmas if not v.status & _KERNEL_VMAS)
+            if ordinary > h.nr_pages:  # truth covers every VMA: none can be larger
+                raise ImageError(self._f(M.mm(t.pid)), f"VMAs span {ordinary} pages, the "
+                                 f"truth records {h.nr_pages}: a VMA is larger than was dumped")
             if verify:
                 self._check_truth(t, path, h, entries)
         self.truths[t.pid] = Truth(t.pid, h.algo, h.task_digest, h.nr_pages)
