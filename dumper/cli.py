@@ -7,6 +7,9 @@ Data loss found by verify is exit status 1.
 
 from __future__ import annotations
 
+from dumper import interrupts  # first: signals during start-up exit cleanly (see there)
+
+# isort: split
 import functools
 import os
 import sys
@@ -55,7 +58,15 @@ def progress(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group, run with SIGINT/SIGTERM handled (dumper.interrupts)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        with interrupts.handled():
+            return super().main(*args, **kwargs)
+
+
+@click.group(cls=_Main)
 @click.version_option(__version__, prog_name="dumper")
 def main() -> None:
     """A CRIU-like checkpoint/restore memory dumper, with an executable model of Linux mm."""
@@ -312,6 +323,26 @@ def check(as_json: bool) -> None:
         return
     for r in results:
         click.echo(f"{'ok  ' if r.ok else 'no  '} {r.feature:22s} {r.detail}")
+
+
+@main.command()
+@click.argument("directory", metavar="DIR")
+@click.option("-n", "--dry-run", is_flag=True, help="List what would be removed.")
+@user_errors
+def gc(directory: str, dry_run: bool) -> None:
+    """Remove the temporary directories killed dumps left in DIR (those whose owner is gone)."""
+    from pathlib import Path
+
+    from dumper.images import tempdirs
+
+    if not os.path.isdir(directory):
+        fail(f"{directory}: not a directory")
+    found = tempdirs.stale(Path(directory)) if dry_run else \
+        tempdirs.remove_stale(Path(directory))
+    for p in found:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {p}")
+    click.echo(f"{len(found)} stale temporary director{'y' if len(found) == 1 else 'ies'} "
+               f"{'found' if dry_run else 'removed'} in {directory}")
 
 
 def _register() -> None:
