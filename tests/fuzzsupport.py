@@ -117,7 +117,7 @@ def _override(path: list, rng: random.Random, old: int | None) -> bytes:
     if f.type == FieldDescriptor.TYPE_STRING:
         data = rng.choice(BAD_UTF8 + [b"", b"x" * 300, "\u00e9".encode()])
         return _tag(f.number, 2) + _varint(len(data)) + data
-    data = rng.choice([b"", os.urandom(rng.randrange(1, 64)), bytes(16)])
+    data = rng.choice([b"", rng.randbytes(rng.randrange(1, 64)), bytes(16)])
     return _tag(f.number, 2) + _varint(len(data)) + data
 
 
@@ -168,7 +168,7 @@ def edit_leaf(msg, rng: random.Random) -> str:
     elif f.type == FieldDescriptor.TYPE_STRING:
         v = rng.choice(["", "x" * 300, "../../etc/passwd", old + "\u00e9", "/"])
     elif f.type == FieldDescriptor.TYPE_BYTES:
-        v = rng.choice([b"", bytes(len(old)), os.urandom(max(1, len(old)))])
+        v = rng.choice([b"", bytes(len(old)), rng.randbytes(max(1, len(old)))])
     else:  # float, double
         v = rng.choice([0.0, -1.0, 1e300])
     if i is not None:
@@ -242,7 +242,7 @@ def mutate(d: Path, index: int, seed: int, is_dumper: bool) -> Mutant:
     elif kind == "truncate":
         del data[rng.randrange(len(data) + 1):]
     elif kind == "extend":
-        data += rng.choice([bytes(rng.randrange(1, 9000)), os.urandom(rng.randrange(1, 64)),
+        data += rng.choice([bytes(rng.randrange(1, 9000)), rng.randbytes(rng.randrange(1, 64)),
                             _U32.pack(rng.choice(EDGE) & 0xFFFFFFFF)])
     elif kind in ("length", "append", "edit", "drop", "repeat"):
         framed = _frames(bytes(data))
@@ -564,12 +564,13 @@ def main(argv: list[str] | None = None) -> int:
                     "(repeatable)")
     ap.add_argument("--scenario", action="append", default=[],
                     help="also fuzz a model dump of this scenario (repeatable)")
+    ap.add_argument("--no-model", action="store_true", help="only the --live sets")
     ap.add_argument("-o", "--output", help="JSON summary here")
     a = ap.parse_args(argv)
     import multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="dumper-fuzz-bases.", dir=_scratch()) as tmp:
-        bases = [(str(p), m) for p, m in model_bases(Path(tmp))]
+        bases = [] if a.no_model else [(str(p), m) for p, m in model_bases(Path(tmp))]
         bases += [(str(scenario_base(Path(tmp), s)), True) for s in a.scenario]
         for i, other in enumerate(a.live):  # inspect and verify only: never restored
             shutil.copytree(other, Path(tmp) / f"nonmodel-{i}", symlinks=True)
