@@ -23,8 +23,8 @@ from typing import Any
 
 import click
 
-from dumper.images import codec, jsonfmt
 from dumper.images import flags as F
+from dumper.images import jsonfmt
 from dumper.images.diff import DIFFERS, ONLY_A, ONLY_B, diff
 from dumper.images.errors import ImageError
 from dumper.images.reader import ImageSet
@@ -89,8 +89,10 @@ def _write_output(path: str | None, data: bytes) -> None:
 @_errors
 def show(file: str, as_json: bool) -> None:
     """Print image FILE as JSON, crit show style: hex addresses, flag names."""
-    img = codec.loads(_read_input(file), file)
-    _emit_json(jsonfmt.image_to_json(img, pretty=True), None if as_json else 2)
+    from dumper.images.jsonstream import write_json  # streamed: one entry at a time
+
+    write_json(file, lambda text: click.echo(text, nl=False), True, None if as_json else 2)
+    click.echo()
 
 
 @inspect.command()
@@ -100,9 +102,13 @@ def show(file: str, as_json: bool) -> None:
 @_errors
 def decode(file: str, output: str | None, pretty: bool) -> None:
     """Image FILE (- for stdin) to JSON, crit decode style."""
-    img = codec.loads(_read_input(file), file)
-    text = json.dumps(jsonfmt.image_to_json(img, pretty), indent=2 if pretty else None) + "\n"
-    _write_output(output, text.encode())
+    from dumper.images.jsonstream import write_json, write_json_file  # streamed
+
+    if output is None or output == "-":
+        write_json(file, lambda text: click.echo(text, nl=False), pretty, 2 if pretty else None)
+        click.echo()
+    else:
+        write_json_file(file, output, pretty)
 
 
 @inspect.command()

@@ -19,7 +19,8 @@ _MESSAGE = FieldDescriptor.TYPE_MESSAGE
 
 
 def _repeated(f: FieldDescriptor) -> bool:
-    return f.is_repeated
+    rep = getattr(f, "is_repeated", None)  # protobuf 7 dropped `label`; older lack this
+    return rep if rep is not None else f.label == FieldDescriptor.LABEL_REPEATED
 
 
 @cache
