@@ -40,10 +40,11 @@ from pathlib import Path
 
 from google.protobuf.descriptor import FieldDescriptor
 
-ROOT = Path(__file__).resolve().parents[1]
+# The code under test: this checkout, or another one (DUMPER_FUZZ_CODE, --code) to compare.
+ROOT = Path(os.environ.get("DUMPER_FUZZ_CODE") or Path(__file__).resolve().parents[1])
 sys.path.insert(0, str(ROOT))
 
-from dumper.images import codec, manifest  # noqa: E402
+from dumper.images import codec  # noqa: E402
 from dumper.images import magic as M  # noqa: E402
 from dumper.images.checksums import stored_hash  # noqa: E402
 
@@ -327,6 +328,8 @@ def reseal(d: Path, reseal_pages: bool) -> bool:
     """Recompute dumper.img's manifest (and, with reseal_pages, raw pages checksums and
     sizes) after a mutation, as a buggy or hostile writer would leave it."""
     try:
+        from dumper.images import manifest
+
         (entry,) = codec.load(d / M.DUMPER).entries
         if reseal_pages:
             for pm in entry.pages:
@@ -565,9 +568,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", action="append", default=[],
                     help="also fuzz a model dump of this scenario (repeatable)")
     ap.add_argument("--no-model", action="store_true", help="only the --live sets")
+    ap.add_argument("--code", help="fuzz the dumper checkout at this path instead")
     ap.add_argument("-o", "--output", help="JSON summary here")
     a = ap.parse_args(argv)
     import multiprocessing as mp
+
+    if a.code and os.environ.get("DUMPER_FUZZ_CODE") != str(Path(a.code).resolve()):
+        env = {**os.environ, "DUMPER_FUZZ_CODE": str(Path(a.code).resolve())}
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
 
     with tempfile.TemporaryDirectory(prefix="dumper-fuzz-bases.", dir=_scratch()) as tmp:
         bases = [] if a.no_model else [(str(p), m) for p, m in model_bases(Path(tmp))]
