@@ -5,10 +5,11 @@ exits at once: no KeyboardInterrupt traceback. While a command runs, the signal 
 Interrupted, a BaseException that no `except Exception` swallows: it unwinds through the
 freezer's thaw (dumper.linux.freeze defers the signal over its critical sections and
 delivers it to this handler after) and the writer's abort (the temporary directory is
-removed), then handled() prints `dumper: interrupted by SIGINT` and exits 130 (143 for
-SIGTERM), as a shell reports a death by that signal. Click's own SIGINT path ("Aborted!",
-exit 1) is never reached: exit 1 means lost data. A second signal while unwinding is ignored
-so that the cleanup runs to its end.
+removed; one made just before the signal, whose writer never reached its `with`, is
+removed by handled() from tempdirs' record), then handled() prints `dumper: interrupted by
+SIGINT` and exits 130 (143 for SIGTERM), as a shell reports a death by that signal.
+Click's own SIGINT path ("Aborted!", exit 1) is never reached: exit 1 means lost data. A
+second signal while unwinding is ignored so that the cleanup runs to its end.
 """
 
 from __future__ import annotations
@@ -57,10 +58,39 @@ def _honoured() -> list[int]:
     return [sig for sig in SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
 
 
-def _raise(signum: int, frame: object) -> None:
+_held: list[int] | None = None  # signals that arrived inside held()
+
+
+def _interrupt(signum: int) -> None:
     for sig in SIGNALS:  # one interrupt: the unwinding must finish
         signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(signum)
+
+
+def _raise(signum: int, frame: object) -> None:
+    if _held is not None:
+        _held.append(signum)
+        return
+    _interrupt(signum)
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """A few statements no interrupt may split (make a directory and record it): a signal
+    meanwhile is raised when they are done. Masking cannot do this: a process-directed
+    signal goes to any thread not blocking it, and CPython runs the handler in the main
+    thread at its next bytecode anyway (dumper.linux.freeze measured the same)."""
+    global _held
+    if _held is not None:
+        yield
+        return
+    _held = []
+    try:
+        yield
+    finally:
+        pending, _held = _held, None
+        if pending:
+            _interrupt(pending[0])
 
 
 @contextmanager
@@ -73,6 +103,9 @@ def handled() -> Iterator[None]:
     try:
         yield
     except Interrupted as e:
+        from dumper.images import tempdirs
+
+        tempdirs.remove_mine()  # a writer interrupted before its `with` could abort it
         print(f"dumper: interrupted by {e.name}", file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
     finally:

@@ -243,7 +243,7 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
     (frozen, or unchanged since the dump) reads now: digests of real bytes on both sides."""
     from dumper.images.validate import check_set
 
-    check_set(images)  # the whole set, before its VMAs size any array
+    check_set(images, live=True)  # the whole set, before its VMAs size any array
     report = VerifyReport()
     seen_obj: set[tuple[int, int]] = set()
     for t in images.tasks.values():

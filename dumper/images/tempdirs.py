@@ -20,6 +20,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from dumper import interrupts
+
 _FORM = re.compile(r"\.(?P<out>.+)\.dumper-(?P<what>tmp|old)-(?P<pid>\d+)-(?P<start>\d+)-\w+\Z")
 
 
@@ -35,11 +37,32 @@ def _start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+# This process's directories not yet renamed into place or removed: what an interrupt
+# (dumper.interrupts) removes on its way out, wherever in the writer the signal landed.
+_mine: set[Path] = set()
+
+
 def make(out: Path, what: str = "tmp") -> Path:
-    """A fresh temporary directory (mode 0700) beside out, named for this process."""
+    """A fresh temporary directory (mode 0700) beside out, named for this process and
+    registered as ours (signals held meanwhile, so none lands between the two)."""
     pid = os.getpid()
     prefix = f".{out.name}.dumper-{what}-{pid}-{_start_time(pid) or 0}-"
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    with interrupts.held():
+        p = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+        _mine.add(p)
+    return p
+
+
+def release(p: Path) -> None:
+    """p was renamed into place or removed: no longer ours to clean up."""
+    _mine.discard(p)
+
+
+def remove_mine() -> None:
+    """Remove every directory make() gave this process that is still there."""
+    for p in sorted(_mine):
+        shutil.rmtree(p, ignore_errors=True)
+    _mine.clear()
 
 
 def owner_alive(name: str) -> bool:

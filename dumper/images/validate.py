@@ -107,9 +107,17 @@ def check_references(s: ImageSet) -> None:
                                  f"COW run {c.vaddr:#x}+{c.nr_pages} pages: {why}")
 
 
-def check_sizes(s: ImageSet, budget: int = MAX_RESTORE_PAGES) -> None:
+def check_sizes(s: ImageSet, budget: int = MAX_RESTORE_PAGES, live: bool = False) -> None:
     """What a restore would map, against the budget (ImageSet.open has bounded each VMA by the
-    truth, where there is one)."""
+    truth, where there is one). live: a verify of the live tree, which builds its arrays one
+    VMA at a time, bounds the largest VMA instead of the sum."""
+    if live:
+        for t in s.tasks.values():
+            for v in t.vmas:
+                if v.npages > budget:
+                    raise ImageError(s.path / M.mm(t.pid), f"VMA {v.start:#x} spans "
+                                     f"{v.npages} pages, more than the {budget} verify takes on")
+        return
     total = sum(-(-o.size // PAGE_SIZE) for o in s.objects.values())
     total += sum(v.npages for t in s.tasks.values() for v in t.vmas)
     if total > budget:
@@ -117,7 +125,7 @@ def check_sizes(s: ImageSet, budget: int = MAX_RESTORE_PAGES) -> None:
                          f"{budget} a restore or verify takes on")
 
 
-def check_set(s: ImageSet, budget: int = MAX_RESTORE_PAGES) -> None:
+def check_set(s: ImageSet, budget: int = MAX_RESTORE_PAGES, live: bool = False) -> None:
     """Everything above: call before a restore or verify creates or allocates anything
     (once per opened set: restore --verify runs it for both)."""
     if s.checked_whole:
@@ -125,7 +133,7 @@ def check_set(s: ImageSet, budget: int = MAX_RESTORE_PAGES) -> None:
     check_images(s.path)
     check_tasks(s)
     check_references(s)
-    check_sizes(s, budget)
+    check_sizes(s, budget, live)
     s.checked_whole = True
 
 

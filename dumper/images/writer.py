@@ -623,10 +623,12 @@ class ImageSetWriter:
                 old = tempdirs.make(self.path, "old")
                 os.rename(self.path, old / "set")
                 os.rename(self.tmp, self.path)
+                tempdirs.release(self.tmp)
                 self.tmp = old
             shutil.rmtree(self.tmp)  # now holds the replaced set
         else:
             os.rename(self.tmp, self.path)
+        tempdirs.release(self.tmp)
         if self.sync:
             _fsync_dir(self.path.parent)
 
@@ -635,6 +637,7 @@ class ImageSetWriter:
         self._done = True
         if self.tmp != self.path:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            tempdirs.release(self.tmp)
 
     def __enter__(self) -> ImageSetWriter:
         return self

@@ -102,7 +102,8 @@ def test_signal_mid_dump(procs, tmp_path, sig):
     lines = [x for x in err.splitlines() if not x.startswith("dumper: warning")]
     assert d.returncode == 128 + sig, err
     assert lines == [f"dumper: interrupted by {signal.Signals(sig).name}"], err
-    assert not out.exists() and _temp_dirs(tmp_path, out) == []
+    left = {n: sorted(os.listdir(tmp_path / n)) for n in _temp_dirs(tmp_path, out)}
+    assert not out.exists() and left == {}, (err, left)
     _not_stopped(p.pid)
     assert p.call("ping") is not None  # the helper runs on
 
@@ -121,6 +122,9 @@ def test_sigint_during_start_up(procs, tmp_path):
         d.send_signal(signal.SIGINT)
         _, err = d.communicate(timeout=60)
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+        if d.returncode == -signal.SIGINT:  # in the interpreter's finalization, which puts
+            assert ImageSet.open(out).tasks  # SIG_DFL back: the dump had ended, whole
+            continue
         assert d.returncode in (0, 130), (delay, d.returncode, err)
         if d.returncode == 130:
             assert "dumper: interrupted by SIGINT" in err
