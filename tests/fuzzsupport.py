@@ -61,16 +61,7 @@ BAD_UTF8 = [b"\xff", b"\xc3", b"a\x80b", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80
 
 
 def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    return codec._varint(n & ((1 << 64) - 1))  # the codec's own, two's complement for < 0
 
 
 def _tag(number: int, wire: int) -> bytes:
