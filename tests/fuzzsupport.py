@@ -50,7 +50,7 @@ from dumper.images.checksums import stored_hash  # noqa: E402
 
 _U32 = struct.Struct("<I")
 MEM_CAP = 3 << 30  # RLIMIT_AS of a worker: far above what a golden set needs
-ALARM_S = 20  # per command
+ALARM_S = int(os.environ.get("DUMPER_FUZZ_ALARM", "20"))  # seconds per command
 EDGE = [0, 1, 2, 0x7F, 0x80, 0xFF, 0x1000, 0xFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
         1 << 32, 1 << 40, 1 << 47, (1 << 47) - 4096, 1 << 56, 1 << 63, (1 << 64) - 1,
         (1 << 64) - 4096]
@@ -367,6 +367,8 @@ class Result:
     runs: int = 0
     exits: Counter = field(default_factory=Counter)
     findings: list[Finding] = field(default_factory=list)
+    kinds: Counter = field(default_factory=Counter)  # "kind[+resealed] command exit" -> n
+    oracle_checks: int = 0  # accepted verify/restore runs whose restore was compared
     seconds: float = 0.0
     max_rss_mib: float = 0.0
 
@@ -456,6 +458,8 @@ def _check_run(args, m: Mutant, d: Path, base: Path, model: bool, res: Result) -
         return _finding(res, m, args, "traceback", tb)
     code = r.exit_code
     res.exits[code] += 1
+    cmd = f"inspect {args[1]}" if args[0] == "inspect" else args[0]
+    res.kinds[f"{m.kind}{'+resealed' if m.resealed else ''} / {cmd} / exit {code}"] += 1
     if code not in (0, 1, 2):
         return _finding(res, m, args, "exit", f"exit {code}")
     err = r.stderr
@@ -466,6 +470,7 @@ def _check_run(args, m: Mutant, d: Path, base: Path, model: bool, res: Result) -
     if "Traceback" in err or "Traceback" in r.stdout:
         return _finding(res, m, args, "traceback", err)
     if code == 0 and model and args[0] in ("verify", "restore"):
+        res.oracle_checks += 1
         try:
             why = _restored_truth_matches(d, base)
         except Alarm:
@@ -542,6 +547,7 @@ def _worker(args) -> dict:
     os.nice(10)
     res = run_range([(Path(b), m) for b, m in bases], start, count, seed, sub)
     return {"mutants": res.mutants, "runs": res.runs, "exits": dict(res.exits),
+            "kinds": dict(res.kinds), "oracle_checks": res.oracle_checks,
             "seconds": res.seconds, "max_rss_mib": res.max_rss_mib,
             "findings": [vars(f) for f in res.findings]}
 
@@ -560,10 +566,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="also fuzz a model dump of this scenario (repeatable)")
     ap.add_argument("--no-model", action="store_true", help="only the --live sets")
     ap.add_argument("--code", help="fuzz the dumper checkout at this path instead")
+    ap.add_argument("--alarm", type=int, help="seconds a command may take (default 20)")
     ap.add_argument("-o", "--output", help="JSON summary here")
     a = ap.parse_args(argv)
     import multiprocessing as mp
 
+    if a.alarm:
+        os.environ["DUMPER_FUZZ_ALARM"] = str(a.alarm)  # the spawned workers read it
     if a.code and os.environ.get("DUMPER_FUZZ_CODE") != str(Path(a.code).resolve()):
         env = {**os.environ, "DUMPER_FUZZ_CODE": str(Path(a.code).resolve())}
         os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
@@ -584,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
                 total.mutants += r["mutants"]
                 total.runs += r["runs"]
                 total.exits.update({int(k): v for k, v in r["exits"].items()})
+                total.kinds.update(r["kinds"])
+                total.oracle_checks += r["oracle_checks"]
                 total.max_rss_mib = max(total.max_rss_mib, r["max_rss_mib"])
                 for f in r["findings"]:
                     total.findings.append(Finding(**f))
@@ -597,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         "mutants": total.mutants, "runs": total.runs, "seconds": round(total.seconds, 1),
         "rate": round(total.mutants / total.seconds, 1), "exits": dict(total.exits),
         "max_rss_mib": round(total.max_rss_mib), "seed": a.seed, "jobs": a.jobs,
+        "oracle_checks": total.oracle_checks, "kinds": dict(sorted(total.kinds.items())),
         "bases": [Path(b).name for b, _ in bases],
         "classes": {" / ".join(k): v for k, v in classes.items()},
         "findings": [vars(f) for f in total.findings[:200]],
@@ -604,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(summary, indent=1)
     if a.output:
         Path(a.output).write_text(text)
-    print(json.dumps({k: v for k, v in summary.items() if k != "findings"}, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("findings", "kinds")},
+                     indent=1))
     return 1 if total.findings else 0
 
 
