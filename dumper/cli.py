@@ -149,9 +149,9 @@ def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
 
 def _restore_model(path: str):
     from dumper.images.reader import ImageSet
+    from dumper.images.validate import model_profile
     from dumper.model import Model
     from dumper.model.host import ModelTarget
-    from dumper.model.kernels import load_profile
     from dumper.restore import restore
 
     images = ImageSet.open(path)
@@ -160,7 +160,7 @@ def _restore_model(path: str):
         images.close()
         fail(f"{path}: not a model image set (restore on Linux is not supported); "
              "inspect it with `dumper inspect`")
-    target = ModelTarget(Model(load_profile(meta.profile)))
+    target = ModelTarget(Model(model_profile(images)))  # a name, never a file to run
     summary = restore(images, target)
     return images, target, summary
 

@@ -252,6 +252,18 @@ def test_unknown_profile_is_one_line(tmp_path):
     one_error(cli("verify", str(s)), "no-such-kernel")
 
 
+def test_a_set_never_makes_dumper_run_code(tmp_path):
+    """dumper.img's profile is data: a path there is not load_profile's Python file."""
+    evil = tmp_path / "evil.py"
+    ran = tmp_path / "ran"
+    evil.write_text(f"open({str(ran)!r}, 'w').close()\n")
+    s = build(tmp_path)
+    rewrite(s / M.DUMPER, lambda e: setattr(e[0], "profile", str(evil)))
+    for args in (["verify", str(s)], ["restore", str(s), "--verify"]):
+        one_error(cli(*args), "is not a built-in kernel profile")
+    assert not ran.exists()
+
+
 # -- 8. the manifest and whole-set validation ------------------------------------------------
 
 

@@ -158,3 +158,16 @@ def check_for_verify(s: ImageSet, host: Any) -> None:
     if algos and algos != {host.truth_algo}:
         raise ImageError(s.path, f"truth digests are {', '.join(sorted(algos))}, but this "
                          f"host digests with {host.truth_algo}")
+
+
+def model_profile(s: ImageSet):
+    """The built-in kernel profile a model set names. Never load_profile's file path: an image
+    set must not make dumper run code (dumper.img's profile is data, and a name)."""
+    from dumper.model.kernels import PROFILES
+
+    name = s.meta.profile if s.meta is not None else ""
+    if name not in PROFILES:
+        raise ImageError(s.path / M.DUMPER, f"profile {name!r} is not a built-in kernel "
+                         f"profile ({', '.join(PROFILES)}); a set's profile is never loaded "
+                         "from a file")
+    return PROFILES[name]

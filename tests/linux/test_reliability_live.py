@@ -78,6 +78,7 @@ def test_sigkill_debris_removed_by_next_dump(procs, tmp_path):
         pytest.fail("five dumps finished before they could be killed")
     debris = _temp_dirs(tmp_path, out)
     assert len(debris) == 1 and ".out.dumper-tmp-" in debris[0] and not out.exists()
+    _not_stopped(p.pid)  # the kernel detached the killed tracer's tracees
     p.quiesce()
     d = _start_dump(p.pid, out)
     _, err = d.communicate(timeout=120)
