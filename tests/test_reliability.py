@@ -371,6 +371,24 @@ def test_referenced_file_refused_before_restore(tmp_path):
     _refused_before_creating(out, "/etc/hostname", "references but does not hold")
 
 
+def test_a_referenced_fifo_is_never_read(tmp_path):
+    """verify reads the pages of files a set references: a FIFO named there is refused."""
+    from dumper.images.records import Vma
+    from dumper.images.validate import check_set
+    from dumper.images.writer import ImageSetWriter
+    from dumper.kabi import MAP_ANONYMOUS, MAP_PRIVATE
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "s"
+    with ImageSetWriter(out, profile="linux-6.18", host_kind="linux") as w:
+        w.add_task(1, 0, "t", [Vma(0x100000, 0x102000, 3, MAP_PRIVATE | MAP_ANONYMOUS),
+                               Vma(0x200000, 0x201000, 1, MAP_PRIVATE, path=str(fifo))])
+        w.add_private_pages(1, [(0x100000, 1)], [b"x" * P])
+    with ImageSet.open(out) as s, pytest.raises(ImageError, match="which is a FIFO"):
+        check_set(s, live=True)
+
+
 def test_criu_like_set_validates_whole(tmp_path):
     """A set without dumper.img (CRIU's kind): the structural checks alone, and they pass."""
     from dumper.images.validate import check_set

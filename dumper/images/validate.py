@@ -19,6 +19,7 @@ the first fork, prepare_task_entries .. prepare_pstree, cr-restore.c):
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +100,26 @@ def check_references(s: ImageSet) -> None:
             if v.obj is not None and v.obj not in s.objects:
                 raise ImageError(s.path / M.mm(t.pid), f"VMA {v.start:#x} maps object "
                                  f"{v.obj}, which the set does not hold")
+            if v.obj is None and v.path:
+                _check_referenced_file(s.path / M.mm(t.pid), v.start, v.path)
         for c in t.cow:
             why = _held(s, c.src_pid, c.src_vaddr, c.src_vaddr + c.nr_pages * PAGE_SIZE,
                         _COW_DEPTH - 1)
             if why:
                 raise ImageError(s.path / M.cow(t.pid),
                                  f"COW run {c.vaddr:#x}+{c.nr_pages} pages: {why}")
+
+
+def _check_referenced_file(mm: Path, start: int, path: str) -> None:
+    """A regular file a VMA references is read by verify (its pages, as a mapping reads
+    them): what the image names there must not be a FIFO or a device, or the read hangs."""
+    try:
+        st = os.stat(path.removesuffix(" (deleted)"))
+    except OSError:
+        return  # gone: its pages read as unreadable, nothing is opened
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(mm, f"VMA {start:#x} maps {path}, which is a "
+                         f"{safeio.file_kind(st.st_mode)}, not a regular file")
 
 
 def check_sizes(s: ImageSet, budget: int = MAX_RESTORE_PAGES, live: bool = False) -> None:
