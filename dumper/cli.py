@@ -8,6 +8,9 @@ when the kernel lacks what a dump needs; a closed stdout ends quietly with 141.
 
 from __future__ import annotations
 
+from dumper import interrupts  # first: signals during start-up exit cleanly (see there)
+
+# isort: split
 import functools
 import os
 import sys
@@ -94,14 +97,16 @@ def run_standalone(invoke: Callable[[], Any]) -> None:
 
 
 class DumperGroup(click.Group):
-    """The top-level group: standalone runs go through run_standalone."""
+    """The top-level group: run with SIGINT/SIGTERM handled (dumper.interrupts), and
+    standalone runs through run_standalone."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra: Any) -> Any:
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, False, **extra)
-        return run_standalone(lambda: super(DumperGroup, self).main(
-            args, prog_name, complete_var, False, **extra))
+        with interrupts.handled():
+            if not standalone_mode:
+                return super().main(args, prog_name, complete_var, False, **extra)
+            return run_standalone(lambda: super(DumperGroup, self).main(
+                args, prog_name, complete_var, False, **extra))
 
 
 CONTEXT = {"max_content_width": 100, "help_option_names": ["-h", "--help"]}
@@ -347,9 +352,9 @@ def _resolve(spec: str):
 
 def _restore_model(path: str, quiet: bool = True):
     from dumper.images.reader import ImageSet
+    from dumper.images.validate import model_profile
     from dumper.model import Model
     from dumper.model.host import ModelTarget
-    from dumper.model.kernels import load_profile
     from dumper.restore import restore
 
     images = ImageSet.open(path)
@@ -358,7 +363,7 @@ def _restore_model(path: str, quiet: bool = True):
         images.close()
         fail(f"{path}: not a model image set (restore on Linux is not supported); "
              "inspect it with `dumper inspect`")
-    target = ModelTarget(Model(load_profile(meta.profile)))
+    target = ModelTarget(Model(model_profile(images)))  # a name, never a file to run
     from dumper.progress import for_stderr
 
     summary = restore(images, target, progress=for_stderr(quiet))
@@ -631,6 +636,26 @@ def check(as_json: bool) -> None:
         click.echo(verdict)
     if missing:
         sys.exit(CHECK_MISSING)
+
+
+@main.command()
+@click.argument("directory", metavar="DIR")
+@click.option("-n", "--dry-run", is_flag=True, help="List what would be removed.")
+@user_errors
+def gc(directory: str, dry_run: bool) -> None:
+    """Remove the temporary directories killed dumps left in DIR (those whose owner is gone)."""
+    from pathlib import Path
+
+    from dumper.images import tempdirs
+
+    if not os.path.isdir(directory):
+        fail(f"{directory}: not a directory")
+    found = tempdirs.stale(Path(directory)) if dry_run else \
+        tempdirs.remove_stale(Path(directory))
+    for p in found:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {p}")
+    click.echo(f"{len(found)} stale temporary director{'y' if len(found) == 1 else 'ies'} "
+               f"{'found' if dry_run else 'removed'} in {directory}")
 
 
 def _register() -> None:

@@ -77,10 +77,9 @@ def inspect() -> None:
 
 
 def _read_input(path: str) -> bytes:
-    if path == "-":
-        return sys.stdin.buffer.read()
-    with open(path, "rb") as f:
-        return f.read()
+    from dumper.images.safeio import read_input
+
+    return read_input(path)  # regular files only, and `-`, both bounded
 
 
 def _write_output(path: str | None, data: bytes) -> None:
@@ -98,10 +97,10 @@ def _write_output(path: str | None, data: bytes) -> None:
 @_errors
 def show(file: str, as_json: bool) -> None:
     """Print image FILE as JSON, crit show style: hex addresses, flag names."""
-    from dumper.images import codec, jsonfmt
+    from dumper.images.jsonstream import write_json  # streamed: one entry at a time
 
-    img = codec.loads(_read_input(file), file)
-    _emit_json(jsonfmt.image_to_json(img, pretty=True), None if as_json else 2)
+    write_json(file, lambda text: click.echo(text, nl=False), True, None if as_json else 2)
+    click.echo()
 
 
 @inspect.command()
@@ -111,11 +110,13 @@ def show(file: str, as_json: bool) -> None:
 @_errors
 def decode(file: str, output: str | None, pretty: bool) -> None:
     """Image FILE (- for stdin) to JSON, crit decode style."""
-    from dumper.images import codec, jsonfmt
+    from dumper.images.jsonstream import write_json, write_json_file  # streamed
 
-    img = codec.loads(_read_input(file), file)
-    text = json.dumps(jsonfmt.image_to_json(img, pretty), indent=2 if pretty else None) + "\n"
-    _write_output(output, text.encode())
+    if output is None or output == "-":
+        write_json(file, lambda text: click.echo(text, nl=False), pretty, 2 if pretty else None)
+        click.echo()
+    else:
+        write_json_file(file, output, pretty)
 
 
 @inspect.command()

@@ -77,6 +77,9 @@ def page_sources(t: Task, vma: Vma) -> tuple[np.ndarray, np.ndarray]:
 
 def restore(images: ImageSet, target: Any, progress: Progress | None = None) -> RestoreSummary:
     """Rebuild the image set's tree on target (a host with the restore operations)."""
+    from dumper.images.validate import check_for_restore
+
+    check_for_restore(images)  # the whole set, before anything is created
     tell = progress or Progress()
     tell.phase("restoring", sum(p.raw_size for p in images.pages.values()))
     objs = {}

@@ -72,6 +72,9 @@ def verify(images: ImageSet, host: Any, pid_map: dict[int, int] | None = None,
            progress: Progress | None = None) -> VerifyReport:
     """Compare the set's truth with host.truth() for every task (pid_map: image pid -> host
     pid when they differ)."""
+    from dumper.images.validate import check_for_verify
+
+    check_for_verify(images, host)  # the whole set and its truth's digests, before reading
     tell = progress or Progress()
     tell.phase("verifying", PAGE_SIZE * sum(t.nr_pages for t in images.truths.values()))
     algo = {t.algo for t in images.truth.values()} if hasattr(images, "truth") else set()
@@ -426,6 +429,9 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
                 progress: Progress | None = None) -> VerifyReport:
     """Compare what a restore from the set would give every task with what the live tree
     (frozen, or unchanged since the dump) reads now: digests of real bytes on both sides."""
+    from dumper.images.validate import check_set
+
+    check_set(images, live=True)  # the whole set, before its VMAs size any array
     report = VerifyReport()
     seen_obj: set[tuple[int, int]] = set()
     view = SetView(images)

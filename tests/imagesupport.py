@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dumper.images import codec, golden
+from dumper.images import codec, golden, manifest
+from dumper.images import magic as M
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "images"
@@ -21,12 +22,24 @@ def build(tmp: Path, variant: str = "basic") -> Path:
     return golden.build(tmp, variant)
 
 
-def rewrite(path: Path, change: Callable[[list], list | None]) -> None:
+def rewrite(path: Path, change: Callable[[list], list | None], reseal: bool = True) -> None:
     """Load an image, let change() edit its entries (in place or by returning new ones),
-    and write it back with valid framing."""
+    and write it back with valid framing; reseal: update dumper.img's manifest too, so the
+    change reaches the check it is meant for instead of the checksum."""
     img = codec.load(path)
     entries = change(img.entries)
     path.write_bytes(codec.encode(img.kind, img.entries if entries is None else entries))
+    if reseal:
+        resealed(path.parent)
+
+
+def resealed(directory: Path) -> Path:
+    """Recompute dumper.img's manifest after a deliberate edit of a set (no-op for CRIU's)."""
+    d = directory / M.DUMPER
+    if d.exists():
+        (entry,) = codec.load(d).entries
+        d.write_bytes(codec.encode(codec.BY_NAME["DUMPER"], [manifest.seal(entry, directory)]))
+    return directory
 
 
 def crit_or_skip() -> str:

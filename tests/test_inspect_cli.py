@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from imagesupport import GOLDEN, ROOT, build, rewrite
+from imagesupport import GOLDEN, ROOT, build, resealed, rewrite
 
 from dumper.images import golden
 from dumper.inspect import inspect
@@ -123,10 +123,12 @@ def test_reads_criu_sets(tmp_path):
 @pytest.mark.parametrize(
     ("break_it", "message"),
     [
-        (lambda s: (s / "pstree.img").write_bytes(b"garbage!"), "pstree.img: bad magic"),
+        (lambda s: resealed((s / "pstree.img").write_bytes(b"garbage!") and s),
+         "pstree.img: bad magic"),
         (lambda s: rewrite(s / "mm-4242.img", lambda e: setattr(e[0].vmas[1], "start", 0)),
          "mm-4242.img: VMAs unsorted or overlapping"),
-        (lambda s: (s / "inventory.img").unlink(), "inventory.img: No such file"),
+        (lambda s: resealed((s / "inventory.img").unlink() or s),
+         "inventory.img: No such file"),
     ],
 )
 def test_errors_exit_2_without_traceback(tmp_path, break_it, message):

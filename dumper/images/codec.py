@@ -22,7 +22,9 @@ from typing import BinaryIO
 from google.protobuf.message import DecodeError, Message
 
 from dumper.images import magic as M
+from dumper.images import safeio
 from dumper.images.errors import ImageError
+from dumper.images.fieldcheck import bad_field
 from dumper.images.proto import criu_images_pb2 as criu
 from dumper.images.proto import dumper_images_pb2 as own
 
@@ -185,8 +187,10 @@ def _size(f: BinaryIO) -> int:
         return end
 
 
-def parse(msg_type: type[Message], payload: bytes, path: str, offset: int) -> Message:
-    """Decode one payload; an entry that does not parse or lacks a required field is an error."""
+def parse(msg_type: type[Message], payload: bytes, path: str, offset: int,
+          index: int | None = None) -> Message:
+    """Decode one payload; an entry that does not parse, lacks a required field or has a
+    field of the wrong form (fieldcheck: a string that is not UTF-8) is an error."""
     name = msg_type.DESCRIPTOR.name
     try:
         msg = msg_type.FromString(payload)
@@ -195,6 +199,10 @@ def parse(msg_type: type[Message], payload: bytes, path: str, offset: int) -> Me
     if not msg.IsInitialized():
         missing = ", ".join(msg.FindInitializationErrors())
         raise ImageError(path, f"{name} lacks required fields: {missing}", offset)
+    bad = bad_field(msg)
+    if bad:
+        entry = f"entry {index} " if index is not None else ""
+        raise ImageError(path, f"{entry}({name}): field {bad} is not valid UTF-8", offset)
     return msg
 
 
@@ -221,7 +229,7 @@ def iter_entries(
                 path, f"entry length {n} runs past the end of the file ({size} bytes)", offset
             )
         payload = _read_exact(f, n, path, offset + 4, "entry")
-        msg = parse(message_type(kind, index), payload, path, offset)
+        msg = parse(message_type(kind, index), payload, path, offset, index)
         entry_offset, offset = offset, offset + 4 + n
         if kind.extra is not None:
             size = getattr(msg, kind.extra)
@@ -250,10 +258,11 @@ def read(f: BinaryIO, path: str, expect: Kind | None = None) -> Image:
 
 
 def load(path: str | os.PathLike[str], expect: Kind | None = None) -> Image:
-    """Read the image at path; a missing or unreadable file is an ImageError too."""
+    """Read the image at path; a missing or unreadable file, or anything but a regular file
+    (safeio), is an ImageError too."""
     p = os.fspath(path)
     try:
-        with open(p, "rb") as f:
+        with safeio.open_image(p) as f:
             return read(f, p, expect)
     except OSError as e:
         raise ImageError(p, e.strerror or str(e)) from None

@@ -18,11 +18,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from dumper.images.checksums import page_digest
+import numpy as np
+
 from dumper.images.flags import VMA_AREA_VSYSCALL
 from dumper.images.records import CowRun, SharedObject, Vma
 from dumper.images.writer import ImageSetWriter
 from dumper.kabi import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE
+from dumper.model.content import ContentStore
+from dumper.model.host import ModelHost, cid_digest
 
 RW = 3
 PARENT, CHILD = 4242, 4243
@@ -75,11 +78,16 @@ def _memory(variant: str) -> dict[int, dict[int, bytes]]:
     return {PARENT: {**parent, **shared}, CHILD: {**child, **shared}}
 
 
-def _truth(mem: dict[int, bytes]) -> Iterator[tuple[int, list[int]]]:
+def _truth(mem: dict[int, bytes]) -> Iterator[tuple[int, np.ndarray]]:
+    """The truth a model dump records (ModelHost.truth: digests of canonical content ids), so
+    that `dumper verify` and `restore --verify`, which restore into the model, compare like
+    with like."""
+    store = ContentStore()
     for v in _vmas():
         if v.status & VMA_AREA_VSYSCALL:
             continue  # the kernel's page, not the task's memory
-        yield v.start, [page_digest(mem[a]) for a in range(v.start, v.end, PAGE_SIZE)]
+        data = b"".join(mem[a] for a in range(v.start, v.end, PAGE_SIZE))
+        yield v.start, cid_digest(store.intern_pages(data))
 
 
 def build(out: Path, variant: str) -> Path:
@@ -154,7 +162,7 @@ def build(out: Path, variant: str) -> Path:
             ],
         )
         for pid in (PARENT, CHILD):
-            w.add_truth(pid, _truth(mem[pid]))
+            w.add_truth(pid, _truth(mem[pid]), algo=ModelHost.truth_algo)
     return out / variant
 
 

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 import zstandard
 
 from dumper.buffers import BufferPool, aligned
+from dumper.images import safeio
 from dumper.images.checksums import STORED_ALGO, STORED_ALGOS, stored_hash
 from dumper.images.errors import ImageError
 from dumper.images.proto import dumper_images_pb2 as own
@@ -232,10 +233,7 @@ class PagesReader:
     def __init__(self, path: str, meta: own.PagesImageEntry | None):
         self.path = path
         self.meta = meta
-        try:
-            self._fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise ImageError(path, e.strerror or str(e)) from None
+        self._fd = safeio.open_regular(path)  # no FIFO, device or link: no hang
         self.file_size = os.fstat(self._fd).st_size
         self.zstd = meta is not None and meta.compression == own.COMPRESSION_ZSTD
         if meta is not None and meta.stored_size != self.file_size:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.message import Message
 
-from dumper.images import codec
+from dumper.images import codec, manifest, safeio
 from dumper.images import flags as F
 from dumper.images import magic as M
 from dumper.images.checksums import TaskDigest
@@ -58,6 +58,16 @@ from dumper.kabi import PAGE_SIZE
 
 _COMPRESSION = {own.COMPRESSION_NONE: "none", own.COMPRESSION_ZSTD: "zstd"}
 _COW_DEPTH = 64
+# The highest user address on any kernel a set can come from: x86-64 with 5-level paging
+# (TASK_SIZE_MAX, arch/x86/include/asm/page_64_types.h: (1 << 56) - PAGE_SIZE); aarch64's
+# 52-bit VA is below it. The one VMA above is x86-64's gate page (get_gate_vma).
+USER_ADDR_LIMIT = (1 << 56) - PAGE_SIZE
+VSYSCALL_PAGE = 0xFFFFFFFFFF600000
+_KERNEL_VMAS = F.VMA_AREA_VSYSCALL | F.VMA_AREA_VDSO | F.VMA_AREA_VVAR  # truth may skip them
+MAX_FILE_SIZE = (1 << 63) - 1  # MAX_LFS_FILESIZE: no object or file offset goes beyond
+# A zstd frame is decompressed whole: the writer's frames are 4 MiB by default; a larger
+# frame_raw_size is taken as corruption before anything that size is allocated.
+MAX_FRAME = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,7 @@ class ImageSet:
         self.truths: dict[int, Truth] = {}
         self.unreadable: list[Unreadable] = []  # unreadable.img: pages the dump lost
         self.root = 0
+        self.checked_whole = False  # dumper.images.validate.check_set has passed
         self._pages_meta: dict[int, own.PagesImageEntry] = {}
         self._readers: dict[int, PagesReader] = {}
         self._files: dict[int, criu.FileEntry] = {}
@@ -122,7 +133,7 @@ class ImageSet:
         return str(self.path / name)
 
     def _load_opt(self, name: str, kind: codec.Kind) -> codec.Image | None:
-        return codec.load(self._f(name), kind) if (self.path / name).exists() else None
+        return codec.load(self._f(name), kind) if os.path.lexists(self.path / name) else None
 
     def _single(self, img: codec.Image) -> Message:
         if len(img.entries) != 1:
@@ -130,13 +141,13 @@ class ImageSet:
         return img.entries[0]
 
     def _load(self, verify: bool) -> None:
+        self._load_meta()  # first: its manifest vouches for every other file
         inv_img = codec.load(self._f(M.INVENTORY), codec.BY_NAME["INVENTORY"])
         inv = self._single(inv_img)
         if inv.img_version != 2:
             raise ImageError(
                 inv_img.path, f"img_version {inv.img_version}: only 2 (v1.1) is supported", 4
             )
-        self._load_meta()
         self._load_files()
         self._load_pstree()
         for task in self.tasks.values():
@@ -167,6 +178,7 @@ class ImageSet:
         if img is None:
             return
         d = self._single(img)
+        manifest.check(d, self.path)
         if d.page_size != PAGE_SIZE:
             raise ImageError(img.path, f"page size {d.page_size}: only {PAGE_SIZE} is supported")
         if d.compression not in _COMPRESSION:
@@ -188,6 +200,9 @@ class ImageSet:
                 raise ImageError(img.path, f"pages-{pm.pages_id}.img listed twice")
             if pm.compression not in _COMPRESSION or pm.raw_size != pm.nr_pages * PAGE_SIZE:
                 raise ImageError(img.path, f"bad record of pages-{pm.pages_id}.img")
+            why = _pages_record_error(pm)
+            if why:
+                raise ImageError(img.path, f"record of pages-{pm.pages_id}.img: {why}")
             self._pages_meta[pm.pages_id] = pm
 
     def _load_files(self) -> None:
@@ -241,7 +256,7 @@ class ImageSet:
             raise ImageError(img.path, "the thread-group leader's core has no task core (tc)", 8)
         t.comm, t.state = core.tc.comm, core.tc.task_state
         mm_path = self.path / M.mm(t.pid)
-        if not mm_path.exists() and t.state in (F.TASK_DEAD, F.TASK_ZOMBIE):
+        if not os.path.lexists(mm_path) and t.state in (F.TASK_DEAD, F.TASK_ZOMBIE):
             return  # zombies have no memory
         img = codec.load(mm_path, codec.BY_NAME["MM"])
         mm = self._single(img)
@@ -250,6 +265,9 @@ class ImageSet:
         for i, v in enumerate(mm.vmas):
             if v.start >= v.end or v.start % PAGE_SIZE or v.end % PAGE_SIZE:
                 raise ImageError(img.path, f"VMA {i} [{v.start:#x}, {v.end:#x}) is malformed", 4)
+            why = _vma_bounds_error(v)
+            if why:
+                raise ImageError(img.path, f"VMA {i} [{v.start:#x}, {v.end:#x}) {why}", 4)
             if v.start < prev_end:
                 raise ImageError(
                     img.path,
@@ -338,8 +356,9 @@ class ImageSet:
         elif self.meta is not None and need:
             raise ImageError(self._f(M.DUMPER), f"has no record of {name}")
         else:
-            raw = stored = path.stat().st_size if path.exists() else 0
-        if need and pm is None and not path.exists():
+            size = safeio.regular_size(path)
+            raw = stored = size or 0
+        if need and pm is None and not os.path.lexists(path):
             raise ImageError(self._f(name), f"missing: {img.path} needs {need} bytes of pages")
         if need > raw:
             idx = next(
@@ -370,6 +389,9 @@ class ImageSet:
         for off, e in zip(img.offsets, img.entries, strict=True) if img else ():
             if e.shmid in found or e.kind not in SHARED_KINDS:
                 raise ImageError(img.path, f"object {e.shmid} repeated or of kind {e.kind!r}", off)
+            if e.size > MAX_FILE_SIZE:
+                raise ImageError(img.path, f"object {e.shmid}: size {e.size} is past the "
+                                 f"largest file size ({MAX_FILE_SIZE})", off)
             found[e.shmid] = SharedObject(
                 shmid=e.shmid,
                 kind=e.kind,
@@ -427,7 +449,7 @@ class ImageSet:
 
     def _load_object(self, obj: SharedObject) -> SharedObject:
         name = M.pagemap_shmem(obj.shmid)
-        if not (self.path / name).exists() and self.meta is None:
+        if not os.path.lexists(self.path / name) and self.meta is None:
             return obj  # CRIU: an object nobody dumped pages of
         img = codec.load(self._f(name), codec.BY_NAME["PAGEMAP"])
         limit = -(-obj.size // PAGE_SIZE) * PAGE_SIZE
@@ -446,7 +468,7 @@ class ImageSet:
             if pid not in self.pages:
                 raise ImageError(self._f(M.DUMPER), f"records {M.pages(pid)}, no pagemap uses it")
         for pages_id, info in self.pages.items():
-            if info.raw_size == 0 and not (self.path / M.pages(pages_id)).exists():
+            if info.raw_size == 0 and not os.path.lexists(self.path / M.pages(pages_id)):
                 continue
             r = self.reader(pages_id)
             if verify:
@@ -521,9 +543,9 @@ class ImageSet:
 
     def _load_truth(self, t: Task, verify: bool) -> None:
         img_path = self.path / M.truth(t.pid)
-        if not img_path.exists():
+        if not os.path.lexists(img_path):
             return
-        with open(img_path, "rb") as f:
+        with safeio.open_image(img_path) as f:
             path = str(img_path)
             kind = codec.read_header(f, path)
             if kind is not codec.BY_NAME["TRUTH"]:
@@ -535,6 +557,10 @@ class ImageSet:
             h = head[1]
             if h.pid != t.pid:
                 raise ImageError(path, f"is the truth of task {h.pid}", head[0])
+            ordinary = sum(v.npages for v in t.vmas if not v.status & _KERNEL_VMAS)
+            if ordinary > h.nr_pages:  # truth covers every VMA: none can be larger
+                raise ImageError(self._f(M.mm(t.pid)), f"VMAs span {ordinary} pages, the "
+                                 f"truth records {h.nr_pages}: a VMA is larger than was dumped")
             if verify:
                 self._check_truth(t, path, h, entries)
         self.truths[t.pid] = Truth(t.pid, h.algo, h.task_digest, h.nr_pages)
@@ -660,7 +686,7 @@ class ImageSet:
     def iter_truth(self, pid: int) -> Iterator[tuple[int, np.ndarray]]:
         """(vaddr, page digests) runs of a task's truth-PID.img."""
         path = self._f(M.truth(pid))
-        with open(path, "rb") as f:
+        with safeio.open_image(path) as f:
             kind = codec.read_header(f, path)
             for i, (_, run) in enumerate(codec.iter_entries(f, path, kind)):
                 if i:
@@ -676,6 +702,32 @@ class ImageSet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _vma_bounds_error(v: criu.VmaEntry) -> str:
+    """Why a page-aligned VMA is outside what an address space can hold, or ""."""
+    if v.status & F.VMA_AREA_VSYSCALL:
+        if (v.start, v.end) != (VSYSCALL_PAGE, VSYSCALL_PAGE + PAGE_SIZE):
+            return "is marked vsyscall but is not the gate page"
+    elif v.end > USER_ADDR_LIMIT:
+        return f"ends past the highest user address {USER_ADDR_LIMIT:#x}"
+    if v.pgoff % PAGE_SIZE or v.pgoff + (v.end - v.start) > MAX_FILE_SIZE:
+        return f"has pgoff {v.pgoff:#x}: not page-aligned or past the largest file size"
+    return ""
+
+
+def _pages_record_error(pm: own.PagesImageEntry) -> str:
+    """Why a pages image's record cannot be right, checked before anything is allocated."""
+    if pm.compression == own.COMPRESSION_NONE:
+        return "" if pm.stored_size == pm.raw_size else (
+            f"raw, but {pm.stored_size} bytes stored for {pm.raw_size}")
+    fsz = pm.frame_raw_size
+    if fsz <= 0 or fsz % PAGE_SIZE or fsz > MAX_FRAME:
+        return f"zstd frames of {fsz} bytes: not whole pages, or over {MAX_FRAME}"
+    if len(pm.frame_sizes) != -(-pm.raw_size // fsz) or sum(pm.frame_sizes) != pm.stored_size:
+        return (f"{len(pm.frame_sizes)} zstd frames of {sum(pm.frame_sizes)} bytes for "
+                f"{pm.raw_size} raw bytes and {pm.stored_size} stored")
+    return ""
 
 
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -10,10 +10,12 @@
         w.add_truth(100, [(0x400000, digests)])
     # commit() ran on leaving the block; an exception aborts instead.
 
-Everything is written into a temporary sibling directory (mode 0700, files 0600: they hold
+Everything is written into a temporary sibling directory named for its owner (tempdirs: a
+killed dump's is removed by the next writer of OUT; mode 0700, files 0600: they hold
 process memory). Pages stream straight to their files while the small metadata (tasks, VMAs,
 objects) waits in memory; commit() writes pstree, core, mm, files, memfd, objects and
-dumper.img, then inventory.img last, reads the whole set back through ImageSet's validation,
+inventory.img, then dumper.img last with its manifest (dumper.images.manifest: every file's
+size and checksum), reads the whole set back through ImageSet's validation,
 fsyncs every file and the directory (unless sync=False), and renames it into place. An
 existing set is replaced only with force=True, by an atomic exchange where the filesystem
 has renameat2, and a directory that is not an image set is never replaced.
@@ -27,8 +29,8 @@ import fcntl
 import os
 import platform
 import shutil
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,7 +38,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from dumper import __version__
-from dumper.images import codec
+from dumper.images import codec, manifest, tempdirs
 from dumper.images import flags as F
 from dumper.images import magic as M
 from dumper.images.checksums import PAGE_DIGEST_ALGO, TaskDigest
@@ -57,7 +59,7 @@ from dumper.images.records import (
 )
 from dumper.kabi import MAP_SHARED, MFD_HUGETLB, PAGE_SIZE, huge_flags
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = manifest.FORMAT_VERSION
 TRUTH_RUN_MAX = 1 << 16  # digests per TruthRun entry: 512 KiB
 _U32_MAX = (1 << 32) - 1
 _ARCH = {"x86_64": criu.X86_64, "aarch64": criu.AARCH64, "arm64": criu.AARCH64}
@@ -130,6 +132,13 @@ def _pagemap_entries(runs: list[PageRun]) -> Iterable[criu.PagemapEntry]:
             left -= n
 
 
+def _sendfile_all(out_fd: int, in_fd: int) -> None:
+    """All of in_fd (from offset 0) onto out_fd by sendfile(2): no user-space copy."""
+    size, off = os.fstat(in_fd).st_size, 0
+    while off < size:
+        off += os.sendfile(out_fd, in_fd, off, size - off)
+
+
 def _renameat2_exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths; False when the system cannot."""
     try:
@@ -165,6 +174,27 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _named(fn, name: str, *args):
+    """fn(*args), its OSError given the file name it lacks (a write(2) error has none)."""
+    try:
+        return fn(*args)
+    except OSError as e:
+        if e.filename is None:
+            e.filename = name
+        raise
+
+
+def make_parents(path: Path) -> None:
+    """Create the missing directories of path, mode 0700 (an image set holds process memory;
+    pathlib's parents=True would make them 0777 & ~umask)."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = path.parent
+    for p in reversed(missing):
+        os.mkdir(p, 0o700)
 
 
 def is_image_set(path: Path) -> bool:
@@ -208,9 +238,11 @@ class ImageSetWriter:
         if page_size != PAGE_SIZE:
             raise ValueError(f"page size {page_size}: only {PAGE_SIZE} is supported")
         self._check_target()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
-        os.chmod(self.tmp, 0o700)
+        self.tmp = self.path  # until there is one: errors name OUT either way
+        with self._writing():
+            make_parents(self.path.parent)
+            tempdirs.remove_stale(self.path.parent, self.path.name)  # a killed dump's debris
+            self.tmp = tempdirs.make(self.path)
         self._tasks: dict[int, dict[str, Any]] = {}
         self._objects: dict[int, SharedObject] = {}
         self._object_pages: dict[int, int] = {}
@@ -233,6 +265,21 @@ class ImageSetWriter:
 
     # -- files ------------------------------------------------------------------------------
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """An OSError writing the set names OUT (ENOSPC, EROFS, EACCES...), and the file of
+        the set it happened to, never the temporary directory alone."""
+        try:
+            yield
+        except ImageSetExists:
+            raise
+        except OSError as e:
+            if e.filename == str(self.path):
+                raise
+            inside = e.filename and Path(e.filename).parent == self.tmp != self.path
+            where = f" (writing {Path(e.filename).name})" if inside else ""
+            raise OSError(e.errno, f"{e.strerror or e}{where}", str(self.path)) from None
+
     def _check_target(self) -> None:
         p = self.path
         if not p.exists() and not p.is_symlink():
@@ -253,13 +300,14 @@ class ImageSetWriter:
         f.close()
 
     def _write_image(self, name: str, kind: codec.Kind, msgs: Iterable[Message]) -> None:
-        f = self._open(name)
-        try:
-            f.write(codec.header(kind))
-            for m in msgs:
-                f.write(codec.frame(m))
-        finally:
-            self._close(f)
+        with self._writing():
+            f = self._open(name)
+            try:
+                _named(f.write, str(self.tmp / name), codec.header(kind))
+                for m in msgs:
+                    _named(f.write, str(self.tmp / name), codec.frame(m))
+            finally:
+                _named(self._close, str(self.tmp / name), f)
 
     def _write_pages(self, chunks: Iterable[bytes | bytearray | memoryview | Dropped],
                      dropped: list[tuple[int, int, str]] | None = None
@@ -267,8 +315,9 @@ class ImageSetWriter:
         """The pages image of the chunks; Dropped items are recorded in dropped as
         (position among the pages, count, reason) and write nothing."""
         pages_id = len(self._pages) + 1  # CRIU's page_ids start at 1
-        fd = os.open(self.tmp / M.pages(pages_id),
-                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        name = str(self.tmp / M.pages(pages_id))
+        with self._writing():
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             if self.sync and self.compress == NONE:
                 _set_direct(fd)
@@ -276,20 +325,22 @@ class ImageSetWriter:
                              self.threads, self.frame_size)
             try:
                 done = 0  # bytes written
-                for chunk in chunks:
+                for chunk in chunks:  # the source's errors are its own: not relabelled
                     if isinstance(chunk, Dropped):
                         if dropped is None or done % self.page_size:
                             raise ValueError("pages dropped where the writer cannot take them")
                         dropped.append((done // self.page_size, chunk.nr_pages, chunk.reason))
                         continue
-                    pw.write(chunk)
+                    with self._writing():
+                        _named(pw.write, name, chunk)
                     done += len(chunk)
-                meta = pw.close()
+                with self._writing():
+                    meta = _named(pw.close, name)
+                    if self.sync:
+                        _named(os.fsync, name, fd)
             except BaseException:
                 pw.discard()
                 raise
-            if self.sync:
-                os.fsync(fd)
         finally:
             os.close(fd)
         self._pages.append(meta)
@@ -443,29 +494,33 @@ class ImageSetWriter:
             raise ValueError(f"truth of task {pid} added twice")
         self._truth.add(pid)
         td = TaskDigest(self.page_size)
-        spool = self._open(f".truth-{pid}.spool")
+        spool_path = self.tmp / f".truth-{pid}.spool"
+        with self._writing():
+            spool = self._open(spool_path.name)
         try:
-            for vaddr, digests in runs:
+            for vaddr, digests in runs:  # the source's errors are its own
                 ds = np.asarray(digests, dtype="<u8")
                 td.update(vaddr, ds)
-                for i in range(0, len(ds), TRUTH_RUN_MAX):
-                    spool.write(codec.truth_run(vaddr + i * self.page_size,
-                                                ds[i : i + TRUTH_RUN_MAX]))
+                with self._writing():
+                    for i in range(0, len(ds), TRUTH_RUN_MAX):
+                        _named(spool.write, str(spool_path),
+                               codec.truth_run(vaddr + i * self.page_size,
+                                               ds[i : i + TRUTH_RUN_MAX]))
         finally:
-            spool.close()
+            with self._writing():
+                _named(spool.close, str(spool_path))
         head = own.TruthHead(pid=pid, algo=algo, task_digest=td.digest(), nr_pages=td.nr_pages)
-        spool_path = self.tmp / f".truth-{pid}.spool"
-        f = self._open(M.truth(pid))
-        try:
-            f.write(codec.header(codec.BY_NAME["TRUTH"]) + codec.frame(head))
-            f.flush()
-            with open(spool_path, "rb") as src:  # in the kernel: 10x a user-space copy
-                size, off = os.fstat(src.fileno()).st_size, 0
-                while off < size:
-                    off += os.sendfile(f.fileno(), src.fileno(), off, size - off)
-        finally:
-            self._close(f)
-            spool_path.unlink()
+        name = str(self.tmp / M.truth(pid))
+        with self._writing():
+            f = self._open(M.truth(pid))
+            try:
+                _named(f.write, name, codec.header(codec.BY_NAME["TRUTH"]) + codec.frame(head))
+                f.flush()
+                with open(spool_path, "rb") as src:  # in the kernel: 10x a user-space copy
+                    _named(_sendfile_all, name, f.fileno(), src.fileno())
+            finally:
+                _named(self._close, name, f)
+                spool_path.unlink()
         return head.task_digest
 
     def add_cow(self, pid: int, records: Iterable[CowRun]) -> None:
@@ -649,31 +704,37 @@ class ImageSetWriter:
         if self._done:
             raise ValueError("image set already committed or aborted")
         try:
-            pstree = [self._write_task(t) for t in self._tasks.values()]
-            self._write_image(M.PSTREE, codec.BY_NAME["PSTREE"], pstree)
-            self._write_image(M.FILES, codec.BY_NAME["FILES"], self._files)
-            if self._memfds:
-                self._write_image(M.MEMFD, codec.BY_NAME["MEMFD_INODE"], self._memfds)
-            self._write_image(M.OBJECTS, codec.BY_NAME["OBJECTS"], self._objects_img())
-            if self.unreadable:
-                self._write_image(M.UNREADABLE, codec.BY_NAME["UNREADABLE"], [
-                    own.UnreadableEntry(pid=u.pid, shmid=u.shmid, vaddr=u.vaddr,
-                                        nr_pages=u.nr_pages, reason=u.reason)
-                    for u in self.unreadable])
-            self._write_image(M.DUMPER, codec.BY_NAME["DUMPER"], [self._dump_entry()])
-            inv = criu.InventoryEntry(img_version=2, fdinfo_per_id=True, ns_per_id=True)
-            if self.root_ids is not None:
-                inv.root_ids.CopyFrom(self.root_ids)
-            self._write_image(M.INVENTORY, codec.BY_NAME["INVENTORY"], [inv])
-            self._validate()
-            if self.sync:
-                _fsync_dir(self.tmp)
-            self._install()
+            with self._writing():
+                self._commit()
         except BaseException:
             self.abort()
             raise
         self._done = True
         return self.path
+
+    def _commit(self) -> None:
+        pstree = [self._write_task(t) for t in self._tasks.values()]
+        self._write_image(M.PSTREE, codec.BY_NAME["PSTREE"], pstree)
+        self._write_image(M.FILES, codec.BY_NAME["FILES"], self._files)
+        if self._memfds:
+            self._write_image(M.MEMFD, codec.BY_NAME["MEMFD_INODE"], self._memfds)
+        self._write_image(M.OBJECTS, codec.BY_NAME["OBJECTS"], self._objects_img())
+        if self.unreadable:
+            self._write_image(M.UNREADABLE, codec.BY_NAME["UNREADABLE"], [
+                own.UnreadableEntry(pid=u.pid, shmid=u.shmid, vaddr=u.vaddr,
+                                    nr_pages=u.nr_pages, reason=u.reason)
+                for u in self.unreadable])
+        inv = criu.InventoryEntry(img_version=2, fdinfo_per_id=True, ns_per_id=True)
+        if self.root_ids is not None:
+            inv.root_ids.CopyFrom(self.root_ids)
+        self._write_image(M.INVENTORY, codec.BY_NAME["INVENTORY"], [inv])
+        # Last: the manifest lists (and checksums) every file written before it.
+        self._write_image(M.DUMPER, codec.BY_NAME["DUMPER"],
+                          [manifest.seal(self._dump_entry(), self.tmp)])
+        self._validate()
+        if self.sync:
+            _fsync_dir(self.tmp)
+        self._install()
 
     def _validate(self) -> None:
         from dumper.images.reader import ImageSet  # the reader imports records, not us
@@ -687,20 +748,24 @@ class ImageSetWriter:
         self._check_target()  # again: something may have appeared meanwhile
         if self.path.exists():
             if not _renameat2_exchange(self.tmp, self.path):
-                old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old.", dir=self.path.parent))
+                old = tempdirs.make(self.path, "old")
                 os.rename(self.path, old / "set")
                 os.rename(self.tmp, self.path)
+                tempdirs.release(self.tmp)
                 self.tmp = old
             shutil.rmtree(self.tmp)  # now holds the replaced set
         else:
             os.rename(self.tmp, self.path)
+        tempdirs.release(self.tmp)
         if self.sync:
             _fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         """Drop the temporary directory; nothing at path changes."""
         self._done = True
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.tmp != self.path:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            tempdirs.release(self.tmp)
 
     def __enter__(self) -> ImageSetWriter:
         return self
