@@ -638,7 +638,7 @@ def check(as_json: bool) -> None:
         sys.exit(CHECK_MISSING)
 
 
-@main.command()
+@main.command(short_help="Remove what killed dumps left in DIR (their temporary sets).")
 @click.argument("directory", metavar="DIR")
 @click.option("-n", "--dry-run", is_flag=True, help="List what would be removed.")
 @user_errors
