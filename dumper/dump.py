@@ -105,6 +105,7 @@ class DumpSummary:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)  # selected, not saved
+    frozen_seconds: float = 0.0  # how long the tree was stopped: what its users felt
 
     def line(self) -> str:
         mib = self.bytes_written / (1 << 20)
@@ -113,7 +114,8 @@ class DumpSummary:
             f"dumped {self.tasks} tasks, {self.vmas} VMAs: {self.private_pages} private pages "
             f"({self.cow_pages} COW-shared stored once), {self.shared_pages} pages of "
             f"{self.shared_objects} shared objects; {mib:.1f} MiB written in "
-            f"{self.seconds:.2f} s [{self.strategy}, {self.profile}] -> {self.path}"
+            f"{self.seconds:.2f} s, tree frozen {self.frozen_seconds:.2f} s "
+            f"[{self.strategy}, {self.profile}] -> {self.path}"
             + (f"; {lost} pages UNREADABLE, not saved" if lost else "")
         )
 
@@ -335,6 +337,7 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
     # The tree is frozen as it is found: a process forking meanwhile is stopped before its
     # children are listed, so none can be missed (or dumped while running).
     freezing = host.freeze_tree(root) if tree else host.freeze([root])
+    t_freeze = time.perf_counter()
     with freezing as frozen:
         infos = frozen if tree else tree_of(host, root, tree=False)
         tasks, objects = collect(host, infos, strategy, note)
@@ -351,11 +354,13 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
         finally:
             for info in objects.values():
                 info.handle.close()
+    frozen_s = time.perf_counter() - t_freeze  # seizing the first task to thawing the last
     return DumpSummary(
         path=out, strategy=strategy, profile=profile or host.kind, tasks=len(tasks),
         vmas=sum(len(t.maps) for t in tasks), private_pages=private_pages, cow_pages=cow_pages,
         shared_objects=len(objects), shared_pages=shared_pages, bytes_written=written,
         seconds=time.perf_counter() - t0, warnings=warnings, unreadable=unreadable,
+        frozen_seconds=frozen_s,
     )
 
 
