@@ -104,9 +104,14 @@ def test_pages_writer_on_a_direct_fd(tmp_path, compress):
     finally:
         os.close(fd)
     assert meta.raw_size == len(data) and meta.stored_size == os.path.getsize(tmp_path / "f")
+    _assert_reads_back(tmp_path / "f", meta, data)
+
+
+def _assert_reads_back(path, meta, data: bytes) -> None:
+    """The file's checksum holds and its raw bytes are data."""
     from dumper.images.pages import PagesReader
 
-    r = PagesReader(str(tmp_path / "f"), meta)
+    r = PagesReader(str(path), meta)
     try:
         r.verify()
         assert r.read(0, len(data)) == data
@@ -158,8 +163,6 @@ def test_direct_write_refused_falls_back_to_buffered(tmp_path, monkeypatch):
 def test_zstd_frames_compressed_in_parallel_are_stored_in_order(tmp_path, threads):
     # Chunks that end inside a frame, span several and fill exactly one; frames from the
     # caller's buffers and from the writer's own: every frame in order, checksum of the file.
-    from dumper.images.pages import PagesReader
-
     frame = 4 * P
     sizes = [P, 3 * P, 9 * P, frame, 2 * P, 13 * P, P]
     data = b"".join(os.urandom(n // 2) + bytes(n // 2) for n in sizes)
@@ -174,9 +177,4 @@ def test_zstd_frames_compressed_in_parallel_are_stored_in_order(tmp_path, thread
     finally:
         os.close(fd)
     assert len(meta.frame_sizes) == -(-len(data) // frame)
-    r = PagesReader(str(tmp_path / "f"), meta)
-    try:
-        r.verify()
-        assert r.read(0, len(data)) == data
-    finally:
-        r.close()
+    _assert_reads_back(tmp_path / "f", meta, data)

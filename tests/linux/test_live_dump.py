@@ -347,7 +347,7 @@ def test_shared_regular_file_is_referenced(procs, tmp_path, disk_file):
     the file where a restore would map it. --quiet keeps the warning out."""
     p = procs.start(children=1, cpu=0)
     p.call("open", name="f", path=disk_file)
-    addr = p.mmap("v", 4, shared=True, memfd="f")
+    p.mmap("v", 4, shared=True, memfd="f")
     p.mmap("w", 2, memfd="f")  # MAP_PRIVATE
     p.write("v", [1], tag=84)  # through the page cache: the file now holds it
     child = procs.fork(p)
