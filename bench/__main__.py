@@ -37,6 +37,12 @@ def main() -> None:
           f"Python {platform.python_version()}\n")
     for name, module, repeats in BENCHES:
         runs = [run_one(module) for _ in range(repeats)]
+        if "blocks" in runs[0]:  # bench.live: its own table, contestants side by side
+            from bench.live import markdown
+
+            print(f"### {name}\n")
+            print(markdown(runs[0]["blocks"], runs[0]["skipped"]), end="\n\n")
+            continue
         print(f"### {name} ({repeats} runs; median, [min–max])\n")
         print("| metric | median | range |")
         print("| --- | --- | --- |")

@@ -1,234 +1,289 @@
-"""Live dump throughput on the real kernel, side by side in one run: dump.dump(LinuxHost(),
-pid, out, "auto") (raw pages; durable: every file fsynced, as `dumper dump --pid` does) of a
-helper holding 1 GiB of written private memory and of one holding 1 GiB of written
-MAP_SHARED memory, against copying the same number of bytes into a file on the same disk:
-one write(2) of a warm 1 GiB buffer, as CRIU's figure for a plain copy was taken
-(../shared/facts/criu.md), and the same followed by fsync, which is what a durable dump has
-to match. Both dumps are also timed with --no-fsync (buffered writes left to the page cache,
-as CRIU writes), against the plain write(). Repeats interleaved; medians. GB/s is 10^9 bytes
-per second, as CRIU's figures (1.8-2.2 GB/s here, without any fsync) are; bests too, as
-criu.md gives CRIU's and the plain write's.
+"""Live dumps against CRIU 4.2 and plain copies, side by side in one run, on the real kernel.
 
-    python -m bench.live --json [--mib 1024] [--repeats 5] [--dir /var/tmp] [--profile]
+A small C helper (bench/helper.c, built here with cc) holds SIZE bytes of written memory,
+private or MAP_SHARED; every contestant dumps it (or copies as many bytes) in turn, the
+contestants interleaved within each repeat:
 
-Also the peak RSS of `dumper dump --pid` run as a process of its own, and the time of
-`verify --pid` (verify_live), for each helper.
-Needs root (ptrace, map_files). Every helper is killed and every file removed on the way
-out, whatever happens.
+- criu      `criu dump -t PID -D DIR --leave-running --shell-job` (CRIU 4.2, built by
+            ../shared/vendor/build-criu.sh; skipped with the reason where it is missing)
+- nofsync   `dumper dump --pid PID --no-fsync` (buffered, as CRIU writes)
+- durable   `dumper dump --pid PID` (O_DIRECT and fsync: survives a crash once it returns)
+- zstd      `dumper dump --pid PID --no-fsync --compress zstd --threads 2`
+- NAME_*    the same two raw dumps from another tree (--tree NAME=DIR, e.g. a checkout of
+            an earlier commit) run with PYTHONPATH=DIR: before and after a change, same run
+- write     one write(2) of a warm SIZE buffer into a new file (CRIU's "plain copy")
+- write_fsync  the same, then fsync: what a durable dump has to match
+- cp        `cp` of a SIZE file warm in the page cache
+
+Every contestant runs as a process of its own under `helper rss` (its peak RSS from wait4);
+wall time includes its start-up. The order rotates from one repeat to the next. The freeze
+time is the longest gap the helper's ticker thread (1 ms period) saw during the run: how long
+the helper was stopped, whoever stopped it; dumper's own report of it (`tree frozen X s` in
+its summary line) is kept beside it. GB/s is 10^9 bytes of SIZE per second. Medians and bests
+of the repeats; ratios to CRIU (its time over the contestant's: above 1 is faster than CRIU).
+
+    python -m bench.live [--json] [--mib 1024 [4096 ...]] [--repeats 5] [--kinds private
+        shared] [--dir /var/tmp] [--tree NAME=DIR ...] [--criu PATH]
+
+Needs root. One helper at a time (a 4 GiB helper holds 4 GiB); each is killed and every file
+removed on the way out, whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import mmap
 import os
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from dumper.dump import dump
-from dumper.images.reader import ImageSet
-from dumper.linux import LinuxHost
-from dumper.verify import verify_live
-
-# The helper: map, write every page (a distinct first word per page, the rest a pattern),
-# say where, then sleep in read(2) until told to go (or until its stdin closes).
-HELPER = r"""
-import ctypes, mmap, sys
-size, shared = int(sys.argv[1]), sys.argv[2] == "shared"
-flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
-m = mmap.mmap(-1, size, flags=flags | mmap.MAP_ANONYMOUS)
-m.write(b"\x5a" * size)
-addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
-pages = (ctypes.c_uint64 * (size // 8)).from_address(addr)
-for i in range(0, size // 8, 512):
-    pages[i] = i
-del pages
-sys.stdout.write(f"{addr}\n")
-sys.stdout.flush()
-sys.stdin.read(1)
-"""
+CRIU = "/var/cache/dumper/criu-4.2/criu"
+HELPER_C = Path(__file__).with_name("helper.c")
+DEVNULL = subprocess.DEVNULL
+SETTLE = 0.3  # seconds between two runs: the same pause before every contestant
 
 
-KINDS = ("private", "shared", "private_nofsync", "shared_nofsync", "copy", "copy_fsync")
+@dataclass
+class Runs:
+    seconds: list[float] = field(default_factory=list)
+    rss_kib: list[int] = field(default_factory=list)
+    freeze_s: list[float] = field(default_factory=list)
+    reported_freeze_s: list[float] = field(default_factory=list)
+    dump_s: list[float] = field(default_factory=list)  # dumper's own "in X s"
 
 
-def start_helper(size: int, kind: str) -> subprocess.Popen[str]:
-    p = subprocess.Popen([sys.executable, "-I", "-S", "-c", HELPER, str(size), kind],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    line = p.stdout.readline() if p.stdout else ""
-    if not line.strip().isdigit():
-        p.kill()
-        p.wait()
-        raise RuntimeError(f"{kind} helper did not start (exit {p.poll()})")
-    return p
+def build_helper(base: str) -> str:
+    exe = os.path.join(base, "helper")
+    subprocess.run(["cc", "-O2", "-pthread", "-o", exe, str(HELPER_C)], check=True)
+    return exe
 
 
-def stop_helper(p: subprocess.Popen[str]) -> None:
-    if p.poll() is None:
-        p.kill()
-    p.wait()
-    for f in (p.stdin, p.stdout):
-        if f is not None:
-            f.close()
+class Helper:
+    """The C helper holding the memory, started in a session of its own, stdio on
+    /dev/null (nothing for CRIU to dump but the memory and itself)."""
+
+    def __init__(self, exe: str, size: int, kind: str, base: str) -> None:
+        self.status = os.path.join(base, f"status-{kind}")
+        self.proc = subprocess.Popen([exe, "hold", str(size), kind, self.status],
+                                     stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL,
+                                     start_new_session=True)
+        line = self._wait_status(120.0)
+        self.pid = int(line.split()[0])
+        if self.pid != self.proc.pid:
+            raise RuntimeError(f"helper says pid {self.pid}, started {self.proc.pid}")
+
+    def _wait_status(self, timeout: float) -> str:
+        t = time.monotonic() + timeout
+        while time.monotonic() < t:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"helper exited {self.proc.returncode}")
+            try:
+                return Path(self.status).read_text()
+            except FileNotFoundError:
+                time.sleep(0.002)
+        raise RuntimeError("helper did not answer")
+
+    def gap(self) -> float:
+        """The longest stop since the last call, seconds."""
+        os.unlink(self.status)
+        os.kill(self.pid, signal.SIGUSR1)
+        return int(self._wait_status(10.0)) / 1e9
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # our own child, by pid
+        self.proc.wait()
 
 
-def time_dump(host: LinuxHost, pid: int, base: str, sync: bool = True) -> tuple[float, int]:
-    out = os.path.join(base, f"set-{pid}")
+def run_rss(exe: str, argv: list[str], env: dict[str, str] | None = None
+            ) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS KiB, stderr) of argv run under `helper rss`."""
     t = time.perf_counter()
-    s = dump(host, pid, out, "auto", tree=False, truth=False, leave_out=frozenset({"any"}),
-             sync=sync)
+    r = subprocess.run([exe, "rss", *argv], stdin=DEVNULL, capture_output=True, text=True,
+                       env=env, cwd=os.path.dirname(exe))  # not here: -m puts the cwd first
     dt = time.perf_counter() - t
-    shutil.rmtree(out)
-    return dt, s.private_pages + s.shared_pages
+    m = re.search(r"^RSS (\d+) (\d+)$", r.stderr, re.M)
+    if r.returncode != 0 or m is None:
+        raise RuntimeError(f"{' '.join(argv)} exited {r.returncode}: "
+                           f"{(r.stderr + r.stdout)[-600:]}")
+    return dt, int(m.group(1)), r.stdout + r.stderr
 
 
-def time_verify(host: LinuxHost, pid: int, base: str) -> float:
-    """`dumper verify DIR --pid` of a fresh dump, in-process: the set's pages against the
-    live ones (digests on both sides), the helper frozen meanwhile."""
-    out = os.path.join(base, f"verify-{pid}")
-    dump(host, pid, out, "auto", tree=False, truth=False, leave_out=frozenset({"any"}))
-    try:
-        with ImageSet.open(out) as images, host.freeze([pid]):
+def dumper_argv(pid: int, out: str, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "dumper.cli", "dump", "--pid", str(pid), "-o", out, *extra]
+
+
+@dataclass
+class Contestant:
+    name: str
+    argv: Callable[[int, str], list[str]] | None = None  # (pid, out) -> command; None: copy
+    env: dict[str, str] | None = None
+    skip: str = ""  # why it does not run
+
+
+def contestants(criu: str, trees: list[str]) -> list[Contestant]:
+    here = str(Path(__file__).resolve().parent.parent)
+    env_new = {**os.environ, "PYTHONPATH": here}
+    out = [Contestant("criu", lambda p, o: [criu, "dump", "-t", str(p), "-D", o,
+                                            "--leave-running", "--shell-job", "-o", "dump.log"],
+                      skip="" if os.access(criu, os.X_OK) else
+                      f"{criu} is missing: bash ../shared/vendor/build-criu.sh "
+                      f"{os.path.dirname(criu)} builds it")]
+    for name, extra in (("nofsync", ["--no-fsync"]), ("durable", []),
+                        ("zstd", ["--no-fsync", "--compress", "zstd", "--threads", "2"])):
+        out.append(Contestant(name, lambda p, o, x=extra: dumper_argv(p, o, ["--quiet", *x]),
+                              env_new))
+    for tree in trees:  # NAME=DIR; their CLI may predate --quiet
+        label, _, path = tree.partition("=")
+        env_old = {**os.environ, "PYTHONPATH": path}
+        for name, extra in ((f"{label}_nofsync", ["--no-fsync"]), (f"{label}_durable", [])):
+            out.append(Contestant(name, lambda p, o, x=extra: dumper_argv(p, o, x), env_old))
+    return out + [Contestant("write"), Contestant("write_fsync"), Contestant("cp")]
+
+
+def dir_bytes(path: str) -> int:
+    return sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+
+
+def one(c: Contestant, exe: str, helper: Helper, size: int, base: str, src: str,
+        runs: Runs) -> None:
+    out = os.path.join(base, f"out-{c.name}")
+    if c.argv is None:
+        if c.name == "cp":
             t = time.perf_counter()
-            report = verify_live(images, host)
-            dt = time.perf_counter() - t
-        if not report.ok:
-            raise RuntimeError(f"verify of the helper {pid} found losses: {report.line()}")
-    finally:
-        shutil.rmtree(out)
-    return dt
-
-
-def time_copy(buf: mmap.mmap, base: str, sync: bool) -> float:
-    path = os.path.join(base, "copy.img")
-    t = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            subprocess.run(["cp", src, out], check=True)
+            runs.seconds.append(time.perf_counter() - t)
+        else:
+            r = subprocess.run([exe, "write", str(size), out, str(int(c.name == "write_fsync"))],
+                               check=True, capture_output=True, text=True)
+            runs.seconds.append(float(r.stdout))
+        os.unlink(out)
+        return
+    if c.name == "criu":
+        os.mkdir(out)
+    helper.gap()  # a new measure from here
     try:
-        view = memoryview(buf)
-        done = 0
-        while done < len(view):
-            done += os.write(fd, view[done:])
-        if sync:
-            os.fsync(fd)
+        dt, rss, text = run_rss(exe, c.argv(helper.pid, out), c.env)
+        runs.freeze_s.append(helper.gap())
+        if dir_bytes(out) < size // 64 and c.name != "zstd":
+            raise RuntimeError(f"{c.name}: {dir_bytes(out)} bytes of images for {size}")
     finally:
-        os.close(fd)
-    dt = time.perf_counter() - t
-    os.unlink(path)
-    return dt
+        shutil.rmtree(out, ignore_errors=True)
+    runs.seconds.append(dt)
+    runs.rss_kib.append(rss)
+    m = re.search(r"written in ([\d.]+) s", text)
+    if m:
+        runs.dump_s.append(float(m.group(1)))
+    m = re.search(r"tree frozen ([\d.]+) s", text)
+    if m:
+        runs.reported_freeze_s.append(float(m.group(1)))
 
 
-# Runs the command line in-process, then reports VmHWM: the peak RSS of this exec'd image
-# alone (wait4's ru_maxrss would count the benchmark's own memory, copied by fork).
-_RSS_PROBE = r"""
-import sys
-from dumper.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit as e:
-    code = e.code
-else:
-    code = 0
-status = open("/proc/self/status").read()
-hwm = next(l.split()[1] for l in status.splitlines() if l.startswith("VmHWM:"))
-sys.stderr.write(f"VmHWM {hwm}\n")
-sys.exit(code)
-"""
-
-
-def cli_dump_rss(pid: int, base: str) -> int:
-    """Peak RSS (KiB) of `dumper dump --pid PID` run as a process of its own: the
-    interpreter, the pooled buffers and everything else."""
-    out = os.path.join(base, f"cli-{pid}")
-    r = subprocess.run([sys.executable, "-c", _RSS_PROBE, "dump", "--pid", str(pid),
-                        "--leave-out", "any", "-o", out], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
-    shutil.rmtree(out, ignore_errors=True)
-    hwm = [line.split()[1] for line in r.stderr.splitlines() if line.startswith("VmHWM ")]
-    if r.returncode != 0 or not hwm:
-        raise RuntimeError(f"dumper dump --pid {pid} exited {r.returncode}: {r.stderr[-300:]}")
-    return int(hwm[0])
-
-
-def gbs(nbytes: int, seconds: float) -> float:
-    return round(nbytes / seconds / 1e9, 3)
-
-
-def run(mib: int, repeats: int, directory: str, profile: bool = False) -> dict:
+def block(exe: str, cs: list[Contestant], mib: int, kind: str, repeats: int, base: str
+          ) -> dict[str, Runs]:
+    """Every contestant against one helper, interleaved, repeats times."""
     size = mib << 20
-    base = tempfile.mkdtemp(prefix="dumper-bench-live-", dir=directory)
-    helpers: list[subprocess.Popen[str]] = []
+    src = os.path.join(base, "cp-src")
+    subprocess.run([exe, "write", str(size), src, "0"], check=True, stdout=DEVNULL)
+    helper = Helper(exe, size, kind, base)
+    live = [c for c in cs if not c.skip]
+    res = {c.name: Runs() for c in live}
     try:
-        helpers = [start_helper(size, "private"), start_helper(size, "shared")]
-        buf = mmap.mmap(-1, size)
-        buf.write(b"\x5a" * size)  # warm, like the helpers' memory
-        host = LinuxHost(digest_while_reading=False)
-        times: dict[str, list[float]] = {k: [] for k in KINDS}
-        pages: dict[str, int] = {}
-        for _ in range(repeats):
-            for kind, h in zip(("private", "shared"), helpers, strict=True):
-                dt, n = time_dump(host, h.pid, base)
-                times[kind].append(dt)
-                pages[kind] = n
-            times["copy_fsync"].append(time_copy(buf, base, True))
-            for kind, h in zip(("private", "shared"), helpers, strict=True):
-                times[f"{kind}_nofsync"].append(time_dump(host, h.pid, base, False)[0])
-            times["copy"].append(time_copy(buf, base, False))
-        rss = {kind: cli_dump_rss(h.pid, base)
-               for kind, h in zip(("private", "shared"), helpers, strict=True)}
-        verify_s = {kind: time_verify(host, h.pid, base)
-                    for kind, h in zip(("private", "shared"), helpers, strict=True)}
-        if profile:
-            import cProfile
-            import pstats
-
-            prof = cProfile.Profile()
-            prof.runcall(time_dump, host, helpers[0].pid, base)
-            pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(15)
-        buf.close()
+        for r in range(repeats):
+            # Rotated: on this VM a buffered write is fast into memory just freed and slow
+            # into memory the guest has returned to the host (free page reporting), so who
+            # runs after whom matters; each contestant follows each other one in turn.
+            for c in live[r % len(live):] + live[: r % len(live)]:
+                time.sleep(SETTLE)
+                one(c, exe, helper, size, base, src, res[c.name])
     finally:
-        for h in helpers:
-            stop_helper(h)
-        shutil.rmtree(base, ignore_errors=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    res: dict = {"mib": mib, "repeats": repeats,
-                 "private_pages": pages["private"], "shared_pages": pages["shared"]}
-    for k in KINDS:
-        res[f"{k}_s"] = round(med[k], 3)
-        res[f"{k}_gbs"] = gbs(size, med[k])
-    best = {k: min(v) for k, v in times.items()}  # as criu.md quotes CRIU: median and best
-    for k in KINDS:
-        res[f"{k}_best_s"] = round(best[k], 3)
-    for k in ("private", "shared"):  # each against the copy that promises as much
-        res[f"{k}_vs_copy_fsync"] = round(med["copy_fsync"] / med[k], 3)
-        res[f"{k}_nofsync_vs_copy"] = round(med["copy"] / med[f"{k}_nofsync"], 3)
-        res[f"{k}_nofsync_vs_copy_best"] = round(best["copy"] / best[f"{k}_nofsync"], 3)
-    for k in ("private", "shared"):
-        res[f"{k}_cli_peak_rss_mib"] = round(rss[k] / 1024, 1)
-        res[f"{k}_verify_live_s"] = round(verify_s[k], 3)
-    for k in KINDS:
-        res[f"{k}_runs_s"] = [round(x, 3) for x in times[k]]
+        helper.stop()
+        os.unlink(src)
     return res
+
+
+def summarise(mib: int, kind: str, res: dict[str, Runs]) -> dict:
+    size = mib << 20
+    out: dict = {}
+    crit = res.get("criu")
+    for name, r in res.items():
+        med, best = statistics.median(r.seconds), min(r.seconds)
+        row = {"median_s": round(med, 3), "best_s": round(best, 3),
+               "gbs": round(size / med / 1e9, 2), "best_gbs": round(size / best / 1e9, 2),
+               "runs_s": [round(x, 3) for x in r.seconds]}
+        if crit is not None:
+            row["vs_criu"] = round(statistics.median(crit.seconds) / med, 2)
+            row["vs_criu_best"] = round(min(crit.seconds) / best, 2)
+        if r.rss_kib:
+            row["peak_rss_mib"] = round(max(r.rss_kib) / 1024, 1)
+        if r.freeze_s:
+            row["freeze_s"] = round(statistics.median(r.freeze_s), 3)
+        if r.reported_freeze_s:
+            row["reported_freeze_s"] = round(statistics.median(r.reported_freeze_s), 3)
+        if r.dump_s:
+            row["in_dump_s"] = round(statistics.median(r.dump_s), 3)
+        out[name] = row
+    return {"mib": mib, "kind": kind, "repeats": len(next(iter(res.values())).seconds),
+            "contestants": out}
+
+
+def markdown(blocks: list[dict], skipped: dict[str, str]) -> str:
+    lines = ["| size, memory | contestant | median s | best s | GB/s (median / best) | "
+             "vs CRIU (median / best) | freeze s | peak RSS MiB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for b in blocks:
+        for name, r in b["contestants"].items():
+            vs = f"{r['vs_criu']} / {r['vs_criu_best']}" if "vs_criu" in r else ""
+            fr = r.get("freeze_s", "")
+            if "reported_freeze_s" in r:
+                fr = f"{fr} (says {r['reported_freeze_s']})"
+            lines.append(f"| {b['mib']} MiB {b['kind']} | {name} | {r['median_s']} | "
+                         f"{r['best_s']} | {r['gbs']} / {r['best_gbs']} | {vs} | {fr} | "
+                         f"{r.get('peak_rss_mib', '')} |")
+    for name, why in skipped.items():
+        lines.append(f"\n{name} skipped: {why}")
+    return "\n".join(lines)
+
+
+def run(mibs: list[int], repeats: int, kinds: list[str], directory: str, trees: list[str],
+        criu: str) -> dict:
+    base = tempfile.mkdtemp(prefix="dumper-bench-live-", dir=directory)
+    try:
+        exe = build_helper(base)
+        cs = contestants(criu, trees)
+        blocks = [summarise(mib, kind, block(exe, cs, mib, kind, repeats, base))
+                  for mib in mibs for kind in kinds]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return {"blocks": blocks, "skipped": {c.name: c.skip for c in cs if c.skip}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.live")
     ap.add_argument("--json", action="store_true", help="one JSON line (bench/__main__.py)")
-    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--mib", type=int, nargs="+", default=[1024])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--kinds", nargs="+", choices=("private", "shared"),
+                    default=["private", "shared"])
     ap.add_argument("--dir", default="/var/tmp", help="a directory on the disk to measure")
-    ap.add_argument("--profile", action="store_true", help="cProfile one private dump")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                    help="another tree to compare with (PYTHONPATH=DIR), repeatable")
+    ap.add_argument("--criu", default=CRIU)
     a = ap.parse_args()
-    res = run(a.mib, a.repeats, a.dir, a.profile)
+    res = run(a.mib, a.repeats, a.kinds, a.dir, a.tree, a.criu)
     if a.json:
         print(json.dumps(res))
         return
-    for k, v in res.items():
-        print(f"{k:18s} {v}")
+    print(markdown(res["blocks"], res["skipped"]))
 
 
 if __name__ == "__main__":

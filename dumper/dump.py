@@ -49,7 +49,11 @@ from dumper.select import (
 from dumper.state import DEAD, TaskState
 from dumper.words import count
 
-CHUNK = 8 << 20  # bytes per read of target memory or object
+# Bytes per read of target memory or object. Each chunk is a pooled buffer until the Sink has
+# written it (DEPTH queued, one being written, one being read: six in flight), so this sets
+# the dump's memory: 4 MiB keeps a 4 GiB dump under 128 MiB peak RSS where 8 MiB took 131 MiB
+# (bench.live), at the same speed.
+CHUNK = 4 << 20
 U64 = np.uint64
 
 
@@ -110,7 +114,7 @@ class DumpSummary:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)  # selected, not saved
-    frozen_seconds: float = 0.0  # how long the tree was stopped
+    frozen_seconds: float = 0.0  # how long the tree was stopped: what its users felt
 
     def line(self) -> str:
         mib = self.bytes_written / (1 << 20)
@@ -385,8 +389,8 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
     tell = progress or Progress()
     tell.phase("freezing and collecting", 0)
     freezing = host.freeze_tree(root) if tree else host.freeze([root])
+    t_freeze = time.perf_counter()
     with freezing as frozen:
-        t_frozen = time.perf_counter()
         infos = frozen if tree else tree_of(host, root, tree=False)
         tasks, objects = collect(host, infos, strategy, note)
         try:
@@ -407,14 +411,14 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
         finally:
             for info in objects.values():
                 info.handle.close()
-        frozen_for = time.perf_counter() - t_frozen
+    frozen_s = time.perf_counter() - t_freeze  # seizing the first task to thawing the last
     tell.done()
     return DumpSummary(
         path=out, strategy=strategy, profile=profile or host.kind, tasks=len(tasks),
         vmas=sum(len(t.maps) for t in tasks), private_pages=private_pages, cow_pages=cow_pages,
         shared_objects=len(objects), shared_pages=shared_pages, bytes_written=written,
         seconds=time.perf_counter() - t0, warnings=warnings, unreadable=unreadable,
-        frozen_seconds=frozen_for,
+        frozen_seconds=frozen_s,
     )
 
 

@@ -104,9 +104,14 @@ def test_pages_writer_on_a_direct_fd(tmp_path, compress):
     finally:
         os.close(fd)
     assert meta.raw_size == len(data) and meta.stored_size == os.path.getsize(tmp_path / "f")
+    _assert_reads_back(tmp_path / "f", meta, data)
+
+
+def _assert_reads_back(path, meta, data: bytes) -> None:
+    """The file's checksum holds and its raw bytes are data."""
     from dumper.images.pages import PagesReader
 
-    r = PagesReader(str(tmp_path / "f"), meta)
+    r = PagesReader(str(path), meta)
     try:
         r.verify()
         assert r.read(0, len(data)) == data
@@ -152,3 +157,24 @@ def test_direct_write_refused_falls_back_to_buffered(tmp_path, monkeypatch):
     finally:
         os.close(fd)
     assert refused and (tmp_path / "f").read_bytes() == data
+
+
+@pytest.mark.parametrize("threads", [0, 1, 2, 3])
+def test_zstd_frames_compressed_in_parallel_are_stored_in_order(tmp_path, threads):
+    # Chunks that end inside a frame, span several and fill exactly one; frames from the
+    # caller's buffers and from the writer's own: every frame in order, checksum of the file.
+    frame = 4 * P
+    sizes = [P, 3 * P, 9 * P, frame, 2 * P, 13 * P, P]
+    data = b"".join(os.urandom(n // 2) + bytes(n // 2) for n in sizes)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        pw = PagesWriter(fd, 1, P, "zstd", threads=threads, frame_size=frame)
+        pos = 0
+        for n in sizes:
+            pw.write(memoryview(data)[pos : pos + n])
+            pos += n
+        meta = pw.close()
+    finally:
+        os.close(fd)
+    assert len(meta.frame_sizes) == -(-len(data) // frame)
+    _assert_reads_back(tmp_path / "f", meta, data)

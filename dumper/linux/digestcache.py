@@ -29,7 +29,7 @@ from dumper.kabi import PAGE_SHIFT, PAGE_SIZE, PM_FILE, PM_PFRAME_MASK, PM_PRESE
 
 U64 = np.uint64
 MAX_PENDING = 16  # chunks (8 MiB each from dump.read_runs) waiting to be digested
-MAX_CHUNK = 64 << 20  # larger reads are not kept (a dump reads 8 MiB at a time)
+MAX_CHUNK = 64 << 20  # larger reads are not kept (a dump reads 4 MiB at a time)
 
 
 def _digest(buf: bytes | bytearray | memoryview, mask: np.ndarray) -> np.ndarray:
