@@ -16,6 +16,7 @@ Every process it started is killed by pid and reaped before it exits, whatever h
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -59,10 +60,8 @@ def kill_tree(root: int, itself: bool = True) -> None:
     for pid in reversed(tree_pids(root)):
         if pid == root and not itself:
             continue
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def wait_line(path: Path, word: str, deadline: float) -> bool:
