@@ -81,6 +81,10 @@ class FdState:
     size: int | None = None  # regular files only
     mode: int = 0
     data: bytes = b""  # pipe: what its buffer held (read without consuming it)
+    desc: int = 0  # its open file description, the same for every fd that shares it
+    counter: int = 0  # eventfd: its count
+    targets: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)
+    # epoll: (tfd, events, data, pos, ino, sdev) of each target, as fdinfo lists them
     pipe_size: int = 0
 
 

@@ -17,7 +17,8 @@ from dumper.state import ALIVE, DEAD, STOPPED, Creds, FdState, Fpu, TaskState, T
 
 TASK_STATE = {ALIVE: 1, DEAD: 2, STOPPED: 3}  # criu/include/pid.h
 FD_CLOEXEC = 1
-FD_TYPE = {"reg": criu.REG, "pipe": criu.PIPE}
+FD_TYPE = {"reg": criu.REG, "pipe": criu.PIPE, "eventfd": criu.EVENTFD,
+           "eventpoll": criu.EVENTPOLL}
 XSAVE_FIELDS = {2: ("ymmh_space", "I"), 3: ("bndreg_state", "Q"), 4: ("bndcsr_state", "Q"),
                 5: ("opmask_reg", "Q"), 6: ("zmm_upper", "Q"), 7: ("hi16_zmm", "Q"),
                 9: ("pkru", "I")}
@@ -156,7 +157,7 @@ class NsIds:
 
     def __init__(self) -> None:
         self.ids: dict[tuple[str, int], int] = {}
-        self.files: dict[tuple, int] = {}
+        self.files: dict[object, int] = {}  # open file description -> files.img id
         self.fdinfo_written: set[int] = set()
         self.pipes_data: dict[int, tuple[bytes, int]] = {}  # pipe inode -> bytes, capacity
 
@@ -192,6 +193,15 @@ def file_entry(fid: int, fd: FdState) -> criu.FileEntry:
     if fd.kind == "pipe":
         return criu.FileEntry(type=criu.PIPE, id=fid, pipe=criu.PipeEntry(
             id=fid, pipe_id=fd.ino & 0xFFFFFFFF, flags=fd.flags, fown=_fown()))
+    if fd.kind == "eventfd":
+        return criu.FileEntry(type=criu.EVENTFD, id=fid, efd=criu.EventfdFileEntry(
+            id=fid, flags=fd.flags, fown=_fown(), counter=fd.counter))
+    if fd.kind == "eventpoll":
+        tfds = [criu.EventpollTfdEntry(id=fid, tfd=t, events=ev, data=data, pos=pos,
+                                       inode=ino, dev=dev)
+                for t, ev, data, pos, ino, dev in fd.targets]
+        return criu.FileEntry(type=criu.EVENTPOLL, id=fid, epfd=criu.EventpollFileEntry(
+            id=fid, flags=fd.flags, fown=_fown(), tfd=tfds))
     raise ValueError(f"fd {fd.fd}: no image for kind {fd.kind!r}")
 
 
@@ -264,7 +274,7 @@ def write_pipes_data(writer, ns: NsIds) -> None:
 
 
 def fd_file_id(writer, ns: NsIds, fd: FdState) -> int:
-    key = (fd.kind, fd.dev, fd.ino, fd.flags, fd.pos, fd.path)
+    key = fd.desc or (fd.kind, fd.dev, fd.ino, fd.flags, fd.pos, fd.path)
     fid = ns.files.get(key)
     if fid is None:
         fid = ns.files[key] = writer.add_file(lambda i: file_entry(i, fd))

@@ -203,6 +203,7 @@ class LinuxHost:
         states = [taskstate.task_state(t.pid, procfs.threads(t.pid), leave_out)
                   for t in tasks]
         taskstate.assign_kobj_ids(states)
+        taskstate.assign_descriptions(states)
         return states, taskstate.ns_inodes(os.getpid())
 
     # -- ground truth --------------------------------------------------------------------------

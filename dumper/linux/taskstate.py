@@ -27,6 +27,7 @@ RLIMIT_NLIMITS = 16
 AT_VECTOR_SIZE = 44  # CRIU's auxv bound: 2 * (AT_VECTOR_SIZE_ARCH 2 + AT_VECTOR_SIZE_BASE 20)
 SYS_prlimit64, SYS_get_robust_list, SYS_kcmp = 302, 274, 312
 KCMP = {"vm": 1, "files": 2, "fs": 3, "sighand": 4}  # include/uapi/linux/kcmp.h
+KCMP_FILE = 0
 
 # The /proc/PID/stat fields (1-based) MmEntry takes (fs/proc/array.c do_task_stat).
 MM_STAT_FIELDS = {"mm_start_code": 26, "mm_end_code": 27, "mm_start_stack": 28,
@@ -246,6 +247,27 @@ def _file_maps(pid: int):
     from dumper.host import parse_maps
 
     return [e for e in parse_maps(procfs.task_maps(pid)) if e.path.startswith("/")]
+
+
+def assign_descriptions(states: list[TaskState]) -> None:
+    """Number the open file descriptions: fds that share one (dup, or inherited over fork)
+    get the same desc, found by kcmp(KCMP_FILE) (kernel/kcmp.c: the same struct file) among
+    the fds on the same inode, as CRIU's files.img holds one entry per description."""
+    seen: dict[tuple[int, int], list[tuple[int, int, int]]] = {}  # (dev, ino) -> pid, fd, desc
+    next_desc = 1
+    for st in states:
+        for fd in st.fds:
+            for pid, other, desc in seen.get((fd.dev, fd.ino), ()):
+                try:
+                    if _sys(SYS_kcmp, st.pid, pid, KCMP_FILE, fd.fd, other) == 0:
+                        fd.desc = desc
+                        break
+                except OSError:
+                    continue
+            else:
+                fd.desc = next_desc
+                next_desc += 1
+                seen.setdefault((fd.dev, fd.ino), []).append((st.pid, fd.fd, fd.desc))
 
 
 def assign_kobj_ids(states: list[TaskState]) -> None:
