@@ -86,9 +86,10 @@ STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek"
               help="With --pid: leave descriptors of this kind (socket, eventfd, tty, ...; "
               "'any' for every kind dumper cannot dump yet) out of the set instead of "
               "refusing; a restore has them closed.")
-@click.option("--cow-per-task", is_flag=True,
-              help="With --pid: store COW-shared pages in every task's own pagemap, as CRIU "
-              "does (CRIU's restore reads no cow-PID.img); default: once, in the first task.")
+@click.option("--for-criu", is_flag=True,
+              help="With --pid: write what CRIU 4.2's restore needs beyond dumper's own "
+              "format: COW-shared pages in every task's pagemap (CRIU reads no cow-PID.img; "
+              "by default they are stored once) and each task's whole [vdso].")
 @click.option("--truth/--no-truth", default=None,
               help="Record every page's digest (truth-PID.img). Default: on for --scenario; "
               "off for --pid, whose sets `verify --pid` checks against the live tree.")
@@ -107,7 +108,7 @@ STRATEGY = click.Choice(["auto", "pagemap", "mincore-or", "mincore-and", "lseek"
               "as CRIU does (faster where memory has room; still renamed into place whole).")
 @user_errors
 def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
-         leave_out: tuple[str, ...], cow_per_task: bool, truth: bool | None, kernel: str,
+         leave_out: tuple[str, ...], for_criu: bool, truth: bool | None, kernel: str,
          strategy: str, compress: str | None, level: int, threads: int, out: str, force: bool,
          sync: bool) -> None:
     """Dump a process tree into a CRIU-format image set: a scenario on the model
@@ -132,7 +133,7 @@ def dump(scenario: str | None, pid: int | None, tree: bool, leave_stopped: bool,
         summary = do_dump(host, pid, out, strategy, tree=tree, truth=record,
                           profile=f"linux-{os.uname().release}", compress=compress,
                           level=level, threads=threads, force=force, warn=warn, sync=sync,
-                          leave_out=frozenset(leave_out), cow_once=not cow_per_task)
+                          leave_out=frozenset(leave_out), for_criu=for_criu)
         click.echo(summary.line())
         return
     profile = load_profile(kernel)

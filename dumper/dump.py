@@ -283,12 +283,13 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
          compress: str | None = None, level: int = 3, threads: int = 0, force: bool = False,
          warn: Callable[[str], None] | None = None, tree: bool = True,
          truth: bool = True, sync: bool = True,
-         leave_out: frozenset[str] = frozenset(), cow_once: bool = True) -> DumpSummary:
+         leave_out: frozenset[str] = frozenset(), for_criu: bool = False) -> DumpSummary:
     """Dump the tree rooted at root into the image set directory out; sync=False leaves
     the files to the kernel's writeback (ImageSetWriter). leave_out: fd kinds (e.g.
-    "socket") left out of the images instead of refused. cow_once=False stores every
-    task's COW-shared pages in its own pagemap, as CRIU does and needs (its restore reads
-    no cow-PID.img: an inherited page missing from a child's pagemap is zeroed)."""
+    "socket") left out of the images instead of refused. for_criu=True writes what
+    CRIU 4.2's restore needs beyond dumper's format: every task's COW-shared pages in its
+    own pagemap (CRIU reads no cow-PID.img: an inherited page missing from a child's
+    pagemap is zeroed) and the whole [vdso] (its restorer parses the dumped vdso's ELF)."""
     if strategy not in STRATEGIES:
         raise DumpError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
     t0 = time.perf_counter()
@@ -307,14 +308,14 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
         tasks, objects = collect(host, infos, strategy, note)
         try:
             states, own_ns = host.task_states(infos, leave_out)  # threads, registers, files
-            cow_pages = find_cow(tasks, host.show_pfn(), host.zero_pfn()) if cow_once else 0
+            cow_pages = 0 if for_criu else find_cow(tasks, host.show_pfn(), host.zero_pfn())
             writer = ImageSetWriter(out, force=force, compress=compress, level=level,
                                     threads=threads, strategy=strategy, profile=profile,
                                     host_kind=host.kind, root_pid=root, sync=sync)
             with writer:
                 shared_pages = _write_objects(writer, objects, note)
                 private_pages = _write_tasks(host, writer, tasks, note, truth,
-                                             {s.pid: s for s in states}, own_ns)
+                                             {s.pid: s for s in states}, own_ns, for_criu)
             written = _dir_bytes(out)
         finally:
             for info in objects.values():
@@ -354,7 +355,7 @@ def _vma_record(e: MapEntry, info: SharedInfo | None) -> Vma:
 def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
                  warn: Callable[[str], None], truth: bool = True,
                  states: dict[int, TaskState] | None = None,
-                 own_ns: dict[str, int] | None = None) -> int:
+                 own_ns: dict[str, int] | None = None, for_criu: bool = False) -> int:
     total = 0
     states = states or {}
     ns = criustate.NsIds()
@@ -373,7 +374,7 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
             writer.add_task(pid, t.info.ppid, t.info.comm, vmas,
                             pgid=t.info.pgid or None, sid=t.info.sid or None)
         runs = []
-        vdso = st.vdso if st is not None else None
+        vdso = st.vdso if st is not None and for_criu else None
         for pv in t.private:
             mask = pv.stored if pv.stored is not None else pv.selected
             if vdso is not None and pv.vma.start == vdso[0]:

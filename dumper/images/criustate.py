@@ -18,7 +18,7 @@ from dumper.state import ALIVE, DEAD, STOPPED, Creds, FdState, Fpu, TaskState, T
 TASK_STATE = {ALIVE: 1, DEAD: 2, STOPPED: 3}  # criu/include/pid.h
 FD_CLOEXEC = 1
 FD_TYPE = {"reg": criu.REG, "pipe": criu.PIPE, "eventfd": criu.EVENTFD,
-           "eventpoll": criu.EVENTPOLL}
+           "eventpoll": criu.EVENTPOLL, "memfd": criu.MEMFD}
 XSAVE_FIELDS = {2: ("ymmh_space", "I"), 3: ("bndreg_state", "Q"), 4: ("bndcsr_state", "Q"),
                 5: ("opmask_reg", "Q"), 6: ("zmm_upper", "Q"), 7: ("hi16_zmm", "Q"),
                 9: ("pkru", "I")}
@@ -186,13 +186,19 @@ def _fown() -> criu.FownEntry:
     return criu.FownEntry(uid=0, euid=0, signum=0, pid_type=0, pid=0)
 
 
-def file_entry(fid: int, fd: FdState) -> criu.FileEntry:
+def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None) -> criu.FileEntry:
     """The files.img entry of one open file (its description, shared by dup'ed fds)."""
     if fd.kind == "reg":
         return reg_file(fid, fd.path, fd.flags, fd.pos, fd.size, fd.mode)
     if fd.kind == "pipe":
         return criu.FileEntry(type=criu.PIPE, id=fid, pipe=criu.PipeEntry(
             id=fid, pipe_id=fd.ino & 0xFFFFFFFF, flags=fd.flags, fown=_fown()))
+    if fd.kind == "memfd":
+        if memfd_inode is None:
+            raise ValueError(f"fd {fd.fd} ({fd.path}): a memfd no task maps: its contents are "
+                             "not dumped yet (leave it out with --leave-out memfd)")
+        return criu.FileEntry(type=criu.MEMFD, id=fid, memfd=criu.MemfdFileEntry(
+            id=fid, flags=fd.flags, pos=fd.pos, fown=_fown(), inode_id=memfd_inode))
     if fd.kind == "eventfd":
         return criu.FileEntry(type=criu.EVENTFD, id=fid, efd=criu.EventfdFileEntry(
             id=fid, flags=fd.flags, fown=_fown(), counter=fd.counter))
@@ -277,7 +283,8 @@ def fd_file_id(writer, ns: NsIds, fd: FdState) -> int:
     key = fd.desc or (fd.kind, fd.dev, fd.ino, fd.flags, fd.pos, fd.path)
     fid = ns.files.get(key)
     if fid is None:
-        fid = ns.files[key] = writer.add_file(lambda i: file_entry(i, fd))
+        inode = writer.memfd_inode(fd.ino) if fd.kind == "memfd" else None
+        fid = ns.files[key] = writer.add_file(lambda i: file_entry(i, fd, inode))
     if fd.kind == "pipe":
         ns.pipes_data.setdefault(fd.ino, (fd.data, fd.pipe_size))
     return fid

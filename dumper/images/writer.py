@@ -440,6 +440,10 @@ class ImageSetWriter:
             self._files[-1].reg.size, self._files[-1].reg.mode = size, mode
         return fid
 
+    def memfd_inode(self, shmid: int) -> int | None:
+        """The memfd.img inode id of a memfd object added with add_shared_object."""
+        return next((m.inode_id for m in self._memfds if m.shmid == shmid), None)
+
     def add_file(self, make: Any) -> int:
         """A files.img entry made by make(id) -> FileEntry; returns the id."""
         fid = len(self._files) + 1

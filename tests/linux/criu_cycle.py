@@ -92,7 +92,7 @@ def main() -> None:
         result["stage"] = "dump"
         if how == "dumper":
             cmd = [sys.executable, "-m", "dumper.cli", "dump", "--pid", str(root), "--tree",
-                   "--cow-per-task", "-o", str(images)]
+                   "--for-criu", "-o", str(images)]
         else:
             cmd = [criu, "dump", "-t", str(root), "-D", str(images), "--shell-job",
                    "-o", "dump.log", "-v4"]

@@ -13,7 +13,7 @@ import stat as st_mod
 from collections.abc import Callable, Collection
 
 from dumper.linux.errors import ProcError, Unsupported
-from dumper.linux.files import eventfd, eventpoll, pipe, reg
+from dumper.linux.files import eventfd, eventpoll, memfd, pipe, reg
 from dumper.linux.files.common import RAW, parse_fdinfo
 from dumper.state import FdState
 
@@ -22,7 +22,8 @@ Collector = Callable[[int, int, str, os.stat_result, dict[str, str]], FdState]
 ANY = "any"  # leave out every kind no module knows
 # kind -> collector; the kind is also the CRIU fd type's name in lower case.
 KINDS: dict[str, Collector] = {"reg": reg.collect, "pipe": pipe.collect,
-                               "eventfd": eventfd.collect, "eventpoll": eventpoll.collect}
+                               "eventfd": eventfd.collect, "eventpoll": eventpoll.collect,
+                               "memfd": memfd.collect}
 
 
 def fd_kind(link: str, st: os.stat_result) -> str:
