@@ -39,6 +39,7 @@ PROGRAMS = {
     "cow_fork": None,        # private memory shared copy-on-write after fork
     "shared_mem": None,      # MAP_SHARED anon the parent unmapped; a memfd mapped by two
     "epoll_eventfd": None,   # an eventfd with a count, an epoll set on it and a pipe
+    "pycheck.py": None,      # Python: bytearray, float, handler, a thread, a child, a file
     "prot_none": "the memory side: PROT_NONE pages are saved as zeros (issue 10 item 2) and "
                  "guard regions go to guards-PID.img, which CRIU does not read (it wants "
                  "VMA_AREA_GUARD VMAs in mm-PID.img)",
@@ -54,16 +55,21 @@ def built(tmp_path_factory) -> Path:
         pytest.skip("needs gcc to build the test programs")
     out = tmp_path_factory.mktemp("cprogs")
     for name in PROGRAMS:
+        if name.endswith(".py"):
+            continue
         subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-pthread", "-o", str(out / name),
                         str(CPROGS / f"{name}.c")], check=True, capture_output=True)
     return out
 
 
-def cycle(binary: Path, work: Path, how: str) -> dict:
-    """One dump/kill/restore/signal cycle by criu_cycle.py; its JSON report."""
+def cycle(built: Path, name: str, work: Path, how: str) -> dict:
+    """One dump/kill/restore/signal cycle by criu_cycle.py; its JSON report. A .py program
+    runs under this interpreter (its real binary: CRIU restores the exe by its path)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, str(CYCLE), str(CRIU), str(binary), str(work), how],
-                       capture_output=True, text=True, timeout=600, env=env)
+    prog = [os.path.realpath(sys.executable), str(CPROGS / name)] if name.endswith(".py") \
+        else [str(built / name)]
+    r = subprocess.run([sys.executable, str(CYCLE), str(CRIU), prog[0], str(work), how,
+                        *prog[1:]], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -72,14 +78,14 @@ def cycle(binary: Path, work: Path, how: str) -> dict:
 def test_criu_restores_dumper_set(name, built, tmp_path, request):
     """CRIU's own cycle first (twice if need be: a loaded machine makes CRIU flaky now
     and then); then dumper's must PASS."""
-    theirs = cycle(built / name, tmp_path / "criu", "criu")
+    theirs = cycle(built, name, tmp_path / "criu", "criu")
     if not theirs["ok"]:
         shutil.rmtree(tmp_path / "criu")
-        theirs = cycle(built / name, tmp_path / "criu", "criu")
+        theirs = cycle(built, name, tmp_path / "criu", "criu")
     if not theirs["ok"]:
         pytest.skip(f"CRIU 4.2 cannot restore {name} from its own dump either "
                     f"({theirs['stage']}): {theirs['log'] or theirs['out']}"[:500])
     if PROGRAMS[name]:
         request.applymarker(pytest.mark.xfail(reason=PROGRAMS[name], strict=False))
-    ours = cycle(built / name, tmp_path / "dumper", "dumper")
+    ours = cycle(built, name, tmp_path / "dumper", "dumper")
     assert ours["ok"], f"{ours['stage']}: {ours['out']}\n{ours['log']}"
