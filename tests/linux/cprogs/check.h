@@ -100,3 +100,23 @@ static inline void check_child(pid_t pid, int want)
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == want,
 	      "child %d: status %#x, want exit %d", pid, status, want);
 }
+
+/* fork(), returning in the parent once the child runs (so it holds no half-made state) */
+static inline pid_t fork_started(void)
+{
+	int p[2];
+	char r = 'r';
+	CHECK(pipe(p) == 0, "pipe");
+	fflush(stdout);
+	pid_t c = fork();
+	if (c == 0) {
+		close(p[0]);
+		CHECK(write(p[1], &r, 1) == 1, "started write");
+		close(p[1]);
+		return 0;
+	}
+	close(p[1]);
+	CHECK(read(p[0], &r, 1) == 1, "child %d never started", c);
+	close(p[0]);
+	return c;
+}
