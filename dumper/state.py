@@ -85,6 +85,7 @@ class FdState:
     counter: int = 0  # eventfd: its count
     targets: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)
     # epoll: (tfd, events, data, pos, ino, sdev) of each target, as fdinfo lists them
+    sock: dict[str, object] = field(default_factory=dict)  # socket: family, addresses, opts
     pipe_size: int = 0
 
 

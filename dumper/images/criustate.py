@@ -18,7 +18,7 @@ from dumper.state import ALIVE, DEAD, STOPPED, Creds, FdState, Fpu, TaskState, T
 TASK_STATE = {ALIVE: 1, DEAD: 2, STOPPED: 3}  # criu/include/pid.h
 FD_CLOEXEC = 1
 FD_TYPE = {"reg": criu.REG, "pipe": criu.PIPE, "eventfd": criu.EVENTFD,
-           "eventpoll": criu.EVENTPOLL, "memfd": criu.MEMFD}
+           "eventpoll": criu.EVENTPOLL, "memfd": criu.MEMFD, "socket": criu.INETSK}
 XSAVE_FIELDS = {2: ("ymmh_space", "I"), 3: ("bndreg_state", "Q"), 4: ("bndcsr_state", "Q"),
                 5: ("opmask_reg", "Q"), 6: ("zmm_upper", "Q"), 7: ("hi16_zmm", "Q"),
                 9: ("pkru", "I")}
@@ -199,6 +199,13 @@ def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None) -> criu.Fi
                              "not dumped yet (leave it out with --leave-out memfd)")
         return criu.FileEntry(type=criu.MEMFD, id=fid, memfd=criu.MemfdFileEntry(
             id=fid, flags=fd.flags, pos=fd.pos, fown=_fown(), inode_id=memfd_inode))
+    if fd.kind == "socket":
+        sk = dict(fd.sock)
+        opts = criu.SkOptsEntry(**sk.pop("opts"))  # type: ignore[arg-type]
+        src = sk.pop("src_addr")
+        return criu.FileEntry(type=criu.INETSK, id=fid, isk=criu.InetSkEntry(
+            id=fid, ino=fd.ino & 0xFFFFFFFF, dst_port=0, flags=fd.flags, fown=_fown(),
+            opts=opts, src_addr=src, dst_addr=[0] * len(src), **sk))
     if fd.kind == "eventfd":
         return criu.FileEntry(type=criu.EVENTFD, id=fid, efd=criu.EventfdFileEntry(
             id=fid, flags=fd.flags, fown=_fown(), counter=fd.counter))

@@ -13,7 +13,7 @@ import stat as st_mod
 from collections.abc import Callable, Collection
 
 from dumper.linux.errors import ProcError, Unsupported
-from dumper.linux.files import eventfd, eventpoll, memfd, pipe, reg
+from dumper.linux.files import eventfd, eventpoll, memfd, pipe, reg, socket
 from dumper.linux.files.common import RAW, parse_fdinfo
 from dumper.state import FdState
 
@@ -23,7 +23,7 @@ ANY = "any"  # leave out every kind no module knows
 # kind -> collector; the kind is also the CRIU fd type's name in lower case.
 KINDS: dict[str, Collector] = {"reg": reg.collect, "pipe": pipe.collect,
                                "eventfd": eventfd.collect, "eventpoll": eventpoll.collect,
-                               "memfd": memfd.collect}
+                               "memfd": memfd.collect, "socket": socket.collect}
 
 
 def fd_kind(link: str, st: os.stat_result) -> str:
@@ -75,5 +75,9 @@ def collect_fds(pid: int, leave_out: Collection[str] = ()) -> list[FdState]:
         if collector is None:
             raise Unsupported(f"pid {pid}: fd {fd} is a {kind} ({link}): dumper cannot dump "
                               f"that kind of file yet (leave it out with --leave-out {kind})")
-        out.append(collector(pid, fd, link, st, info))
+        try:
+            out.append(collector(pid, fd, link, st, info))
+        except Unsupported:  # a kind with a module, but not this variant (a connected socket)
+            if ANY not in leave_out:
+                raise
     return out

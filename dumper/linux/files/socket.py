@@ -1,0 +1,128 @@
+"""Sockets (CRIU's sk-inet.c, sockets.c): listening TCP sockets, IPv4 and IPv6 — bound
+address and port, backlog, SOL_SOCKET options. Connected sockets (and every other socket
+kind) are refused: their in-flight state is not dumped.
+
+The socket is asked through a descriptor of our own on it (pidfd_getfd, kernel/pid.c:
+the same struct file), with getsockname/getsockopt; the backlog, which no getsockopt
+returns, from sock_diag (net/ipv4/inet_diag.c: a listener's idiag_wqueue is
+sk_max_ack_backlog), as CRIU's collect_sockets does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+
+from dumper.linux.errors import Unsupported
+from dumper.linux.files.common import base_state
+from dumper.state import FdState
+
+SYS_pidfd_getfd = 438
+TCP_LISTEN = 10
+NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
+NLM_F_REQUEST, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR = 1, 0x300, 3, 2
+_syscall = ctypes.CDLL(None, use_errno=True).syscall
+_syscall.restype = ctypes.c_long
+
+
+def pidfd_getfd(pid: int, fd: int) -> int:
+    """Our own descriptor on pid's fd (pidfd_getfd(2); ptrace access needed)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        ret = _syscall(ctypes.c_long(SYS_pidfd_getfd), ctypes.c_int(pidfd), ctypes.c_int(fd),
+                       ctypes.c_uint(0))
+        if ret < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"pidfd_getfd({pid}, {fd}): {os.strerror(err)}")
+        return ret
+    finally:
+        os.close(pidfd)
+
+
+def listen_backlog(family: int, ino: int) -> int | None:
+    """The backlog of the listening TCP socket with inode ino, by an inet_diag dump of the
+    listeners (struct inet_diag_req_v2 -> inet_diag_msg.idiag_wqueue)."""
+    req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN) + bytes(48)
+    msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY,
+                      NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        nl.sendto(msg, (0, 0))
+        while True:
+            data = nl.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, off)
+                if kind in (NLMSG_DONE, NLMSG_ERROR) or length < 16:
+                    return None
+                # inet_diag_msg: 4 bytes, sockid (48), expires, rqueue, wqueue, uid, inode
+                wqueue, _, inode = struct.unpack_from("=III", data, off + 16 + 4 + 48 + 8)
+                if inode == ino:
+                    return wqueue
+                off += (length + 3) & ~3
+
+
+def _opt(s: socket.socket, name: int) -> int:
+    return s.getsockopt(socket.SOL_SOCKET, name)
+
+
+def _timeval(s: socket.socket, name: int) -> tuple[int, int]:
+    return struct.unpack("=qq", s.getsockopt(socket.SOL_SOCKET, name, 16))
+
+
+def sk_opts(s: socket.socket) -> dict[str, object]:
+    """The SOL_SOCKET options CRIU's dump_socket_opts records."""
+    snd, rcv = _timeval(s, socket.SO_SNDTIMEO), _timeval(s, socket.SO_RCVTIMEO)
+    onoff, linger = struct.unpack("=ii", s.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
+    out: dict[str, object] = dict(
+        so_sndbuf=_opt(s, socket.SO_SNDBUF), so_rcvbuf=_opt(s, socket.SO_RCVBUF),
+        so_snd_tmo_sec=snd[0], so_snd_tmo_usec=snd[1],
+        so_rcv_tmo_sec=rcv[0], so_rcv_tmo_usec=rcv[1],
+        reuseaddr=bool(_opt(s, socket.SO_REUSEADDR)),
+        so_reuseport=bool(_opt(s, socket.SO_REUSEPORT)),
+        so_priority=_opt(s, socket.SO_PRIORITY), so_rcvlowat=_opt(s, socket.SO_RCVLOWAT),
+        so_dontroute=bool(_opt(s, socket.SO_DONTROUTE)),
+        so_no_check=bool(_opt(s, 11)),  # SO_NO_CHECK
+        so_broadcast=bool(_opt(s, socket.SO_BROADCAST)),
+        so_keepalive=bool(_opt(s, socket.SO_KEEPALIVE)),
+        so_oobinline=_opt(s, socket.SO_OOBINLINE))
+    mark = _opt(s, socket.SO_MARK)
+    if mark:
+        out["so_mark"] = mark
+    if onoff:
+        out["so_linger"] = linger
+    return out
+
+
+def _addr_words(family: int, host: str) -> list[int]:
+    raw = socket.inet_pton(family, host)
+    return list(struct.unpack(f"={len(raw) // 4}I", raw))
+
+
+def collect(pid: int, fd: int, link: str, st: os.stat_result, info: dict[str, str]) -> FdState:
+    out = base_state(fd, "socket", link, st, info)
+    s = socket.socket(fileno=pidfd_getfd(pid, fd))
+    try:
+        listening = bool(_opt(s, socket.SO_ACCEPTCONN))
+        family, stype = s.family, s.type
+        if family not in (socket.AF_INET, socket.AF_INET6) or stype != socket.SOCK_STREAM \
+                or not listening:
+            what = "listening" if listening else "not listening"
+            raise Unsupported(
+                f"pid {pid}: fd {fd} is a socket ({link}), {socket.AddressFamily(family).name}"
+                f" {socket.SocketKind(stype).name}, {what}: dumper dumps listening TCP "
+                "sockets only yet (leave it out with --leave-out socket)")
+        host, port = s.getsockname()[:2]
+        backlog = listen_backlog(family, st.st_ino)
+        if backlog is None:
+            raise Unsupported(f"pid {pid}: fd {fd}: sock_diag does not know listening socket "
+                              f"{st.st_ino} (another network namespace?)")
+        out.sock = dict(family=int(family), type=int(stype), proto=socket.IPPROTO_TCP,
+                        state=TCP_LISTEN, src_port=port, src_addr=_addr_words(family, host),
+                        backlog=backlog, opts=sk_opts(s))
+        if family == socket.AF_INET6:
+            out.sock["v6only"] = bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    finally:
+        s.close()
+    return out
