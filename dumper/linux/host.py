@@ -40,6 +40,7 @@ class LinuxHost:
         self._show_pfn: bool | None = None
         self._zero_pfn: int | None | bool = False  # False: not asked yet
         self._cache: DigestCache | None = None  # while frozen (freeze())
+        self._freezer: freeze.Freezer | None = None  # while frozen: who was group-stopped
         self._buffers = BufferPool()
 
     # -- the tree ------------------------------------------------------------------------------
@@ -200,8 +201,10 @@ class LinuxHost:
                     ) -> tuple[list[taskstate.TaskState], dict[str, int]]:
         """Registers, signal state, credentials, files... of each frozen task
         (dumper.linux.taskstate); zombies as CRIU records them."""
-        states = [taskstate.task_state(t.pid, procfs.threads(t.pid), leave_out)
-                  for t in tasks]
+        fz = self._freezer
+        stopped = {tr.pid for tr in fz.tracees.values() if tr.was_group_stopped} if fz else set()
+        states = [taskstate.task_state(t.pid, procfs.threads(t.pid), leave_out,
+                                       stopped=t.pid in stopped) for t in tasks]
         taskstate.assign_kobj_ids(states)
         taskstate.assign_descriptions(states)
         return states, taskstate.ns_inodes(os.getpid())
@@ -238,9 +241,10 @@ class LinuxHost:
         with freeze.frozen(pids, root=root, leave_stopped=stop) as fz:
             cache = DigestCache(self.zero_pfn()) if self.digest_while_reading else None
             outer, self._cache = self._cache, cache
+            outer_fz, self._freezer = self._freezer, fz
             try:
                 yield fz
             finally:
-                self._cache = outer
+                self._cache, self._freezer = outer, outer_fz
                 if cache is not None:
                     cache.close()  # before the thaw

@@ -178,14 +178,16 @@ def thread_state(pid: int, tid: int, inj: inject.Injector, buf: int) -> ThreadSt
     return t
 
 
-def task_state(pid: int, tids: list[int], leave_out: Collection[str] = ()) -> TaskState:
-    """Everything but memory of a frozen, live task whose threads tids are all seized."""
+def task_state(pid: int, tids: list[int], leave_out: Collection[str] = (),
+               stopped: bool = False) -> TaskState:
+    """Everything but memory of a frozen, live task whose threads tids are all seized;
+    stopped: it was group-stopped before the freeze (/proc shows every tracee as 't')."""
     f = stat_fields(pid)
     if f[3] in ("Z", "X"):
         return zombie_state(pid)
     status = parse_status(procfs.read_text(pid, "status"))
     st = TaskState(pid=pid, comm=f[2], flags=int(f[9]), live=True,
-                   state=STOPPED if f[3] == "T" else ALIVE)
+                   state=STOPPED if stopped or f[3] == "T" else ALIVE)
     st.personality = int(procfs.read_text(pid, "personality"), 16)
     st.mm = {k: int(f[i]) for k, i in MM_STAT_FIELDS.items()}
     with open(f"/proc/{pid}/auxv", "rb") as f:

@@ -316,3 +316,23 @@ def test_crit_decodes_every_state_image(started, tmp_path):
     assert _crit_decodes([crit_or_skip()], crit_env(), out) == []
     if CRIT_42.exists():
         assert _crit_decodes([str(CRIT_42)], crit_env(), out) == []
+
+
+def test_stopped_task_is_recorded_stopped(started, tmp_path):
+    """A task SIGSTOPped before the dump is recorded stopped (task_state 3, stop_signo) —
+    under our ptrace every tracee reads 't' in /proc, so the freezer's own record says so —
+    and is left stopped."""
+    p = start(THREADS)
+    started.append(p)
+    settle(p.pid)
+    os.kill(p.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{p.pid}/stat").read_text().split(") ")[1][0] != "T":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    out = tmp_path / "set"
+    dump(LinuxHost(), p.pid, str(out), leave_out=ANY)
+    tc = codec.load(out / M.core(p.pid), codec.BY_NAME["CORE"]).entries[0].tc
+    assert (tc.task_state, tc.stop_signo) == (F.TASK_STOPPED, signal.SIGSTOP)
+    # thaw() waits until a task that was group-stopped is back in the stop
+    assert Path(f"/proc/{p.pid}/stat").read_text().split(") ")[1][0] == "T"
