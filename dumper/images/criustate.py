@@ -19,6 +19,13 @@ TASK_STATE = {ALIVE: 1, DEAD: 2, STOPPED: 3}  # criu/include/pid.h
 FD_CLOEXEC = 1
 FD_TYPE = {"reg": criu.REG, "pipe": criu.PIPE, "eventfd": criu.EVENTFD,
            "eventpoll": criu.EVENTPOLL, "memfd": criu.MEMFD, "socket": criu.INETSK}
+
+
+def fd_type(fd: FdState) -> int:
+    """The fdinfo type: sockets are INETSK or UNIXSK by family."""
+    if fd.kind == "socket" and "name" in fd.sock:
+        return criu.UNIXSK
+    return FD_TYPE[fd.kind]
 XSAVE_FIELDS = {2: ("ymmh_space", "I"), 3: ("bndreg_state", "Q"), 4: ("bndcsr_state", "Q"),
                 5: ("opmask_reg", "Q"), 6: ("zmm_upper", "Q"), 7: ("hi16_zmm", "Q"),
                 9: ("pkru", "I")}
@@ -199,6 +206,16 @@ def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None) -> criu.Fi
                              "not dumped yet (leave it out with --leave-out memfd)")
         return criu.FileEntry(type=criu.MEMFD, id=fid, memfd=criu.MemfdFileEntry(
             id=fid, flags=fd.flags, pos=fd.pos, fown=_fown(), inode_id=memfd_inode))
+    if fd.kind == "socket" and "name" in fd.sock:  # AF_UNIX
+        sk = dict(fd.sock)
+        opts = criu.SkOptsEntry(**sk.pop("opts"))  # type: ignore[arg-type]
+        perms = sk.pop("file_perms", None)
+        u = criu.UnixSkEntry(id=fid, ino=fd.ino & 0xFFFFFFFF, flags=fd.flags, uflags=0,
+                             peer=0, fown=_fown(), opts=opts, **sk)
+        if perms is not None:
+            u.file_perms.CopyFrom(criu.FilePermsEntry(mode=perms[0], uid=perms[1],
+                                                      gid=perms[2]))
+        return criu.FileEntry(type=criu.UNIXSK, id=fid, usk=u)
     if fd.kind == "socket":
         sk = dict(fd.sock)
         opts = criu.SkOptsEntry(**sk.pop("opts"))  # type: ignore[arg-type]
@@ -221,7 +238,7 @@ def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None) -> criu.Fi
 def fdinfo_entries(st: TaskState, file_id: Callable[[FdState], int]
                    ) -> list[criu.FdinfoEntry]:
     return [criu.FdinfoEntry(id=file_id(fd), flags=FD_CLOEXEC if fd.cloexec else 0,
-                             type=FD_TYPE[fd.kind], fd=fd.fd) for fd in st.fds]
+                             type=fd_type(fd), fd=fd.fd) for fd in st.fds]
 
 
 def umask_of(st: TaskState) -> int:

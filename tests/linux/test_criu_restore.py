@@ -40,6 +40,7 @@ PROGRAMS = {
     "shared_mem": None,      # MAP_SHARED anon the parent unmapped; a memfd mapped by two
     "epoll_eventfd": None,   # an eventfd with a count, an epoll set on it and a pipe
     "listen_tcp": None,      # listening TCP sockets, IPv4 and IPv6, accept after restore
+    "listen_unix": None,     # listening unix sockets, a path (mode kept) and an abstract name
     "pycheck.py": None,      # Python: bytearray, float, handler, a thread, a child, a file
     "prot_none": "the memory side: PROT_NONE pages are saved as zeros (issue 10 item 2) and "
                  "guard regions go to guards-PID.img, which CRIU does not read (it wants "

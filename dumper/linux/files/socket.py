@@ -1,6 +1,7 @@
-"""Sockets (CRIU's sk-inet.c, sockets.c): listening TCP sockets, IPv4 and IPv6 — bound
-address and port, backlog, SOL_SOCKET options. Connected sockets (and every other socket
-kind) are refused: their in-flight state is not dumped.
+"""Sockets (CRIU's sk-inet.c, sk-unix.c, sockets.c): listening TCP sockets, IPv4 and IPv6
+(bound address and port, backlog, SOL_SOCKET options) and listening unix stream sockets
+(name, backlog, options, the socket file's mode). Connected sockets, and every other socket
+kind, are refused: their in-flight state is not dumped.
 
 The socket is asked through a descriptor of our own on it (pidfd_getfd, kernel/pid.c:
 the same struct file), with getsockname/getsockopt; the backlog, which no getsockopt
@@ -23,7 +24,8 @@ SYS_pidfd_getfd = 438
 TCP_LISTEN = 10
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
 NLM_F_REQUEST, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR = 1, 0x300, 3, 2
-_syscall = ctypes.CDLL(None, use_errno=True).syscall
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
 
@@ -41,12 +43,11 @@ def pidfd_getfd(pid: int, fd: int) -> int:
         os.close(pidfd)
 
 
-def listen_backlog(family: int, ino: int) -> int | None:
-    """The backlog of the listening TCP socket with inode ino, by an inet_diag dump of the
-    listeners (struct inet_diag_req_v2 -> inet_diag_msg.idiag_wqueue)."""
-    req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN) + bytes(48)
+def _diag(req: bytes) -> list[bytes]:
+    """One sock_diag dump request; the payload of each reply message."""
     msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY,
                       NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req
+    out = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
         nl.sendto(msg, (0, 0))
         while True:
@@ -55,12 +56,40 @@ def listen_backlog(family: int, ino: int) -> int | None:
             while off + 16 <= len(data):
                 length, kind = struct.unpack_from("=IH", data, off)
                 if kind in (NLMSG_DONE, NLMSG_ERROR) or length < 16:
-                    return None
-                # inet_diag_msg: 4 bytes, sockid (48), expires, rqueue, wqueue, uid, inode
-                wqueue, _, inode = struct.unpack_from("=III", data, off + 16 + 4 + 48 + 8)
-                if inode == ino:
-                    return wqueue
+                    return out
+                out.append(data[off + 16 : off + length])
                 off += (length + 3) & ~3
+
+
+def listen_backlog(family: int, ino: int) -> int | None:
+    """The backlog of the listening TCP socket with inode ino, by an inet_diag dump of the
+    listeners (struct inet_diag_req_v2 -> inet_diag_msg.idiag_wqueue)."""
+    req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN) + bytes(48)
+    for m in _diag(req):
+        # inet_diag_msg: 4 bytes, sockid (48), expires, rqueue, wqueue, uid, inode
+        wqueue, _, inode = struct.unpack_from("=III", m, 4 + 48 + 8)
+        if inode == ino:
+            return wqueue
+    return None
+
+
+def unix_queue(ino: int) -> tuple[int, int] | None:
+    """(connections queued, backlog) of the listening unix socket ino, by unix_diag
+    (net/unix/diag.c sk_diag_show_rqlen: a listener's rqueue is sk_ack_backlog and its
+    wqueue sk_max_ack_backlog)."""
+    show_rqlen, attr_rqlen = 0x10, 4  # UDIAG_SHOW_RQLEN, UNIX_DIAG_RQLEN
+    req = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 1 << TCP_LISTEN, ino, show_rqlen,
+                      0xFFFFFFFF, 0xFFFFFFFF)
+    for m in _diag(req):
+        if struct.unpack_from("=I", m, 4)[0] != ino:
+            continue
+        off = 16  # struct unix_diag_msg
+        while off + 4 <= len(m):
+            alen, atype = struct.unpack_from("=HH", m, off)
+            if atype == attr_rqlen:
+                return struct.unpack_from("=II", m, off + 4)
+            off += max(4, (alen + 3) & ~3)
+    return None
 
 
 def _opt(s: socket.socket, name: int) -> int:
@@ -100,12 +129,52 @@ def _addr_words(family: int, host: str) -> list[int]:
     return list(struct.unpack(f"={len(raw) // 4}I", raw))
 
 
+def _unix(pid: int, fd: int, s: socket.socket, st: os.stat_result) -> dict[str, object]:
+    """A listening unix socket: its name, backlog, options, the socket file's perms."""
+    queue = unix_queue(st.st_ino)
+    if queue is None:
+        raise Unsupported(f"pid {pid}: fd {fd}: unix_diag does not know socket {st.st_ino}")
+    if queue[0]:
+        raise Unsupported(f"pid {pid}: fd {fd}: listening unix socket with {queue[0]} "
+                          "connections not yet accepted: those are not dumped")
+    raw = sockname(s.fileno())
+    opts = sk_opts(s)
+    opts.update(so_passcred=bool(_opt(s, socket.SO_PASSCRED)),
+                so_passsec=bool(_opt(s, 34)))  # SO_PASSSEC
+    out: dict[str, object] = dict(type=int(s.type), state=TCP_LISTEN, backlog=queue[1],
+                                  name=raw, opts=opts)
+    if raw and not raw.startswith(b"\0"):
+        path = raw.rstrip(b"\0")
+        if not path.startswith(b"/"):  # bound relative to the cwd it had: CRIU's name_dir
+            out["name_dir"] = os.readlink(f"/proc/{pid}/cwd")
+        try:
+            f = os.stat(os.path.join(f"/proc/{pid}/cwd".encode(), path))
+            out["file_perms"] = (f.st_mode, f.st_uid, f.st_gid)
+        except OSError:
+            out["deleted"] = True
+    return out
+
+
+def sockname(fd: int) -> bytes:
+    """getsockname(2)'s sun_path bytes, as long as the kernel says (a path keeps the NUL it
+    was bound with; an abstract name starts with one): CRIU's UnixSkEntry.name."""
+    buf = ctypes.create_string_buffer(110)
+    size = ctypes.c_uint32(110)
+    if _libc.getsockname(fd, buf, ctypes.byref(size)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"getsockname: {os.strerror(err)}")
+    return buf.raw[2 : size.value]  # after sun_family
+
+
 def collect(pid: int, fd: int, link: str, st: os.stat_result, info: dict[str, str]) -> FdState:
     out = base_state(fd, "socket", link, st, info)
     s = socket.socket(fileno=pidfd_getfd(pid, fd))
     try:
         listening = bool(_opt(s, socket.SO_ACCEPTCONN))
         family, stype = s.family, s.type
+        if family == socket.AF_UNIX and listening:
+            out.sock = _unix(pid, fd, s, st)
+            return out
         if family not in (socket.AF_INET, socket.AF_INET6) or stype != socket.SOCK_STREAM \
                 or not listening:
             what = "listening" if listening else "not listening"
