@@ -90,6 +90,16 @@ class FdState:
 
 
 @dataclass
+class IpcNamespace:
+    """A SysV IPC namespace of the tree's own: its sysctls (CRIU's IpcVarEntry field ->
+    value) and its shared memory segments (key, id, mode, size, uid, gid, cuid, cgid)."""
+
+    ino: int
+    var: dict[str, object]
+    shm: list[dict[str, int]] = field(default_factory=list)
+
+
+@dataclass
 class TaskState:
     """Everything a restore needs of one task that is not its memory."""
 
@@ -123,6 +133,7 @@ class TaskState:
     # The task's [vdso] (start, bytes): CRIU's restore parses the image's vdso ELF, so the
     # whole VMA is stored (should_dump_entire_vma), its pages taken from the kernel's image.
     vdso: tuple[int, bytes] | None = None
+    ipcns: IpcNamespace | None = None  # set on the first task of an IPC ns not the dumper's
     live: bool = False  # gathered from a real task (registers and all)
 
     @classmethod

@@ -292,6 +292,27 @@ def criu_vmas(maps, vmas, vmflags: dict[int, list[str]]):
     return out
 
 
+def write_ipc_namespace(writer, ns: NsIds, ipc) -> None:
+    """ipcns-var-NSID.img and ipcns-shm-NSID.img of an IPC namespace the tree has of its
+    own (CRIU's dump_ipc_ns); each segment's pages are its pagemap-shmem-ID.img, written
+    once with the memory (in_pagemaps), so a segment no task attaches cannot be dumped."""
+    nsid = ns.get("ipc", ipc.ino)
+    var = dict(ipc.var)
+    sem = var.pop("sem_ctls", [])
+    writer.add_image(f"ipcns-var-{nsid}.img", "IPC_VAR",
+                     [criu.IpcVarEntry(sem_ctls=sem, **var)])
+    segs = []
+    for s in ipc.shm:
+        if not writer.has_object(s["id"], "sysv"):
+            raise ValueError(f"SysV shm segment {s['id']} (key {s['key']:#x}) of IPC "
+                             f"namespace {ipc.ino}: no task of the tree attaches it, and "
+                             "dumper dumps a segment's pages through its mappings")
+        desc = criu.IpcDescEntry(key=s["key"], uid=s["uid"], gid=s["gid"], cuid=s["cuid"],
+                                 cgid=s["cgid"], mode=s["mode"], id=s["id"])
+        segs.append(criu.IpcShmEntry(desc=desc, size=s["size"], in_pagemaps=True))
+    writer.add_image(f"ipcns-shm-{nsid}.img", "IPCNS_SHM", segs)
+
+
 def write_pipes_data(writer, ns: NsIds) -> None:
     """pipes-data.img: each pipe's buffered bytes once, whichever fds name it (pipes.c
     dump_one_pipe_data: an entry, then the bytes)."""
@@ -325,6 +346,8 @@ def task_images(writer, st: TaskState, ns: NsIds, info, maps, vmas) -> list[str]
         writer.add_task(st.pid, info.ppid, st.comm, [], **common)
         return notes
     writer.reg_stat.update(st.files_stat)
+    if st.ipcns is not None:
+        write_ipc_namespace(writer, ns, st.ipcns)
     files_id = st.kobj["files"]
     if files_id not in ns.fdinfo_written:
         ns.fdinfo_written.add(files_id)

@@ -14,10 +14,11 @@ import numpy as np
 from dumper.buffers import BufferPool
 from dumper.host import MapEntry, TaskInfo, parse_maps
 from dumper.kabi import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PM_PFRAME_MASK, PM_PRESENT, PROT_READ
-from dumper.linux import check, freeze, libc, memread, pagemap, procfs, taskstate, truth
+from dumper.linux import check, freeze, ipcns, libc, memread, pagemap, procfs, taskstate, truth
 from dumper.linux.digestcache import DigestCache
 from dumper.linux.errors import ProcError, UnreadableMemory, Unsupported
 from dumper.linux.mapfiles import MapFile
+from dumper.state import DEAD
 
 
 class LinuxHost:
@@ -207,7 +208,14 @@ class LinuxHost:
                                        stopped=t.pid in stopped) for t in tasks]
         taskstate.assign_kobj_ids(states)
         taskstate.assign_descriptions(states)
-        return states, taskstate.ns_inodes(os.getpid())
+        own = taskstate.ns_inodes(os.getpid())
+        seen = {own.get("ipc")}
+        for st in states:  # an IPC namespace of the tree's own: its objects, once
+            ino = st.ns.get("ipc")
+            if st.live and st.state != DEAD and ino not in seen:
+                seen.add(ino)
+                st.ipcns = ipcns.read_ipc_namespace(st.pid)
+        return states, own
 
     # -- ground truth --------------------------------------------------------------------------
     def truth(self, pid: int) -> list[tuple[int, np.ndarray]]:

@@ -41,11 +41,17 @@ PROGRAMS = {
     "epoll_eventfd": None,   # an eventfd with a count, an epoll set on it and a pipe
     "listen_tcp": None,      # listening TCP sockets, IPv4 and IPv6, accept after restore
     "listen_unix": None,     # listening unix sockets, a path (mode kept) and an abstract name
+    "sysv_shm": None,        # SysV shm in the tree's own IPC namespace (unshare --ipc)
     "pycheck.py": None,      # Python: bytearray, float, handler, a thread, a child, a file
     "prot_none": "the memory side: PROT_NONE pages are saved as zeros (issue 10 item 2) and "
                  "guard regions go to guards-PID.img, which CRIU does not read (it wants "
                  "VMA_AREA_GUARD VMAs in mm-PID.img)",
 }
+
+
+# Programs run under a wrapper that execs them: CRIU dumps SysV memory only for a tree in
+# an IPC namespace of its own (restore.md §8.4).
+WRAP = {"sysv_shm": ["/usr/bin/unshare", "--ipc"]}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +75,7 @@ def cycle(built: Path, name: str, work: Path, how: str) -> dict:
     runs under this interpreter (its real binary: CRIU restores the exe by its path)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     prog = [os.path.realpath(sys.executable), str(CPROGS / name)] if name.endswith(".py") \
-        else [str(built / name)]
+        else [*WRAP.get(name, []), str(built / name)]
     r = subprocess.run([sys.executable, str(CYCLE), str(CRIU), prog[0], str(work), how,
                         *prog[1:]], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr
