@@ -146,6 +146,7 @@ HANDLERS = """
     import signal, time
     signal.signal(signal.SIGUSR1, lambda *a: None)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.signal(signal.SIGTRAP, signal.SIG_IGN)  # a forced trap would reset it to SIG_DFL
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGWINCH})
     print("ready", flush=True)
     time.sleep(600)
@@ -186,6 +187,7 @@ def test_signal_state_matches_proc_and_is_left_alone(started, tmp_path):
               if a.sigaction > 1)
     assert (ign, cgt) == (masks["SigIgn"], masks["SigCgt"])
     assert ign & (1 << (signal.SIGUSR2 - 1)) and cgt & (1 << (signal.SIGUSR1 - 1))
+    assert ign & (1 << (signal.SIGTRAP - 1))
     assert tc.blk_sigset == masks["SigBlk"] and masks["SigBlk"] & (1 << (signal.SIGWINCH - 1))
 
 
