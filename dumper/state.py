@@ -82,10 +82,11 @@ class FdState:
     mode: int = 0
     data: bytes = b""  # pipe: what its buffer held (read without consuming it)
     desc: int = 0  # its open file description, the same for every fd that shares it
-    counter: int = 0  # eventfd: its count
+    counter: int = 0  # eventfd: its count; signalfd: its signal mask
     targets: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)
     # epoll: (tfd, events, data, pos, ino, sdev) of each target, as fdinfo lists them
     sock: dict[str, object] = field(default_factory=dict)  # socket: family, addresses, opts
+    timer: dict[str, int] = field(default_factory=dict)  # timerfd: clockid, ticks, times
     pipe_size: int = 0
 
 

@@ -18,7 +18,8 @@ from dumper.state import ALIVE, DEAD, STOPPED, Creds, FdState, Fpu, TaskState, T
 TASK_STATE = {ALIVE: 1, DEAD: 2, STOPPED: 3}  # criu/include/pid.h
 FD_CLOEXEC = 1
 FD_TYPE = {"reg": criu.REG, "pipe": criu.PIPE, "eventfd": criu.EVENTFD,
-           "eventpoll": criu.EVENTPOLL, "memfd": criu.MEMFD, "socket": criu.INETSK}
+           "eventpoll": criu.EVENTPOLL, "memfd": criu.MEMFD, "socket": criu.INETSK,
+           "signalfd": criu.SIGNALFD, "timerfd": criu.TIMERFD}
 
 
 def fd_type(fd: FdState) -> int:
@@ -223,6 +224,12 @@ def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None) -> criu.Fi
         return criu.FileEntry(type=criu.INETSK, id=fid, isk=criu.InetSkEntry(
             id=fid, ino=fd.ino & 0xFFFFFFFF, dst_port=0, flags=fd.flags, fown=_fown(),
             opts=opts, src_addr=src, dst_addr=[0] * len(src), **sk))
+    if fd.kind == "signalfd":
+        return criu.FileEntry(type=criu.SIGNALFD, id=fid, sgfd=criu.SignalfdEntry(
+            id=fid, flags=fd.flags, fown=_fown(), sigmask=fd.counter))
+    if fd.kind == "timerfd":
+        return criu.FileEntry(type=criu.TIMERFD, id=fid, tfd=criu.TimerfdEntry(
+            id=fid, flags=fd.flags, fown=_fown(), **fd.timer))
     if fd.kind == "eventfd":
         return criu.FileEntry(type=criu.EVENTFD, id=fid, efd=criu.EventfdFileEntry(
             id=fid, flags=fd.flags, fown=_fown(), counter=fd.counter))

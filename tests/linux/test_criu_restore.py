@@ -39,6 +39,7 @@ PROGRAMS = {
     "cow_fork": None,        # private memory shared copy-on-write after fork
     "shared_mem": None,      # MAP_SHARED anon the parent unmapped; a memfd mapped by two
     "epoll_eventfd": None,   # an eventfd with a count, an epoll set on it and a pipe
+    "signalfd_timerfd": None,  # a signalfd on a blocked SIGUSR2, a periodic timerfd
     "listen_tcp": None,      # listening TCP sockets, IPv4 and IPv6, accept after restore
     "listen_unix": None,     # listening unix sockets, a path (mode kept) and an abstract name
     "sysv_shm": None,        # SysV shm in the tree's own IPC namespace (unshare --ipc)
