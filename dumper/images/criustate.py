@@ -194,7 +194,8 @@ def _fown() -> criu.FownEntry:
     return criu.FownEntry(uid=0, euid=0, signum=0, pid_type=0, pid=0)
 
 
-def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None) -> criu.FileEntry:
+def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None,
+               ns: NsIds | None = None) -> criu.FileEntry:
     """The files.img entry of one open file (its description, shared by dup'ed fds)."""
     if fd.kind == "reg":
         return reg_file(fid, fd.path, fd.flags, fd.pos, fd.size, fd.mode)
@@ -209,6 +210,9 @@ def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None) -> criu.Fi
             id=fid, flags=fd.flags, pos=fd.pos, fown=_fown(), inode_id=memfd_inode))
     if fd.kind == "socket" and "name" in fd.sock:  # AF_UNIX
         sk = dict(fd.sock)
+        netns = sk.pop("netns", None)
+        if netns is not None and ns is not None:
+            sk["ns_id"] = ns.get("net", int(netns))  # type: ignore[arg-type]
         opts = criu.SkOptsEntry(**sk.pop("opts"))  # type: ignore[arg-type]
         perms = sk.pop("file_perms", None)
         u = criu.UnixSkEntry(id=fid, ino=fd.ino & 0xFFFFFFFF, flags=fd.flags, uflags=0,
@@ -219,6 +223,11 @@ def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None) -> criu.Fi
         return criu.FileEntry(type=criu.UNIXSK, id=fid, usk=u)
     if fd.kind == "socket":
         sk = dict(fd.sock)
+        netns = sk.pop("netns", None)
+        if netns is not None and ns is not None:
+            sk["ns_id"] = ns.get("net", int(netns))  # type: ignore[arg-type]
+        sk["ip_opts"] = criu.IpOptsEntry(**sk.pop("ip_opts", {}))  # type: ignore[arg-type]
+        sk["tcp_opts"] = criu.TcpOptsEntry(**sk.pop("tcp_opts", {}))  # type: ignore[arg-type]
         opts = criu.SkOptsEntry(**sk.pop("opts"))  # type: ignore[arg-type]
         src = sk.pop("src_addr")
         return criu.FileEntry(type=criu.INETSK, id=fid, isk=criu.InetSkEntry(
@@ -336,7 +345,7 @@ def fd_file_id(writer, ns: NsIds, fd: FdState) -> int:
     fid = ns.files.get(key)
     if fid is None:
         inode = writer.memfd_inode(fd.ino) if fd.kind == "memfd" else None
-        fid = ns.files[key] = writer.add_file(lambda i: file_entry(i, fd, inode))
+        fid = ns.files[key] = writer.add_file(lambda i: file_entry(i, fd, inode, ns))
     if fd.kind == "pipe":
         ns.pipes_data.setdefault(fd.ino, (fd.data, fd.pipe_size))
     return fid

@@ -11,7 +11,9 @@ sk_max_ack_backlog), as CRIU's collect_sockets does.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import os
 import socket
 import struct
@@ -21,6 +23,8 @@ from dumper.linux.files.common import base_state
 from dumper.state import FdState
 
 SYS_pidfd_getfd = 438
+SIOCGSKNS = 0x894C  # include/uapi/linux/sockios.h: an fd on the socket's network namespace
+SO_BUF_LOCK = 72
 TCP_LISTEN = 10
 NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY = 4, 20
 NLM_F_REQUEST, NLM_F_DUMP, NLMSG_DONE, NLMSG_ERROR = 1, 0x300, 3, 2
@@ -116,12 +120,46 @@ def sk_opts(s: socket.socket) -> dict[str, object]:
         so_broadcast=bool(_opt(s, socket.SO_BROADCAST)),
         so_keepalive=bool(_opt(s, socket.SO_KEEPALIVE)),
         so_oobinline=_opt(s, socket.SO_OOBINLINE))
+    with contextlib.suppress(OSError):  # SO_BUF_LOCK is 5.14+
+        out["so_buf_lock"] = _opt(s, SO_BUF_LOCK)
     mark = _opt(s, socket.SO_MARK)
     if mark:
         out["so_mark"] = mark
     if onoff:
         out["so_linger"] = linger
     return out
+
+
+def net_ns_inode(s: socket.socket) -> int:
+    """The inode of the socket's own network namespace (sock_ioctl SIOCGSKNS)."""
+    fd = fcntl.ioctl(s.fileno(), SIOCGSKNS)
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
+def ip_opts(s: socket.socket, family: int) -> dict[str, object]:
+    """CRIU's dump_ip_opts: set ones only."""
+    if family == socket.AF_INET6:
+        vals = dict(freebind=s.getsockopt(socket.IPPROTO_IPV6, 78),  # IPV6_FREEBIND
+                    pktinfo=s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO))
+    else:
+        vals = dict(freebind=s.getsockopt(socket.IPPROTO_IP, 15),  # IP_FREEBIND
+                    pktinfo=s.getsockopt(socket.IPPROTO_IP, 8),  # IP_PKTINFO
+                    tos=s.getsockopt(socket.IPPROTO_IP, socket.IP_TOS),
+                    ttl=s.getsockopt(socket.IPPROTO_IP, socket.IP_TTL))
+    return {k: (bool(v) if k in ("freebind", "pktinfo") else v) for k, v in vals.items() if v}
+
+
+def tcp_opts(s: socket.socket) -> dict[str, object]:
+    """CRIU's dump_tcp_opts: set ones only."""
+    vals = dict(nodelay=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                cork=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK),
+                keepcnt=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                keepidle=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                keepintvl=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL))
+    return {k: (bool(v) if k in ("nodelay", "cork") else v) for k, v in vals.items() if v}
 
 
 def _addr_words(family: int, host: str) -> list[int]:
@@ -174,6 +212,7 @@ def collect(pid: int, fd: int, link: str, st: os.stat_result, info: dict[str, st
         family, stype = s.family, s.type
         if family == socket.AF_UNIX and listening:
             out.sock = _unix(pid, fd, s, st)
+            out.sock["netns"] = net_ns_inode(s)
             return out
         if family not in (socket.AF_INET, socket.AF_INET6) or stype != socket.SOCK_STREAM \
                 or not listening:
@@ -189,7 +228,8 @@ def collect(pid: int, fd: int, link: str, st: os.stat_result, info: dict[str, st
                               f"{st.st_ino} (another network namespace?)")
         out.sock = dict(family=int(family), type=int(stype), proto=socket.IPPROTO_TCP,
                         state=TCP_LISTEN, src_port=port, src_addr=_addr_words(family, host),
-                        backlog=backlog, opts=sk_opts(s))
+                        backlog=backlog, opts=sk_opts(s), ip_opts=ip_opts(s, family),
+                        tcp_opts=tcp_opts(s), netns=net_ns_inode(s))
         if family == socket.AF_INET6:
             out.sock["v6only"] = bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
     finally:
