@@ -16,7 +16,7 @@ import struct
 from collections.abc import Collection
 
 from dumper.linux import files, inject, libc, procfs, regs
-from dumper.linux.errors import ProcError
+from dumper.linux.errors import ProcError, Unsupported
 from dumper.state import ALIVE, DEAD, STOPPED, Creds, TaskState, ThreadState
 
 PTRACE_PEEKSIGINFO = 0x4209
@@ -184,14 +184,17 @@ def task_state(pid: int, tids: list[int], leave_out: Collection[str] = (),
     stopped: it was group-stopped before the freeze (/proc shows every tracee as 't')."""
     f = stat_fields(pid)
     if f[3] in ("Z", "X"):
-        return zombie_state(pid)
+        if tids == [pid]:
+            return zombie_state(pid)
+        raise Unsupported(f"pid {pid}: its leader thread has exited (pthread_exit) while "
+                          f"threads {tids[1:]} run on: dumper cannot dump such a task yet")
     status = parse_status(procfs.read_text(pid, "status"))
     st = TaskState(pid=pid, comm=f[2], flags=int(f[9]), live=True,
                    state=STOPPED if stopped or f[3] == "T" else ALIVE)
     st.personality = int(procfs.read_text(pid, "personality"), 16)
     st.mm = {k: int(f[i]) for k, i in MM_STAT_FIELDS.items()}
-    with open(f"/proc/{pid}/auxv", "rb") as f:
-        raw = f.read()
+    with open(f"/proc/{pid}/auxv", "rb") as auxv:
+        raw = auxv.read()
     st.auxv = list(struct.unpack(f"<{len(raw) // 8}Q", raw[: len(raw) // 8 * 8]))
     while len(st.auxv) >= 2 and st.auxv[-2] == 0:  # the AT_NULL terminator
         del st.auxv[-2:]
@@ -210,8 +213,8 @@ def task_state(pid: int, tids: list[int], leave_out: Collection[str] = (),
     st.vmflags = {s.start: sorted(s.vmflags) for s in procfs.read_smaps(pid)}
     st.vdso = vdso_image(pid)
     for path in {st.exe, *(e.path for e in _file_maps(pid))}:
-        try:
-            s = os.stat(path)
+        try:  # through the task's root: its mount namespace may not be ours
+            s = os.stat(f"/proc/{pid}/root{path}")
         except OSError:
             continue
         st.files_stat[path] = (s.st_size, s.st_mode)
