@@ -217,9 +217,10 @@ def _emit_json(doc: Any) -> None:
               help="With --pid: leave descriptors of this kind (socket, eventfd, tty, ...; "
               "'any' for every kind dumper cannot dump yet) out of the set instead of "
               "refusing; a restore has them closed.")
-@click.option("--cow-per-task", is_flag=True,
-              help="With --pid: store COW-shared pages in every task's own pagemap, as CRIU "
-              "does (CRIU's restore reads no cow-PID.img); default: once, in the first task.")
+@click.option("--for-criu", is_flag=True,
+              help="With --pid: write what CRIU 4.2's restore needs beyond dumper's own "
+              "format: COW-shared pages in every task's pagemap (CRIU reads no cow-PID.img; "
+              "by default they are stored once) and each task's whole [vdso].")
 @click.option("--leave-running", is_flag=True,
               help="criu's option: the tree runs on after the dump (dumper's default).")
 @click.option("--shell-job", is_flag=True,
@@ -255,7 +256,7 @@ def _emit_json(doc: Any) -> None:
 @quiet_option
 @user_errors
 def dump(scenario: str | None, pid: int | None, tree_pid: int | None, tree: bool,
-         leave_stopped: bool, leave_out: tuple[str, ...], cow_per_task: bool,
+         leave_stopped: bool, leave_out: tuple[str, ...], for_criu: bool,
          leave_running: bool, shell_job: bool, truth: bool | None,
          kernel: str | None, strategy: str, compress: str | None, level: int, threads: int,
          out: str | None, images_dir: str | None, force: bool, sync: bool, verbose: int,
@@ -303,7 +304,7 @@ def dump(scenario: str | None, pid: int | None, tree_pid: int | None, tree: bool
                               profile=f"linux-{os.uname().release}", compress=compress,
                               level=level, threads=threads, force=force,
                               warn=None if quiet else log.warn, sync=sync, progress=tell,
-                              leave_out=frozenset(leave_out), cow_once=not cow_per_task)
+                              leave_out=frozenset(leave_out), for_criu=for_criu)
         else:
             from dumper.model.host import ModelHost
             from dumper.model.kernels import load_profile

@@ -366,14 +366,15 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
          compress: str | None = None, level: int = 3, threads: int = 0, force: bool = False,
          warn: Callable[[str], None] | None = None, tree: bool = True,
          truth: bool = True, sync: bool = True,
-         leave_out: frozenset[str] = frozenset(), cow_once: bool = True,
+         leave_out: frozenset[str] = frozenset(), for_criu: bool = False,
          progress: Progress | None = None) -> DumpSummary:
     """Dump the tree rooted at root into the image set directory out; sync=False leaves
     the files to the kernel's writeback (ImageSetWriter). leave_out: fd kinds (e.g.
-    "socket") left out of the images instead of refused. cow_once=False stores every
-    task's COW-shared pages in its own pagemap, as CRIU does and needs (its restore reads
-    no cow-PID.img: an inherited page missing from a child's pagemap is zeroed). progress
-    hears the phases."""
+    "socket") left out of the images instead of refused. for_criu=True writes what
+    CRIU 4.2's restore needs beyond dumper's format: every task's COW-shared pages in its
+    own pagemap (CRIU reads no cow-PID.img: an inherited page missing from a child's
+    pagemap is zeroed) and the whole [vdso] (its restorer parses the dumped vdso's ELF).
+    progress hears the phases."""
     if strategy not in STRATEGIES:
         raise DumpError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
     t0 = time.perf_counter()
@@ -395,7 +396,7 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
         tasks, objects = collect(host, infos, strategy, note)
         try:
             states, own_ns = host.task_states(infos, leave_out)  # threads, registers, files
-            if cow_once:
+            if not for_criu:
                 find_cow(tasks, host.show_pfn(), host.zero_pfn())
             tell.phase("writing pages", PAGE_SIZE * _selected_pages(tasks, objects))
             writer = ImageSetWriter(out, force=force, compress=compress, level=level,
@@ -405,7 +406,7 @@ def dump(host: Host, root: int, out: str, strategy: str = "auto", *, profile: st
                 shared_pages = _write_objects(writer, objects, tell)
                 private_pages, cow_pages = _write_tasks(host, writer, tasks, note, truth,
                                                         {s.pid: s for s in states}, own_ns,
-                                                        tell)
+                                                        for_criu, tell)
                 unreadable = list(writer.unreadable)
             written = _dir_bytes(out)
         finally:
@@ -461,8 +462,8 @@ GATE_VMA = Vma(0xFFFFFFFFFF600000, 0xFFFFFFFFFF601000, 4, MAP_PRIVATE | MAP_ANON
 def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
                  warn: Callable[[str], None], truth: bool = True,
                  states: dict[int, TaskState] | None = None,
-                 own_ns: dict[str, int] | None = None, tell: Progress | None = None
-                 ) -> tuple[int, int]:
+                 own_ns: dict[str, int] | None = None, for_criu: bool = False,
+                 tell: Progress | None = None) -> tuple[int, int]:
     """Every task's images; returns (private pages stored, COW pages recorded)."""
     total = cow_total = 0
     states = states or {}
@@ -485,7 +486,7 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
                             pgid=t.info.pgid or None, sid=t.info.sid or None,
                             exe=getattr(host, "exe", lambda p: "")(pid))
         runs = []
-        vdso = st.vdso if st is not None else None
+        vdso = st.vdso if st is not None and for_criu else None
         for pv in t.private:
             mask = pv.stored if pv.stored is not None else pv.selected
             if vdso is not None and pv.vma.start == vdso[0]:

@@ -81,7 +81,23 @@ class FdState:
     size: int | None = None  # regular files only
     mode: int = 0
     data: bytes = b""  # pipe: what its buffer held (read without consuming it)
+    desc: int = 0  # its open file description, the same for every fd that shares it
+    counter: int = 0  # eventfd: its count; signalfd: its signal mask
+    targets: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)
+    # epoll: (tfd, events, data, pos, ino, sdev) of each target, as fdinfo lists them
+    sock: dict[str, object] = field(default_factory=dict)  # socket: family, addresses, opts
+    timer: dict[str, int] = field(default_factory=dict)  # timerfd: clockid, ticks, times
     pipe_size: int = 0
+
+
+@dataclass
+class IpcNamespace:
+    """A SysV IPC namespace of the tree's own: its sysctls (CRIU's IpcVarEntry field ->
+    value) and its shared memory segments (key, id, mode, size, uid, gid, cuid, cgid)."""
+
+    ino: int
+    var: dict[str, object]
+    shm: list[dict[str, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -118,6 +134,7 @@ class TaskState:
     # The task's [vdso] (start, bytes): CRIU's restore parses the image's vdso ELF, so the
     # whole VMA is stored (should_dump_entire_vma), its pages taken from the kernel's image.
     vdso: tuple[int, bytes] | None = None
+    ipcns: IpcNamespace | None = None  # set on the first task of an IPC ns not the dumper's
     live: bool = False  # gathered from a real task (registers and all)
 
     @classmethod

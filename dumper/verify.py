@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dumper.images.flags import VMA_AREA_VSYSCALL
+from dumper.images.flags import VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR
 from dumper.images.reader import ImageSet
 from dumper.kabi import PAGE_SHIFT, PAGE_SIZE
 from dumper.progress import Progress
@@ -437,14 +437,15 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
     view = SetView(images)
     tell = progress or Progress()
     tell.phase("verifying", sum(v.end - v.start for t in images.tasks.values() for v in t.vmas
-                                if not v.status & VMA_AREA_VSYSCALL))
+                                if not v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO
+                                                   | VMA_AREA_VVAR)))
     for t in images.tasks.values():
         hpid = (pid_map or {}).get(t.pid, t.pid)
         live = Live(host.truth(hpid))
         rseq = host.kernel_areas(hpid) + _dumped_sleep_areas(images, t)
         for v in t.vmas:
-            if v.status & VMA_AREA_VSYSCALL:
-                continue  # the kernel's gate page, not the task's memory
+            if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR):
+                continue  # the kernel's pages (gate, vdso, vvar), not the task's memory
             n = (v.end - v.start) // PAGE_SIZE
             restored = view.vma(t.pid, v)
             found = live.find(v.start, n)

@@ -59,6 +59,8 @@ KINDS = (
     Kind("FS", M.FS_MAGIC, criu.FsEntry),
     Kind("FDINFO", M.FDINFO_MAGIC, criu.FdinfoEntry),
     Kind("PIPES_DATA", M.PIPES_DATA_MAGIC, criu.PipeDataEntry, extra="bytes"),
+    Kind("IPC_VAR", M.IPC_VAR_MAGIC, criu.IpcVarEntry),
+    Kind("IPCNS_SHM", M.IPCNS_SHM_MAGIC, criu.IpcShmEntry),
     Kind("DUMPER", M.DUMPER_MAGIC, own.DumpEntry),
     Kind("OBJECTS", M.OBJECTS_MAGIC, own.SharedObjectEntry),
     Kind("TRUTH", M.TRUTH_MAGIC, own.TruthRun, head=own.TruthHead),

@@ -17,7 +17,16 @@ from dumper.state import ALIVE, DEAD, STOPPED, Creds, FdState, Fpu, TaskState, T
 
 TASK_STATE = {ALIVE: 1, DEAD: 2, STOPPED: 3}  # criu/include/pid.h
 FD_CLOEXEC = 1
-FD_TYPE = {"reg": criu.REG, "pipe": criu.PIPE}
+FD_TYPE = {"reg": criu.REG, "pipe": criu.PIPE, "eventfd": criu.EVENTFD,
+           "eventpoll": criu.EVENTPOLL, "memfd": criu.MEMFD, "socket": criu.INETSK,
+           "signalfd": criu.SIGNALFD, "timerfd": criu.TIMERFD}
+
+
+def fd_type(fd: FdState) -> int:
+    """The fdinfo type: sockets are INETSK or UNIXSK by family."""
+    if fd.kind == "socket" and "name" in fd.sock:
+        return criu.UNIXSK
+    return FD_TYPE[fd.kind]
 XSAVE_FIELDS = {2: ("ymmh_space", "I"), 3: ("bndreg_state", "Q"), 4: ("bndcsr_state", "Q"),
                 5: ("opmask_reg", "Q"), 6: ("zmm_upper", "Q"), 7: ("hi16_zmm", "Q"),
                 9: ("pkru", "I")}
@@ -156,7 +165,7 @@ class NsIds:
 
     def __init__(self) -> None:
         self.ids: dict[tuple[str, int], int] = {}
-        self.files: dict[tuple, int] = {}
+        self.files: dict[object, int] = {}  # open file description -> files.img id
         self.fdinfo_written: set[int] = set()
         self.pipes_data: dict[int, tuple[bytes, int]] = {}  # pipe inode -> bytes, capacity
 
@@ -185,20 +194,67 @@ def _fown() -> criu.FownEntry:
     return criu.FownEntry(uid=0, euid=0, signum=0, pid_type=0, pid=0)
 
 
-def file_entry(fid: int, fd: FdState) -> criu.FileEntry:
+def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None,
+               ns: NsIds | None = None) -> criu.FileEntry:
     """The files.img entry of one open file (its description, shared by dup'ed fds)."""
     if fd.kind == "reg":
         return reg_file(fid, fd.path, fd.flags, fd.pos, fd.size, fd.mode)
     if fd.kind == "pipe":
         return criu.FileEntry(type=criu.PIPE, id=fid, pipe=criu.PipeEntry(
             id=fid, pipe_id=fd.ino & 0xFFFFFFFF, flags=fd.flags, fown=_fown()))
+    if fd.kind == "memfd":
+        if memfd_inode is None:
+            raise ValueError(f"fd {fd.fd} ({fd.path}): a memfd no task maps: its contents are "
+                             "not dumped yet (leave it out with --leave-out memfd)")
+        return criu.FileEntry(type=criu.MEMFD, id=fid, memfd=criu.MemfdFileEntry(
+            id=fid, flags=fd.flags, pos=fd.pos, fown=_fown(), inode_id=memfd_inode))
+    if fd.kind == "socket" and "name" in fd.sock:  # AF_UNIX
+        sk = dict(fd.sock)
+        netns = sk.pop("netns", None)
+        if netns is not None and ns is not None:
+            sk["ns_id"] = ns.get("net", int(netns))  # type: ignore[arg-type]
+        opts = criu.SkOptsEntry(**sk.pop("opts"))  # type: ignore[arg-type]
+        perms = sk.pop("file_perms", None)
+        u = criu.UnixSkEntry(id=fid, ino=fd.ino & 0xFFFFFFFF, flags=fd.flags, uflags=0,
+                             peer=0, fown=_fown(), opts=opts, **sk)
+        if perms is not None:
+            u.file_perms.CopyFrom(criu.FilePermsEntry(mode=perms[0], uid=perms[1],
+                                                      gid=perms[2]))
+        return criu.FileEntry(type=criu.UNIXSK, id=fid, usk=u)
+    if fd.kind == "socket":
+        sk = dict(fd.sock)
+        netns = sk.pop("netns", None)
+        if netns is not None and ns is not None:
+            sk["ns_id"] = ns.get("net", int(netns))  # type: ignore[arg-type]
+        sk["ip_opts"] = criu.IpOptsEntry(**sk.pop("ip_opts", {}))  # type: ignore[arg-type]
+        sk["tcp_opts"] = criu.TcpOptsEntry(**sk.pop("tcp_opts", {}))  # type: ignore[arg-type]
+        opts = criu.SkOptsEntry(**sk.pop("opts"))  # type: ignore[arg-type]
+        src = sk.pop("src_addr")
+        return criu.FileEntry(type=criu.INETSK, id=fid, isk=criu.InetSkEntry(
+            id=fid, ino=fd.ino & 0xFFFFFFFF, dst_port=0, flags=fd.flags, fown=_fown(),
+            opts=opts, src_addr=src, dst_addr=[0] * len(src), **sk))
+    if fd.kind == "signalfd":
+        return criu.FileEntry(type=criu.SIGNALFD, id=fid, sgfd=criu.SignalfdEntry(
+            id=fid, flags=fd.flags, fown=_fown(), sigmask=fd.counter))
+    if fd.kind == "timerfd":
+        return criu.FileEntry(type=criu.TIMERFD, id=fid, tfd=criu.TimerfdEntry(
+            id=fid, flags=fd.flags, fown=_fown(), **fd.timer))
+    if fd.kind == "eventfd":
+        return criu.FileEntry(type=criu.EVENTFD, id=fid, efd=criu.EventfdFileEntry(
+            id=fid, flags=fd.flags, fown=_fown(), counter=fd.counter))
+    if fd.kind == "eventpoll":
+        tfds = [criu.EventpollTfdEntry(id=fid, tfd=t, events=ev, data=data, pos=pos,
+                                       inode=ino, dev=dev)
+                for t, ev, data, pos, ino, dev in fd.targets]
+        return criu.FileEntry(type=criu.EVENTPOLL, id=fid, epfd=criu.EventpollFileEntry(
+            id=fid, flags=fd.flags, fown=_fown(), tfd=tfds))
     raise ValueError(f"fd {fd.fd}: no image for kind {fd.kind!r}")
 
 
 def fdinfo_entries(st: TaskState, file_id: Callable[[FdState], int]
                    ) -> list[criu.FdinfoEntry]:
     return [criu.FdinfoEntry(id=file_id(fd), flags=FD_CLOEXEC if fd.cloexec else 0,
-                             type=FD_TYPE[fd.kind], fd=fd.fd) for fd in st.fds]
+                             type=fd_type(fd), fd=fd.fd) for fd in st.fds]
 
 
 def umask_of(st: TaskState) -> int:
@@ -252,6 +308,27 @@ def criu_vmas(maps, vmas, vmflags: dict[int, list[str]]):
     return out
 
 
+def write_ipc_namespace(writer, ns: NsIds, ipc) -> None:
+    """ipcns-var-NSID.img and ipcns-shm-NSID.img of an IPC namespace the tree has of its
+    own (CRIU's dump_ipc_ns); each segment's pages are its pagemap-shmem-ID.img, written
+    once with the memory (in_pagemaps), so a segment no task attaches cannot be dumped."""
+    nsid = ns.get("ipc", ipc.ino)
+    var = dict(ipc.var)
+    sem = var.pop("sem_ctls", [])
+    writer.add_image(f"ipcns-var-{nsid}.img", "IPC_VAR",
+                     [criu.IpcVarEntry(sem_ctls=sem, **var)])
+    segs = []
+    for s in ipc.shm:
+        if not writer.has_object(s["id"], "sysv"):
+            raise ValueError(f"SysV shm segment {s['id']} (key {s['key']:#x}) of IPC "
+                             f"namespace {ipc.ino}: no task of the tree attaches it, and "
+                             "dumper dumps a segment's pages through its mappings")
+        desc = criu.IpcDescEntry(key=s["key"], uid=s["uid"], gid=s["gid"], cuid=s["cuid"],
+                                 cgid=s["cgid"], mode=s["mode"], id=s["id"])
+        segs.append(criu.IpcShmEntry(desc=desc, size=s["size"], in_pagemaps=True))
+    writer.add_image(f"ipcns-shm-{nsid}.img", "IPCNS_SHM", segs)
+
+
 def write_pipes_data(writer, ns: NsIds) -> None:
     """pipes-data.img: each pipe's buffered bytes once, whichever fds name it (pipes.c
     dump_one_pipe_data: an entry, then the bytes)."""
@@ -264,10 +341,11 @@ def write_pipes_data(writer, ns: NsIds) -> None:
 
 
 def fd_file_id(writer, ns: NsIds, fd: FdState) -> int:
-    key = (fd.kind, fd.dev, fd.ino, fd.flags, fd.pos, fd.path)
+    key = fd.desc or (fd.kind, fd.dev, fd.ino, fd.flags, fd.pos, fd.path)
     fid = ns.files.get(key)
     if fid is None:
-        fid = ns.files[key] = writer.add_file(lambda i: file_entry(i, fd))
+        inode = writer.memfd_inode(fd.ino) if fd.kind == "memfd" else None
+        fid = ns.files[key] = writer.add_file(lambda i: file_entry(i, fd, inode, ns))
     if fd.kind == "pipe":
         ns.pipes_data.setdefault(fd.ino, (fd.data, fd.pipe_size))
     return fid
@@ -285,6 +363,8 @@ def task_images(writer, st: TaskState, ns: NsIds, info, maps, vmas, gate=()) -> 
         writer.add_task(st.pid, info.ppid, st.comm, [], **common)
         return notes
     writer.reg_stat.update(st.files_stat)
+    if st.ipcns is not None:
+        write_ipc_namespace(writer, ns, st.ipcns)
     files_id = st.kobj["files"]
     if files_id not in ns.fdinfo_written:
         ns.fdinfo_written.add(files_id)

@@ -40,7 +40,17 @@ _HEX = {
         "mm_env_start",
         "mm_env_end",
     },
-    "TaskCoreEntry": {"blk_sigset"},
+    "TaskCoreEntry": {"blk_sigset", "blk_sigset_extended", "membarrier_registration_mask"},
+    # crit prints these hex too ((criu).hex in CRIU's core-x86/sa/pipe protos)
+    "ThreadInfoX86": {"clear_tid_addr"},
+    "UserX86RegsEntry": {
+        "r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx",
+        "si", "di", "orig_ax", "ip", "cs", "flags", "sp", "ss", "fs_base", "gs_base", "ds",
+        "es", "fs", "gs",
+    },
+    "UserX86CetEntry": {"cet", "ssp"},
+    "SaEntry": {"sigaction", "flags", "restorer", "mask", "mask_extended"},
+    "PipeEntry": {"flags"},
     "ThreadCoreEntry": {"futex_rla", "blk_sigset"},
     "AioRingEntry": {"id"},
     "TruthRun": {"vaddr", "digests"},

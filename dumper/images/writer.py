@@ -565,6 +565,15 @@ class ImageSetWriter:
             self._files[-1].reg.size, self._files[-1].reg.mode = size, mode
         return fid
 
+    def has_object(self, shmid: int, kind: str) -> bool:
+        """Whether add_shared_object added this object (its pages are in the set)."""
+        obj = self._objects.get(shmid)
+        return obj is not None and obj.kind == kind
+
+    def memfd_inode(self, shmid: int) -> int | None:
+        """The memfd.img inode id of a memfd object added with add_shared_object."""
+        return next((m.inode_id for m in self._memfds if m.shmid == shmid), None)
+
     def add_file(self, make: Any) -> int:
         """A files.img entry made by make(id) -> FileEntry; returns the id."""
         fid = len(self._files) + 1

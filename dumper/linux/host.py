@@ -14,10 +14,22 @@ import numpy as np
 from dumper.buffers import BufferPool
 from dumper.host import MapEntry, TaskInfo, parse_maps
 from dumper.kabi import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PM_PFRAME_MASK, PM_PRESENT, PROT_READ
-from dumper.linux import check, freeze, libc, memread, pagemap, procfs, regs, taskstate, truth
+from dumper.linux import (
+    check,
+    freeze,
+    ipcns,
+    libc,
+    memread,
+    pagemap,
+    procfs,
+    regs,
+    taskstate,
+    truth,
+)
 from dumper.linux.digestcache import DigestCache
 from dumper.linux.errors import ProcError, UnreadableMemory, Unsupported
 from dumper.linux.mapfiles import MapFile
+from dumper.state import DEAD
 
 
 class LinuxHost:
@@ -40,6 +52,7 @@ class LinuxHost:
         self._show_pfn: bool | None = None
         self._zero_pfn: int | None | bool = False  # False: not asked yet
         self._cache: DigestCache | None = None  # while frozen (freeze())
+        self._freezer: freeze.Freezer | None = None  # while frozen: who was group-stopped
         self._buffers = BufferPool()
 
     # -- the tree ------------------------------------------------------------------------------
@@ -230,10 +243,20 @@ class LinuxHost:
                     ) -> tuple[list[taskstate.TaskState], dict[str, int]]:
         """Registers, signal state, credentials, files... of each frozen task
         (dumper.linux.taskstate); zombies as CRIU records them."""
-        states = [taskstate.task_state(t.pid, procfs.threads(t.pid), leave_out)
-                  for t in tasks]
+        fz = self._freezer
+        stopped = {tr.pid for tr in fz.tracees.values() if tr.was_group_stopped} if fz else set()
+        states = [taskstate.task_state(t.pid, procfs.threads(t.pid), leave_out,
+                                       stopped=t.pid in stopped) for t in tasks]
         taskstate.assign_kobj_ids(states)
-        return states, taskstate.ns_inodes(os.getpid())
+        taskstate.assign_descriptions(states)
+        own = taskstate.ns_inodes(os.getpid())
+        seen = {own.get("ipc")}
+        for st in states:  # an IPC namespace of the tree's own: its objects, once
+            ino = st.ns.get("ipc")
+            if st.live and st.state != DEAD and ino not in seen:
+                seen.add(ino)
+                st.ipcns = ipcns.read_ipc_namespace(st.pid)
+        return states, own
 
     # -- ground truth --------------------------------------------------------------------------
     def truth(self, pid: int) -> list[tuple[int, np.ndarray]]:
@@ -267,9 +290,10 @@ class LinuxHost:
         with freeze.frozen(pids, root=root, leave_stopped=stop) as fz:
             cache = DigestCache(self.zero_pfn()) if self.digest_while_reading else None
             outer, self._cache = self._cache, cache
+            outer_fz, self._freezer = self._freezer, fz
             try:
                 yield fz
             finally:
-                self._cache = outer
+                self._cache, self._freezer = outer, outer_fz
                 if cache is not None:
                     cache.close()  # before the thaw

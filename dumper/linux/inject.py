@@ -5,10 +5,13 @@ to act in a task it rebuilds.
 The thread must be ours: seized and in a ptrace-stop (dumper.linux.freeze). A call sets the
 registers to the syscall's number and arguments with orig_ax = -1 (compel's infect.c does
 the same, so the kernel does no syscall-restart processing on the way back), points ip at a
-`syscall` instruction and single-steps it (restore.md §1.9): the stop after the step holds
-the result in ax. The registers are put back exactly afterwards, and every signal but
-SIGTRAP is blocked for the duration so no handler of the task runs on our step. (A task that
-set SIGTRAP to SIG_IGN has it reset to SIG_DFL by the step's forced trap: not handled yet.)
+`syscall` instruction and resumes it with PTRACE_SYSCALL twice: it stops at the syscall's
+entry, then at its exit with the result in ax (kernel/entry/common.c syscall_trace_enter /
+syscall_exit_work report through ptrace_stop: no signal is sent). The registers are put
+back exactly afterwards, and every signal is blocked meanwhile so none is delivered on our
+way through user mode. (Single-stepping the instruction, restore.md §1.9, would end in a
+forced SIGTRAP, which resets the task's own SIGTRAP handler to SIG_DFL when it is blocked
+or ignored: force_sig_info_to_task.)
 
 The gate is a `syscall` instruction already in the task's [vdso]: nothing is written into
 its code pages, so a dump leaves the task's memory as it was (planting `syscall; int3` over
@@ -31,7 +34,7 @@ from dumper.host import parse_maps
 from dumper.kabi import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE
 from dumper.linux import libc, procfs, regs
 
-PTRACE_SINGLESTEP = 9
+PTRACE_SYSCALL = 24
 PTRACE_SETSIGMASK = 0x420B
 MAP_FIXED_NOREPLACE = 0x100000
 
@@ -39,10 +42,7 @@ MAP_FIXED_NOREPLACE = 0x100000
 SYS = {"mmap": 9, "munmap": 11, "brk": 12, "rt_sigaction": 13, "getitimer": 36, "getpid": 39,
        "sigaltstack": 131, "prctl": 157}
 MAX_ERRNO = 4095
-# Blocked while we step: every signal but SIGTRAP. The step's own trap is forced
-# (force_sig_info_to_task), and forcing a blocked signal unblocks it and resets the task's
-# handler for it to SIG_DFL: a change to the task we must not make.
-ALL_BUT_SIGTRAP = ((1 << 64) - 1) & ~(1 << (signal.SIGTRAP - 1))
+ALL_SIGNALS = (1 << 64) - 1  # SIGKILL and SIGSTOP stay deliverable whatever the mask
 
 
 class InjectError(OSError):
@@ -104,9 +104,9 @@ class Injector:
         buf = ctypes.c_uint64(mask)
         libc.ptrace(PTRACE_SETSIGMASK, self.tid, 8, ctypes.addressof(buf))
 
-    def _step(self) -> None:
-        """PTRACE_SINGLESTEP, then wait for the trap (SIGTRAP) that ends the step."""
-        libc.ptrace(PTRACE_SINGLESTEP, self.tid, 0, 0)
+    def _to_syscall_stop(self) -> None:
+        """PTRACE_SYSCALL, then wait for the next syscall-stop (reported as SIGTRAP)."""
+        libc.ptrace(PTRACE_SYSCALL, self.tid, 0, 0)
         while True:
             _, status = os.waitpid(self.tid, libc.WALL)
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
@@ -114,9 +114,9 @@ class Injector:
                                   "injected syscall")
             if os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGTRAP:
                 return
-            # Any other stop (a SIGKILL-free signal cannot arrive: all are blocked) is
-            # stepped past without delivering it.
-            libc.ptrace(PTRACE_SINGLESTEP, self.tid, 0, 0)
+            # Any other stop (no signal but SIGKILL can arrive: all are blocked) is passed
+            # without delivering it.
+            libc.ptrace(PTRACE_SYSCALL, self.tid, 0, 0)
 
     def syscall(self, name: str, *args: int) -> int:
         """Run one syscall in the thread; returns its result (a negative errno on failure)."""
@@ -126,10 +126,11 @@ class Injector:
         r.update(ax=SYS[name], orig_ax=(1 << 64) - 1, ip=self.gate)
         for reg, val in zip(("di", "si", "dx", "r10", "r8", "r9"), args, strict=False):
             r[reg] = val & ((1 << 64) - 1)
-        self._setsigmask(ALL_BUT_SIGTRAP)
+        self._setsigmask(ALL_SIGNALS)
         try:
             self._setregs(r)
-            self._step()
+            self._to_syscall_stop()  # entry
+            self._to_syscall_stop()  # exit
             ret = regs.get_gpregs(self.tid)["ax"]
         finally:
             self._setregs(saved)

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Collection
 
 from dumper.linux import files, inject, libc, procfs, regs
-from dumper.linux.errors import ProcError
+from dumper.linux.errors import ProcError, Unsupported
 from dumper.state import ALIVE, DEAD, STOPPED, Creds, TaskState, ThreadState
 
 PTRACE_PEEKSIGINFO = 0x4209
@@ -27,6 +27,7 @@ RLIMIT_NLIMITS = 16
 AT_VECTOR_SIZE = 44  # CRIU's auxv bound: 2 * (AT_VECTOR_SIZE_ARCH 2 + AT_VECTOR_SIZE_BASE 20)
 SYS_prlimit64, SYS_get_robust_list, SYS_kcmp = 302, 274, 312
 KCMP = {"vm": 1, "files": 2, "fs": 3, "sighand": 4}  # include/uapi/linux/kcmp.h
+KCMP_FILE = 0
 
 # The /proc/PID/stat fields (1-based) MmEntry takes (fs/proc/array.c do_task_stat).
 MM_STAT_FIELDS = {"mm_start_code": 26, "mm_end_code": 27, "mm_start_stack": 28,
@@ -202,18 +203,23 @@ def thread_state(pid: int, tid: int, inj: inject.Injector, buf: int) -> ThreadSt
     return t
 
 
-def task_state(pid: int, tids: list[int], leave_out: Collection[str] = ()) -> TaskState:
-    """Everything but memory of a frozen, live task whose threads tids are all seized."""
+def task_state(pid: int, tids: list[int], leave_out: Collection[str] = (),
+               stopped: bool = False) -> TaskState:
+    """Everything but memory of a frozen, live task whose threads tids are all seized;
+    stopped: it was group-stopped before the freeze (/proc shows every tracee as 't')."""
     f = stat_fields(pid)
     if f[3] in ("Z", "X"):
-        return zombie_state(pid)
+        if tids == [pid]:
+            return zombie_state(pid)
+        raise Unsupported(f"pid {pid}: its leader thread has exited (pthread_exit) while "
+                          f"threads {tids[1:]} run on: dumper cannot dump such a task yet")
     status = parse_status(procfs.read_text(pid, "status"))
     st = TaskState(pid=pid, comm=f[2], flags=int(f[9]), live=True,
-                   state=STOPPED if f[3] == "T" else ALIVE)
+                   state=STOPPED if stopped or f[3] == "T" else ALIVE)
     st.personality = int(procfs.read_text(pid, "personality"), 16)
     st.mm = {k: int(f[i]) for k, i in MM_STAT_FIELDS.items()}
-    with open(f"/proc/{pid}/auxv", "rb") as f:
-        raw = f.read()
+    with open(f"/proc/{pid}/auxv", "rb") as auxv:
+        raw = auxv.read()
     st.auxv = list(struct.unpack(f"<{len(raw) // 8}Q", raw[: len(raw) // 8 * 8]))
     while len(st.auxv) >= 2 and st.auxv[-2] == 0:  # the AT_NULL terminator
         del st.auxv[-2:]
@@ -232,8 +238,8 @@ def task_state(pid: int, tids: list[int], leave_out: Collection[str] = ()) -> Ta
     st.vmflags = {s.start: sorted(s.vmflags) for s in procfs.read_smaps(pid)}
     st.vdso = vdso_image(pid)
     for path in {st.exe, *(e.path for e in _file_maps(pid))}:
-        try:
-            s = os.stat(path)
+        try:  # through the task's root: its mount namespace may not be ours
+            s = os.stat(f"/proc/{pid}/root{path}")
         except OSError:
             continue
         st.files_stat[path] = (s.st_size, s.st_mode)
@@ -271,6 +277,27 @@ def _file_maps(pid: int):
     from dumper.host import parse_maps
 
     return [e for e in parse_maps(procfs.task_maps(pid)) if e.path.startswith("/")]
+
+
+def assign_descriptions(states: list[TaskState]) -> None:
+    """Number the open file descriptions: fds that share one (dup, or inherited over fork)
+    get the same desc, found by kcmp(KCMP_FILE) (kernel/kcmp.c: the same struct file) among
+    the fds on the same inode, as CRIU's files.img holds one entry per description."""
+    seen: dict[tuple[int, int], list[tuple[int, int, int]]] = {}  # (dev, ino) -> pid, fd, desc
+    next_desc = 1
+    for st in states:
+        for fd in st.fds:
+            for pid, other, desc in seen.get((fd.dev, fd.ino), ()):
+                try:
+                    if _sys(SYS_kcmp, st.pid, pid, KCMP_FILE, fd.fd, other) == 0:
+                        fd.desc = desc
+                        break
+                except OSError:
+                    continue
+            else:
+                fd.desc = next_desc
+                next_desc += 1
+                seen.setdefault((fd.dev, fd.ino), []).append((st.pid, fd.fd, fd.desc))
 
 
 def assign_kobj_ids(states: list[TaskState]) -> None:

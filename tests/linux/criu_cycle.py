@@ -10,6 +10,11 @@ every task of the tree (their pids must be free again: §8.5), restores with
 `criu restore -D DIR --shell-job -d`, sends SIGUSR1 to the restored root and waits for it
 to exit. Prints one JSON line: {"stage": ..., "ok": bool, "out": ..., "log": ...}.
 
+A program that is no self-checking one (a service) is driven by two shell commands in
+the environment instead: CYCLE_READY, run until it succeeds, takes the place of the READY
+line (and sets up the state), CYCLE_CHECK, run after the restore instead of SIGUSR1, must
+succeed.
+
 Every process it started is killed by pid and reaped before it exits, whatever happens
 (the restored ones too: they are its children).
 """
@@ -64,6 +69,16 @@ def kill_tree(root: int, itself: bool = True) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def wait_ready(path: Path, deadline: float) -> bool:
+    """The program's READY line, or CYCLE_READY succeeding."""
+    cmd = os.environ.get("CYCLE_READY")
+    while cmd and time.monotonic() < deadline:
+        if subprocess.run(cmd, shell=True, capture_output=True).returncode == 0:
+            return True
+        time.sleep(0.1)
+    return wait_line(path, "READY", deadline)
+
+
 def wait_line(path: Path, word: str, deadline: float) -> bool:
     while time.monotonic() < deadline:
         if path.exists() and word in path.read_text(errors="replace"):
@@ -86,13 +101,13 @@ def main() -> None:
             p = subprocess.Popen([program, *args], stdin=null, stdout=f, stderr=f,
                                  start_new_session=True, cwd=work_dir)
         root = p.pid
-        if not wait_line(out, "READY", deadline):
+        if not wait_ready(out, deadline):
             result["stage"] = "ready"
             return
         result["stage"] = "dump"
         if how == "dumper":
             cmd = [sys.executable, "-m", "dumper.cli", "dump", "--pid", str(root), "--tree",
-                   "--cow-per-task", "-o", str(images)]
+                   "--for-criu", "-o", str(images)]
         else:
             cmd = [criu, "dump", "-t", str(root), "-D", str(images), "--shell-job",
                    "-o", "dump.log", "-v4"]
@@ -113,6 +128,14 @@ def main() -> None:
             result["log"] = _tail(images / "restore.log")
             return
         result["stage"] = "run"
+        check = os.environ.get("CYCLE_CHECK")
+        if check:
+            r = subprocess.run(check, shell=True, capture_output=True, text=True,
+                               timeout=TIMEOUT)
+            result["out"] = (r.stdout + r.stderr)[-3000:]
+            result["ok"] = r.returncode == 0
+            result["stage"] = "done" if result["ok"] else "check"
+            return
         os.kill(root, signal.SIGUSR1)
         while time.monotonic() < deadline:
             pid, status = os.waitpid(-1, os.WNOHANG)

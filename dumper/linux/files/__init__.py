@@ -13,15 +13,18 @@ import stat as st_mod
 from collections.abc import Callable, Collection
 
 from dumper.linux.errors import ProcError, Unsupported
-from dumper.linux.files import pipe, reg
-from dumper.linux.files.common import parse_fdinfo
+from dumper.linux.files import eventfd, eventpoll, memfd, pipe, reg, signalfd, socket, timerfd
+from dumper.linux.files.common import RAW, parse_fdinfo
 from dumper.state import FdState
 
 Collector = Callable[[int, int, str, os.stat_result, dict[str, str]], FdState]
 
 ANY = "any"  # leave out every kind no module knows
 # kind -> collector; the kind is also the CRIU fd type's name in lower case.
-KINDS: dict[str, Collector] = {"reg": reg.collect, "pipe": pipe.collect}
+KINDS: dict[str, Collector] = {"reg": reg.collect, "pipe": pipe.collect,
+                               "eventfd": eventfd.collect, "eventpoll": eventpoll.collect,
+                               "memfd": memfd.collect, "socket": socket.collect,
+                               "signalfd": signalfd.collect, "timerfd": timerfd.collect}
 
 
 def fd_kind(link: str, st: os.stat_result) -> str:
@@ -59,7 +62,9 @@ def collect_fds(pid: int, leave_out: Collection[str] = ()) -> list[FdState]:
             link = os.readlink(f"{base}/{fd}")
             st = os.stat(f"{base}/{fd}")
             with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                info = parse_fdinfo(f.read())
+                text = f.read()
+            info = parse_fdinfo(text)
+            info[RAW] = text
         except FileNotFoundError:
             continue  # closed meanwhile (a thread of a frozen task cannot; a race is harmless)
         except OSError as e:
@@ -71,5 +76,9 @@ def collect_fds(pid: int, leave_out: Collection[str] = ()) -> list[FdState]:
         if collector is None:
             raise Unsupported(f"pid {pid}: fd {fd} is a {kind} ({link}): dumper cannot dump "
                               f"that kind of file yet (leave it out with --leave-out {kind})")
-        out.append(collector(pid, fd, link, st, info))
+        try:
+            out.append(collector(pid, fd, link, st, info))
+        except Unsupported:  # a kind with a module, but not this variant (a connected socket)
+            if ANY not in leave_out:
+                raise
     return out

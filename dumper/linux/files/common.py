@@ -6,6 +6,8 @@ import os
 
 from dumper.state import FdState
 
+RAW = "_text"  # the whole fdinfo text, for kinds with repeated lines (epoll's tfd:)
+
 
 def parse_fdinfo(text: str) -> dict[str, str]:
     """/proc/PID/fdinfo/N: "key:\tvalue" lines (fs/proc/fd.c seq_show)."""

@@ -20,7 +20,21 @@ static int fails;
 
 static inline void on_usr1(int sig) { (void)sig; got_usr1 = 1; }
 
+/* The handler, with SIGUSR1 blocked but inside wait_usr1's sigsuspend: a signal sent
+ * while the restored task is about to re-execute its interrupted sigsuspend stays pending
+ * until it sleeps there, instead of running the handler just before it and being lost. */
 static inline void catch_usr1(void)
+{
+	struct sigaction sa = { .sa_handler = on_usr1 };
+	sigaction(SIGUSR1, &sa, NULL);
+	sigset_t usr1;
+	sigemptyset(&usr1);
+	sigaddset(&usr1, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &usr1, NULL);
+}
+
+/* For programs that spin on got_usr1 instead of sleeping. */
+static inline void catch_usr1_unblocked(void)
 {
 	struct sigaction sa = { .sa_handler = on_usr1 };
 	sigaction(SIGUSR1, &sa, NULL);
@@ -35,10 +49,11 @@ static inline void say(const char *what)
 /* Sleep in sigsuspend until SIGUSR1 came (a restore may wake it early: it sleeps again). */
 static inline void wait_usr1(void)
 {
-	sigset_t none;
-	sigemptyset(&none);
+	sigset_t mask;
+	sigprocmask(SIG_BLOCK, NULL, &mask);
+	sigdelset(&mask, SIGUSR1);
 	while (!got_usr1)
-		sigsuspend(&none);
+		sigsuspend(&mask);
 }
 
 #define CHECK(cond, ...)                                                   \
@@ -84,4 +99,24 @@ static inline void check_child(pid_t pid, int want)
 	CHECK(r == pid, "waitpid(%d) = %d (%s)", pid, r, strerror(errno));
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == want,
 	      "child %d: status %#x, want exit %d", pid, status, want);
+}
+
+/* fork(), returning in the parent once the child runs (so it holds no half-made state) */
+static inline pid_t fork_started(void)
+{
+	int p[2];
+	char r = 'r';
+	CHECK(pipe(p) == 0, "pipe");
+	fflush(stdout);
+	pid_t c = fork();
+	if (c == 0) {
+		close(p[0]);
+		CHECK(write(p[1], &r, 1) == 1, "started write");
+		close(p[1]);
+		return 0;
+	}
+	close(p[1]);
+	CHECK(read(p[0], &r, 1) == 1, "child %d never started", c);
+	close(p[0]);
+	return c;
 }

@@ -1,7 +1,8 @@
 /* MAP_SHARED anonymous memory the parent unmapped after fork (the child alone keeps it),
- * and a memfd mapped by both (no fd left open): after the restore a write by one is seen
- * by the other. */
+ * and a memfd mapped by both and open at an offset in the parent: after the restore a write
+ * by one is seen by the other, and through the fd. */
 #include "check.h"
+#include <sys/stat.h>
 
 int main(void)
 {
@@ -12,16 +13,11 @@ int main(void)
 	int mfd = memfd_create("cycle", 0);
 	ftruncate(mfd, sz);
 	char *mem = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
-	close(mfd);
+	lseek(mfd, 12, SEEK_SET);
 	fill(mem, sz, 41);
-	int p[2];
-	pipe(p);
-	fflush(stdout);
-	pid_t c = fork();
+	pid_t c = fork_started();
 	if (c == 0) {
-		close(p[0]);
-		write(p[1], "r", 1);
-		close(p[1]);
+		close(mfd);
 		wait_usr1();
 		CHECK(!bad_words(shm, sz, 40), "child: shared anon lost %zu words",
 		      bad_words(shm, sz, 40));
@@ -29,15 +25,16 @@ int main(void)
 		fill(mem, 4096, 42); /* the parent must see this */
 		_exit(fails ? 1 : 0);
 	}
-	close(p[1]);
-	char r;
-	read(p[0], &r, 1);
-	close(p[0]);
 	munmap(shm, sz);
 	say("READY");
 	wait_usr1();
 	kill(c, SIGUSR1);
 	check_child(c, 0);
 	CHECK(!bad_words(mem, 4096, 42), "parent does not see the child's memfd write");
+	CHECK(lseek(mfd, 0, SEEK_CUR) == 12, "memfd offset %ld", (long)lseek(mfd, 0, SEEK_CUR));
+	CHECK(pwrite(mfd, "hello", 5, 8192) == 5 && !memcmp(mem + 8192, "hello", 5),
+	      "the memfd fd and the mapping are no longer one file");
+	struct stat st;
+	CHECK(fstat(mfd, &st) == 0 && st.st_size == (off_t)sz, "memfd size %ld", (long)st.st_size);
 	return finish();
 }

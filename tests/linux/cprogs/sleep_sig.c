@@ -32,7 +32,7 @@ int main(void)
 	pid_t me = getpid();
 	say("READY");
 	while (!got_usr1) {
-		struct timespec ts = { .tv_sec = 30 };
+		struct timespec ts = { .tv_sec = 1 }; /* a signal just before it: 1 s late */
 		nanosleep(&ts, NULL);
 	}
 	CHECK(handled, "the SA_SIGINFO handler did not see SIGUSR1");

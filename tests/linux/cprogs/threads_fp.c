@@ -40,7 +40,7 @@ static void *worker(void *arg) { hold(arg, 0); return NULL; }
 
 int main(void)
 {
-	catch_usr1();
+	catch_usr1_unblocked();
 	static struct slot slots[3];
 	for (int t = 0; t < 3; t++)
 		for (int i = 0; i < 8; i++)
