@@ -37,7 +37,8 @@ def _helper(procs):
 
 def _start_dump(pid: int, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(pid),
-                             "-o", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                             "--leave-out", "any", "-o", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -128,7 +129,8 @@ def test_sigint_during_start_up(procs, tmp_path):
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dumper.cli"]
     for delay in (0, 0.01, 0.03, 0.06, 0.1, 0.2):
         out = tmp_path / f"out-{delay}"
-        d = subprocess.Popen([*cmd, "dump", "--pid", str(p.pid), "-o", str(out)], cwd=ROOT,
+        d = subprocess.Popen([*cmd, "dump", "--pid", str(p.pid), "--leave-out", "any", "-o",
+                              str(out)], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while not _catches_sigterm(d.pid) and d.poll() is None:
@@ -172,7 +174,8 @@ def live_set(procs, tmp_path):
     p.write("s", range(16), tag=8)
     p.quiesce()
     out = tmp_path / "live"
-    r = CliRunner().invoke(main, ["dump", "--pid", str(p.pid), "-o", str(out)])
+    r = CliRunner().invoke(main, ["dump", "--pid", str(p.pid), "--leave-out", "any", "-o",
+                                  str(out)])
     assert r.exit_code == 0, r.output
     return out, p.pid
 
