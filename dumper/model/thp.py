@@ -15,7 +15,10 @@ kernel (6.18, enabled=madvise, tests/linux/test_differential.py "thp-*"):
 - reclaim of a THP holding data in every page swaps it out whole; otherwise the folio is
   split and its zero-filled pages are mapped to the shared zero page ("mm: remap unused
   subpages to shared zeropage when splitting isolated thp", 6.12) before the rest is
-  reclaimed page by page.
+  reclaimed page by page; a MADV_FREE through part of a THP splits it the same way.
+Not modelled: khugepaged collapsing ranges back and the deferred-split shrinker splitting
+partly mapped or underused THPs when memory is short (both asynchronous: the tests keep them
+from acting, tests/linux/conftest.py THP_SETTINGS).
 """
 
 from __future__ import annotations
