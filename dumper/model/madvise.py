@@ -34,6 +34,7 @@ from dumper.model.state import (
     ModelError,
     Task,
 )
+from dumper.model.thp import anon_folio_heads, split_anon_folio
 from dumper.model.vmscan import shrink_folio_list
 
 U64 = np.uint64
@@ -177,6 +178,13 @@ def madvise_free(k: Kernel, pid: int, start: int, length: int) -> None:
             raise ModelError("EINVAL", f"MADV_FREE on a non-anonymous VMA {vma.start:#x}")
     for vma, lo, hi in ranges:
         ptes = vma.ptes[lo:hi]
+        # a THP only partly in the range is split (split_folio: zero-filled pages go to the
+        # zero page, measured); one wholly in it stays whole (madvise_free_huge_pmd)
+        for head in anon_folio_heads(k, pte.values(ptes[pte.kinds(ptes) == pte.PRESENT])):
+            inside = pte.values(ptes)
+            if ((inside >= U64(head)) & (inside < U64(head + k.large[head]))).sum() < \
+                    k.large[head]:
+                split_anon_folio(k, head)
         kinds = pte.kinds(ptes)
         vals = pte.values(ptes)
         swapped = kinds == pte.SWAP

@@ -15,7 +15,10 @@ kernel (6.18, enabled=madvise, tests/linux/test_differential.py "thp-*"):
 - reclaim of a THP holding data in every page swaps it out whole; otherwise the folio is
   split and its zero-filled pages are mapped to the shared zero page ("mm: remap unused
   subpages to shared zeropage when splitting isolated thp", 6.12) before the rest is
-  reclaimed page by page.
+  reclaimed page by page; a MADV_FREE through part of a THP splits it the same way.
+Not modelled: khugepaged collapsing ranges back and the deferred-split shrinker splitting
+partly mapped or underused THPs when memory is short (both asynchronous: the tests keep them
+from acting, tests/linux/conftest.py THP_SETTINGS).
 """
 
 from __future__ import annotations
@@ -192,25 +195,36 @@ def reclaim_large_folios(k: Kernel, pfns: np.ndarray) -> None:
     the PMDs become PTE tables and the caller reclaims what is left page by page."""
     if not k.large or not len(pfns):
         return
+    for head in anon_folio_heads(k, pfns):
+        split_anon_folio(k, head)
+
+
+def anon_folio_heads(k: Kernel, pfns: np.ndarray) -> set[int]:
+    """The THP folios (anonymous) holding any of pfns."""
+    return {h for h in (folio_of(k, int(p)) for p in np.unique(pfns))
+            if h is not None and k.frames.flags.a[h - PFN_BASE] & F_ANON}
+
+
+def split_anon_folio(k: Kernel, head: int) -> None:
+    """split_folio of a THP: every mapper's PMD becomes a PTE table, and zero-filled pages
+    are remapped to the shared zero page (measured after reclaim and after a MADV_FREE of
+    part of a THP)."""
     from dumper.model.mm import unmap_frames
 
-    heads = {h for h in (folio_of(k, int(p)) for p in np.unique(pfns))
-             if h is not None and k.frames.flags.a[h - PFN_BASE] & F_ANON}
-    for head in heads:
-        n = k.large.pop(head)
-        fi = np.arange(head, head + n, dtype=np.int64) - PFN_BASE
-        zero = ((k.frames.flags.a[fi] & F_USED) != 0) & (k.frames.content.a[fi] == 0)
-        for task in k.tasks.values():
-            for vma in task.vmas:
-                if vma.obj is not None or vma.shared:
-                    continue
-                vals = pte.values(vma.ptes)
-                idx = np.flatnonzero((pte.kinds(vma.ptes) == pte.PRESENT) & (vals >= U64(head))
-                                     & (vals < U64(head + n)))
-                for pmd in {(vma.start + (int(j) << 12)) >> PMD_SHIFT for j in idx}:
-                    split_huge_pmd(vma, pmd)
-                z = idx[zero[(vals[idx] - U64(head)).astype(np.int64)]]
-                if len(z):
-                    gone = pte.values(vma.ptes[z])
-                    vma.ptes[z] = U64(pte.make(pte.PRESENT, ZERO_PFN))
-                    unmap_frames(k, gone)
+    n = k.large.pop(head)
+    fi = np.arange(head, head + n, dtype=np.int64) - PFN_BASE
+    zero = ((k.frames.flags.a[fi] & F_USED) != 0) & (k.frames.content.a[fi] == 0)
+    for task in k.tasks.values():
+        for vma in task.vmas:
+            if vma.obj is not None or vma.shared:
+                continue
+            vals = pte.values(vma.ptes)
+            idx = np.flatnonzero((pte.kinds(vma.ptes) == pte.PRESENT) & (vals >= U64(head))
+                                 & (vals < U64(head + n)))
+            for pmd in {(vma.start + (int(j) << 12)) >> PMD_SHIFT for j in idx}:
+                split_huge_pmd(vma, pmd)
+            z = idx[zero[(vals[idx] - U64(head)).astype(np.int64)]]
+            if len(z):
+                gone = pte.values(vma.ptes[z])
+                vma.ptes[z] = U64(pte.make(pte.PRESENT, ZERO_PFN))
+                unmap_frames(k, gone)

@@ -41,7 +41,13 @@ THP_SETTINGS = {  # what the THP programs assume (tests/linux/test_differential.
     "enabled": "madvise",
     "hugepages-2048kB/enabled": "inherit",
     "use_zero_page": "1",
-    # khugepaged would collapse split PMDs back behind the test's back: asleep meanwhile
+    # the deferred-split shrinker splits underused THPs (most pages zero) whenever memory
+    # is short, remapping their zero pages to the zero page: not while a test looks
+    "shrink_underused": "0",
+    # khugepaged would collapse split PMDs back behind the test's back (it scans at once
+    # when a first mm registers, whatever the sleep): only wholly present ranges may collapse
+    # (measured: a partly zapped THP came back whole), and it sleeps meanwhile
+    "khugepaged/max_ptes_none": "0",
     "khugepaged/scan_sleep_millisecs": "3600000",
     "khugepaged/alloc_sleep_millisecs": "3600000",
 }

@@ -310,12 +310,13 @@ def uses_swap(ops: list[Op]) -> bool:
 # -- random programs ----------------------------------------------------------------------------
 
 def random_program(seed: int, length: int = 14, pageout: bool = True,
-                   repageout: bool = True) -> list[Op]:
+                   repageout: bool = True, thp: bool = False) -> list[Op]:
     """A valid program of `length` ops after the two spawns, drawn from everything above;
     deterministic in seed. repageout=False steers clear of test_differential.REPAGEOUT's
     timing: a region is never paged out again once it was read after a page-out, because
     whether the kernel then frees the clean swap-cache folio at once or keeps it mapped
-    depends on whether the first writeback has ended (the model takes it as ended)."""
+    depends on whether the first writeback has ended (the model takes it as ended).
+    thp: some private regions are one PMD under MADV_HUGEPAGE (needs the thp fixture)."""
     rng = random.Random(seed)
     ops = [Op("spawn", "A"), Op("spawn", "B")]
     c = Checker()
@@ -347,6 +348,8 @@ def random_program(seed: int, length: int = 14, pageout: bool = True,
                 off = rng.randint(0, max(0, c.sizes[m] - n))
                 op = Op("mmap", p, (f"r{nreg}", min(n, c.sizes[m] - off), kind, m, off))
             else:
+                if thp and kind == "anon" and rng.random() < 0.5:
+                    n = HPAGE
                 op = Op("mmap", p, (f"r{nreg}", n, kind))
         elif verb == "memfd":
             op = Op("memfd", p, (f"m{nmem}", rng.randint(4, 12)))
@@ -398,6 +401,12 @@ def random_program(seed: int, length: int = 14, pageout: bool = True,
         except Invalid:
             continue
         ops.append(op)
+        if op.verb == "mmap" and op.args[1] == HPAGE:  # a THP with data in every page
+            ops.append(Op("hugepage", p, (op.args[0], 0, HPAGE)))
+            ops.append(Op("write", p, (op.args[0], (0,))))
+            ops.append(Op("write", p, (op.args[0], tuple(range(HPAGE)))))
+            for extra in ops[-3:]:
+                c.apply(extra)
         if op.verb == "pageout":
             paged.add(op.args[0])
         elif op.verb == "read" and op.args[0] in paged:
