@@ -29,6 +29,7 @@ from dumper.kabi import (
 )
 from dumper.model import Model, observe
 from dumper.model.content import UNREADABLE, ZERO
+from dumper.model.hugetlb import HPAGE
 from dumper.model.shmem import shmem_file_read
 from dumper.model.state import ZERO_PFN, Inode, ModelError
 from dumper.state import TaskState
@@ -45,8 +46,10 @@ class ModelObject:
 
     def stat(self) -> ObjectStat:
         dev = (self.obj.dev[0] << 8) | self.obj.dev[1]
+        # hugetlbfs_getattr: st_blksize is the huge page size (2 MiB: the model's only one)
+        huge = HPAGE * PAGE_SIZE if self.obj.kind == "hugetlb" else 0
         return ObjectStat(dev=dev, ino=self.obj.ino, size=self.obj.size,
-                          shmem=self.obj.is_shmem)
+                          shmem=self.obj.is_shmem, huge_page_size=huge)
 
     def lseek(self, offset: int, whence: int) -> int:
         try:

@@ -38,10 +38,10 @@ def _pages(rng: random.Random, n: int) -> str:
 
 
 def random_program(rng: random.Random, depth: int = 12, name: str = "random",
-                   hugetlb: bool = False) -> str:
+                   hugetlb: bool = True) -> str:
     """A random scenario of about depth operations, ending with a dump of the root.
-    hugetlb: also MAP_HUGETLB mappings (a pool of HUGEPAGES): off by default while the dump
-    references a hugetlbfs mapping as a regular file instead of saving its pages."""
+    hugetlb: also MAP_HUGETLB mappings (a pool of HUGEPAGES); a dump saves them as objects
+    (shared) or anonymous memory (private) in huge pages."""
     st = _State()
     lines = [f"scenario {name}", f"swap {rng.choice(['on', 'on', 'async', 'off'])}"]
     lines += [f"hugepages {HUGEPAGES}"] if hugetlb else []
