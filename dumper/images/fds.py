@@ -95,6 +95,9 @@ def file_names(d: str) -> dict[int, tuple[str, str]]:
     for e in codec.load(path, codec.BY_NAME["FILES"]).body:
         kind = type_name(e.type)
         extra = {f.field_number: f.data for f in _unknown(e)}
+        for fd_, value in e.ListFields():  # the kinds our proto knows by now: as their bytes
+            if fd_.message_type is not None:
+                extra.setdefault(fd_.number, value.SerializeToString())
         if e.HasField("reg"):
             name = e.reg.name or "unknown path"
         elif kind == "PIPE" and 18 in extra:
