@@ -62,10 +62,13 @@ def _emit_json(doc: Any, indent: int | None = 2) -> None:
     click.echo(json.dumps(doc, indent=indent))
 
 
-def _open(path: str, verify: bool = True) -> ImageSet:
+def _open(path: str, verify: bool = True, quiet: bool = True) -> ImageSet:
+    """The set, validated; unless quiet, a progress bar on a terminal while its pages'
+    checksums are checked (the long part of opening a big set)."""
     from dumper.images.reader import ImageSet
+    from dumper.progress import for_stderr
 
-    return ImageSet.open(path, verify=verify)
+    return ImageSet.open(path, verify=verify, progress=None if quiet else for_stderr(False))
 
 
 @click.group("inspect", context_settings={"help_option_names": ["-h", "--help"]})
@@ -251,8 +254,9 @@ def _info(s: ImageSet) -> dict[str, Any]:
 @click.argument("path", metavar="DIR|FILE")
 @json_option
 @verify_option
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, even on a terminal.")
 @_errors
-def info(path: str, as_json: bool, no_verify: bool) -> None:
+def info(path: str, as_json: bool, no_verify: bool, quiet: bool) -> None:
     """Summary of image set DIR (how it was made, tasks, objects, pages, sizes), or of one
     image FILE: its kind and entry count, as `crit info` prints them."""
     if os.path.isfile(path):
@@ -264,7 +268,7 @@ def info(path: str, as_json: bool, no_verify: bool) -> None:
         n = c["count"]
         return click.echo(f"{path}: {c['magic']} image, {n} entr{'y' if n == 1 else 'ies'}")
     dir = path
-    with _open(dir, not no_verify) as s:
+    with _open(dir, not no_verify, quiet) as s:
         d = _info(s)
     if as_json:
         return _emit_json(d)

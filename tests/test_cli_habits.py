@@ -131,6 +131,10 @@ def test_progress_only_on_a_terminal_and_not_when_quiet(tmp_path):
     assert "MiB/s" in tty
     rc, out, tty = on_tty("verify", tmp_path / "a")
     assert rc == 0 and "restoring" in tty and "verifying" in tty and "100%" in tty
+    rc, out, tty = on_tty("inspect", "info", tmp_path / "a")
+    assert rc == 0 and "checking pages" in tty and "100%" in tty, tty
+    rc, out, tty = on_tty("inspect", "info", tmp_path / "a", "-q")
+    assert rc == 0 and tty == ""
     rc, out, tty = on_tty("dump", "--scenario", "14", "-o", tmp_path / "b", "--quiet")
     assert rc == 0 and tty == ""
     r = run("dump", "--scenario", "14", "-o", tmp_path / "c")  # stderr is a pipe

@@ -29,7 +29,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import zstandard
@@ -318,8 +318,9 @@ class PagesReader:
             os.close(self._fd)
             self._fd = -1
 
-    def verify(self) -> None:
-        """Hash the stored bytes and compare with dumper.img (no-op without a checksum)."""
+    def verify(self, advance: Callable[[int], None] | None = None) -> None:
+        """Hash the stored bytes and compare with dumper.img (no-op without a checksum);
+        advance hears the bytes hashed (a progress bar)."""
         if self.meta is None:
             return
         algo = self.meta.checksum_algo
@@ -333,6 +334,8 @@ class PagesReader:
                 break
             h.update(block)
             off += len(block)
+            if advance is not None:
+                advance(len(block))
         if h.digest() != self.meta.checksum:
             raise ImageError(
                 self.path,

@@ -28,6 +28,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from google.protobuf.message import Message
@@ -113,15 +114,20 @@ class ImageSet:
         self._object_by_file: dict[int, int] = {}
         self._cow_offsets: dict[int, list[int]] = {}
         self._run_starts: dict[int, list[int]] = {}
+        self._progress: Any = None
 
     # -- opening ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], verify: bool = True) -> ImageSet:
+    def open(cls, path: str | os.PathLike[str], verify: bool = True,
+             progress: Any = None) -> ImageSet:
+        """Open and validate a set; with verify, every pages file's checksum is checked
+        (progress, a dumper.progress.Progress, hears the bytes hashed)."""
         p = Path(path)
         if not p.is_dir():
             raise ImageError(p, "not a directory" if p.exists() else "no such directory")
         s = cls(p)
+        s._progress = progress
         try:
             s._load(verify)
         except BaseException:
@@ -467,12 +473,17 @@ class ImageSet:
         for pid in self._pages_meta:
             if pid not in self.pages:
                 raise ImageError(self._f(M.DUMPER), f"records {M.pages(pid)}, no pagemap uses it")
+        tell = self._progress
+        if verify and tell is not None:
+            tell.phase("checking pages", sum(i.stored_size for i in self.pages.values()))
         for pages_id, info in self.pages.items():
             if info.raw_size == 0 and not os.path.lexists(self.path / M.pages(pages_id)):
                 continue
             r = self.reader(pages_id)
             if verify:
-                r.verify()
+                r.verify(tell.advance if tell is not None else None)
+        if verify and tell is not None:
+            tell.done()
 
     def _load_cow(self, t: Task) -> None:
         img = self._load_opt(M.cow(t.pid), codec.BY_NAME["COW"])
