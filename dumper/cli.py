@@ -96,12 +96,24 @@ def run_standalone(invoke: Callable[[], Any]) -> None:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def criu_verbosity(args: list[str]) -> list[str]:
+    """criu's numeric -vN (-v4) as dumper's counted -v (-vvvv); everything after a bare
+    "--" is left alone."""
+    out = []
+    for i, a in enumerate(args):
+        if a == "--":
+            return out + args[i:]
+        out.append("-" + "v" * int(a[2:]) if a[:2] == "-v" and a[2:].isdigit() else a)
+    return out
+
+
 class DumperGroup(click.Group):
     """The top-level group: run with SIGINT/SIGTERM handled (dumper.interrupts), and
     standalone runs through run_standalone."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
              **extra: Any) -> Any:
+        args = criu_verbosity(sys.argv[1:] if args is None else list(args))
         with interrupts.handled():
             if not standalone_mode:
                 return super().main(args, prog_name, complete_var, False, **extra)

@@ -235,3 +235,14 @@ def test_inspect_pages_on_an_unmapped_address_fails(tmp_path):
 def test_live_only_flags_name_themselves(flag, tmp_path):
     r = run("dump", "--scenario", "1", flag, "-o", tmp_path / "s")
     assert r.returncode == 2 and f"{flag}: only for a live dump" in r.stderr
+
+
+def test_criu_numeric_verbosity(tmp_path):
+    """criu's -v4 is dumper's -vvvv: accepted, the phases printed."""
+    r = run("dump", "--scenario", "14", "-o", tmp_path / "a", "-v4")
+    assert r.returncode == 0, r.stderr
+    assert "dumper: dumped 2 tasks" in r.stderr, r.stderr  # what -v logs
+    from dumper.cli import criu_verbosity
+
+    assert criu_verbosity(["dump", "-v4", "-o", "x", "--", "-v2"]) == [
+        "dump", "-vvvv", "-o", "x", "--", "-v2"]
