@@ -11,7 +11,9 @@ anonymous mmaps are page aligned, so a pooled buffer goes to the disk without a 
 
 from __future__ import annotations
 
+import ctypes
 import mmap
+import os
 import sys
 
 import numpy as np
@@ -71,3 +73,24 @@ class BufferPool:
         if len(bufs) < self.keep:
             bufs.append(buf)
         return buf
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_vmsplice = _libc.vmsplice
+_vmsplice.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_uint]
+_vmsplice.restype = ctypes.c_ssize_t
+
+
+def vmsplice(pipe_w: int, addr: int, length: int) -> int:
+    """vmsplice(2) -> fs/splice.c vmsplice_to_pipe: [addr, addr + length) of this process into
+    the pipe, by reference (no SPLICE_F_GIFT: the pages stay ours and are only read), as far
+    as the pipe has room; returns the bytes taken. The GIL is released (ctypes)."""
+    n = _vmsplice(pipe_w, ctypes.byref(_IoVec(addr, length)), 1, 0)
+    if n < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"vmsplice: {os.strerror(e)}")
+    return n

@@ -178,3 +178,26 @@ def test_zstd_frames_compressed_in_parallel_are_stored_in_order(tmp_path, thread
         os.close(fd)
     assert len(meta.frame_sizes) == -(-len(data) // frame)
     _assert_reads_back(tmp_path / "f", meta, data)
+
+
+@pytest.mark.parametrize("append", [False, True])
+def test_buffered_sink_splices_every_kind_of_chunk_in_order(tmp_path, append):
+    # Through the pipe (vmsplice + splice), pieces larger than the pipe and odd ones, bytes
+    # and views; O_APPEND makes splice refuse the file (EINVAL): the same bytes by write(2).
+    pool = BufferPool()
+    big = pool.get(4 << 20)
+    big[:] = os.urandom(4 << 20)
+    pieces = [memoryview(big), b"odd" * 1001, os.urandom(Sink.PIPE + 17),
+              memoryview(big)[5 : 3 * P], b"t"]
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0)
+    fd = os.open(tmp_path / "f", flags, 0o600)
+    try:
+        sink = Sink(fd)
+        assert not sink.direct
+        for p in pieces:
+            sink.put(p)
+        sink.close()
+        assert sink._splice is not append and sink._pipe is None
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"".join(bytes(p) for p in pieces)

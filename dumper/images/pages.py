@@ -23,6 +23,7 @@ beyond the size it declares.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -34,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import zstandard
 
-from dumper.buffers import BufferPool, aligned
+from dumper.buffers import BufferPool, address, aligned, vmsplice
 from dumper.images import safeio
 from dumper.images.checksums import STORED_ALGO, STORED_ALGOS, StoredHash, stored_hash
 from dumper.images.errors import ImageError
@@ -44,6 +45,7 @@ NONE = "none"
 ZSTD = "zstd"
 COMPRESSIONS = {NONE: own.COMPRESSION_NONE, ZSTD: own.COMPRESSION_ZSTD}
 DEFAULT_FRAME_SIZE = 4 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _READ_BLOCK = 1 << 20
 
 
@@ -55,7 +57,14 @@ class Sink:
     into hasher (if any) just before it is written: the checksum is of the file's bytes.
 
     At most DEPTH buffers wait, so a fast reader is held back by a slow disk rather than
-    filling memory. On an O_DIRECT descriptor, page-aligned buffers are written as they are
+    filling memory. On a buffered descriptor the bytes go through a pipe: vmsplice(2) of
+    the buffer (by reference), then splice(2) into the file, which copies them into the page
+    cache as write(2) would, but measured 2.5x faster here (one dump of 1 GiB, 6 interleaved
+    pairs in one process: private 0.58 / 0.48 s median / best against write(2)'s 1.48 / 0.61,
+    MAP_SHARED 0.59 / 0.54 against 1.23 / 1.04; CRIU writes its pages the same way). The
+    pipe is drained before the buffer is let go, so nothing refers to it afterwards; where
+    splice refuses the file (EINVAL: O_APPEND, a filesystem without splice_write), write(2).
+    On an O_DIRECT descriptor, page-aligned buffers are written as they are
     and anything else (a model's bytes, zstd frames, odd pieces) is first gathered into
     aligned staging buffers; a tail that is not a whole number of blocks is written after
     turning O_DIRECT off. The first error is raised by the next put() or by close()."""
@@ -73,6 +82,8 @@ class Sink:
         self._stages = BufferPool(keep=self.DEPTH + 2)
         self._stage: memoryview | None = None
         self._fill = 0
+        self._pipe: tuple[int, int] | None = None  # (read, write), made by the thread
+        self._splice = True  # until the file refuses it
         self._thread = threading.Thread(target=self._run, name=f"sink-fd{fd}", daemon=True)
         self._thread.start()
 
@@ -111,6 +122,10 @@ class Sink:
         self._stage = None
         self._q.put(None)
         self._thread.join()
+        if self._pipe is not None:
+            for end in self._pipe:
+                os.close(end)
+            self._pipe = None
         if self._error is not None and not discard:
             raise self._error
 
@@ -136,6 +151,9 @@ class Sink:
         while len(mv):
             if self.direct and not aligned(mv, self.BLOCK):
                 self._buffered()  # the tail of an odd-sized image: O_DIRECT refuses it
+            if not self.direct and self._splice:
+                mv = mv[self._spliced(mv) :]
+                continue
             try:
                 mv = mv[os.write(self.fd, mv) :]
             except OSError as e:
@@ -144,6 +162,36 @@ class Sink:
                 # A device whose logical blocks are larger than BLOCK, or a filesystem that
                 # took F_SETFL O_DIRECT but not the write: the same bytes, buffered.
                 self._buffered()
+
+    PIPE = 1 << 20  # the pipe's size (fs.pipe-max-size's default); 64 KiB if refused
+
+    def _spliced(self, mv: memoryview) -> int:
+        """Bytes of mv put into the file through the pipe (vmsplice, then splice until the
+        pipe is empty); 0 after turning splicing off when the file refuses it."""
+        if self._pipe is None:
+            self._pipe = os.pipe()
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._pipe[1], F_SETPIPE_SZ, self.PIPE)
+        r, w = self._pipe
+        taken = vmsplice(w, address(mv), len(mv))
+        left = taken
+        while left:
+            try:
+                n = os.splice(r, self.fd, left)
+                if n <= 0:
+                    raise OSError(errno.EIO, f"splice into fd {self.fd} wrote nothing")
+                left -= n
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self._splice = False  # the rest by write(2): first what the pipe holds
+                while left:
+                    piece = os.read(r, left)
+                    done = 0
+                    while done < len(piece):
+                        done += os.write(self.fd, piece[done:])
+                    left -= len(piece)
+        return taken
 
     def _buffered(self) -> None:
         flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
