@@ -126,7 +126,16 @@ def check_sizes(s: ImageSet, budget: int = MAX_RESTORE_PAGES, live: bool = False
     """What a restore would map, against the budget (ImageSet.open has bounded each VMA by the
     truth, where there is one). live: a verify of the live tree, which builds its arrays one
     VMA at a time, bounds the largest VMA instead of the sum."""
-    if live:
+    # A set with every task's truth has had each task's VMAs bounded by the digests it
+    # holds on disk (ImageSet.open), and restore and verify build their per-page arrays one
+    # VMA at a time: only the largest VMA matters then (the 64 GiB pipeline tree maps 288 GiB
+    # across its tasks, every page of it recorded).
+    truthful = bool(s.tasks) and all(t in s.truths for t in s.tasks)
+    if live or truthful:
+        for o in s.objects.values():  # a restore creates each object whole
+            if not live and -(-o.size // PAGE_SIZE) > budget:
+                raise ImageError(s.path / M.OBJECTS, f"object {o.shmid} of {o.size} bytes is "
+                                 f"more than the {budget} pages a restore takes on")
         for t in s.tasks.values():
             for v in t.vmas:
                 if v.npages > budget:
