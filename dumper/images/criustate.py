@@ -168,6 +168,7 @@ class NsIds:
         self.files: dict[object, int] = {}  # open file description -> files.img id
         self.fdinfo_written: set[int] = set()
         self.pipes_data: dict[int, tuple[bytes, int]] = {}  # pipe inode -> bytes, capacity
+        self.unix_queues: dict[int, list[bytes]] = {}  # unix socket file id -> queued data
 
     def get(self, kind: str, ino: int) -> int:
         return self.ids.setdefault((kind, ino), len(self.ids) + 1)
@@ -215,8 +216,12 @@ def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None,
             sk["ns_id"] = ns.get("net", int(netns))  # type: ignore[arg-type]
         opts = criu.SkOptsEntry(**sk.pop("opts"))  # type: ignore[arg-type]
         perms = sk.pop("file_perms", None)
+        queue = sk.pop("queue", [])
+        if ns is not None:
+            ns.unix_queues[fid] = queue  # type: ignore[assignment]
+        sk.setdefault("peer", 0)
         u = criu.UnixSkEntry(id=fid, ino=fd.ino & 0xFFFFFFFF, flags=fd.flags, uflags=0,
-                             peer=0, fown=_fown(), opts=opts, **sk)
+                             fown=_fown(), opts=opts, **sk)
         if perms is not None:
             u.file_perms.CopyFrom(criu.FilePermsEntry(mode=perms[0], uid=perms[1],
                                                       gid=perms[2]))
@@ -327,6 +332,16 @@ def write_ipc_namespace(writer, ns: NsIds, ipc) -> None:
                                  cgid=s["cgid"], mode=s["mode"], id=s["id"])
         segs.append(criu.IpcShmEntry(desc=desc, size=s["size"], in_pagemaps=True))
     writer.add_image(f"ipcns-shm-{nsid}.img", "IPCNS_SHM", segs)
+
+
+def write_sk_queues(writer, ns: NsIds) -> None:
+    """sk-queues.img: each unix socket's queued packets (stream bytes), for the socket whose
+    receive queue holds them (id_for), bytes after each entry."""
+    items = [(fid, data) for fid, q in ns.unix_queues.items() for data in q]
+    if items:
+        writer.add_image("sk-queues.img", "SK_QUEUES",
+                         [criu.SkPacketEntry(id_for=fid, length=len(d)) for fid, d in items],
+                         [d for _, d in items])
 
 
 def write_pipes_data(writer, ns: NsIds) -> None:

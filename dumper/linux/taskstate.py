@@ -275,6 +275,24 @@ def assign_descriptions(states: list[TaskState]) -> None:
                 seen.setdefault((fd.dev, fd.ino), []).append((st.pid, fd.fd, fd.desc))
 
 
+def check_unix_peers(states: list[TaskState], leave_out: Collection[str]) -> None:
+    """A connected unix socket whose peer is not in the tree cannot be restored (the other
+    end is gone): refused, or left out with --leave-out socket / any."""
+    inodes = {fd.ino for st in states for fd in st.fds if fd.kind == "socket"}
+    for st in states:
+        keep = []
+        for fd in st.fds:
+            peer = fd.sock.get("peer") if fd.kind == "socket" else None
+            if peer and peer not in inodes:
+                if not {"socket", "any"} & set(leave_out):
+                    raise Unsupported(f"pid {st.pid}: fd {fd.fd} is a unix socket ({fd.path}) "
+                                      f"whose peer, socket {peer}, is outside the dumped tree "
+                                      "(leave it out with --leave-out socket)")
+                continue
+            keep.append(fd)
+        st.fds = keep
+
+
 def assign_kobj_ids(states: list[TaskState]) -> None:
     """vm/files/fs/sighand ids: equal for tasks that share the object (kcmp), as CRIU's
     kid_generate keys them; zombies have none."""

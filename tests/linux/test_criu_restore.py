@@ -40,6 +40,7 @@ PROGRAMS = {
     "shared_mem": None,      # MAP_SHARED anon the parent unmapped; a memfd mapped by two
     "epoll_eventfd": None,   # an eventfd with a count, an epoll set on it and a pipe
     "signalfd_timerfd": None,  # a signalfd on a blocked SIGUSR2, a periodic timerfd
+    "socketpair": None,      # stream and datagram socketpairs across the tree, queued data
     "listen_tcp": None,      # listening TCP sockets, IPv4 and IPv6, accept after restore
     "listen_unix": None,     # listening unix sockets, a path (mode kept) and an abstract name
     "sysv_shm": None,        # SysV shm in the tree's own IPC namespace (unshare --ipc)
