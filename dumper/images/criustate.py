@@ -182,8 +182,9 @@ class NsIds:
 
 
 def reg_file(fid: int, path: str, flags: int, pos: int = 0, size: int | None = None,
-             mode: int = 0) -> criu.FileEntry:
-    r = criu.RegFileEntry(id=fid, flags=flags, pos=pos, fown=_fown(), name=path)
+             mode: int = 0, build_id: list[int] | None = None) -> criu.FileEntry:
+    r = criu.RegFileEntry(id=fid, flags=flags, pos=pos, fown=_fown(), name=path,
+                          build_id=build_id or ())
     if size is not None:
         r.size = size
     if mode:
@@ -199,7 +200,7 @@ def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None,
                ns: NsIds | None = None) -> criu.FileEntry:
     """The files.img entry of one open file (its description, shared by dup'ed fds)."""
     if fd.kind == "reg":
-        return reg_file(fid, fd.path, fd.flags, fd.pos, fd.size, fd.mode)
+        return reg_file(fid, fd.path, fd.flags, fd.pos, fd.size, fd.mode, fd.build_id)
     if fd.kind == "pipe":
         return criu.FileEntry(type=criu.PIPE, id=fid, pipe=criu.PipeEntry(
             id=fid, pipe_id=fd.ino & 0xFFFFFFFF, flags=fd.flags, fown=_fown()))

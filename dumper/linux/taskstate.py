@@ -15,7 +15,7 @@ import os
 import struct
 from collections.abc import Collection
 
-from dumper.linux import files, inject, libc, procfs, regs
+from dumper.linux import buildid, files, inject, libc, procfs, regs
 from dumper.linux.errors import ProcError, Unsupported
 from dumper.state import ALIVE, DEAD, STOPPED, Creds, TaskState, ThreadState
 
@@ -213,11 +213,12 @@ def task_state(pid: int, tids: list[int], leave_out: Collection[str] = (),
     st.vmflags = {s.start: sorted(s.vmflags) for s in procfs.read_smaps(pid)}
     st.vdso = vdso_image(pid)
     for path in {st.exe, *(e.path for e in _file_maps(pid))}:
-        try:  # through the task's root: its mount namespace may not be ours
-            s = os.stat(f"/proc/{pid}/root{path}")
+        real = f"/proc/{pid}/root{path}"  # through the task's root: its mount namespace
+        try:
+            s = os.stat(real)
         except OSError:
             continue
-        st.files_stat[path] = (s.st_size, s.st_mode)
+        st.files_stat[path] = (s.st_size, s.st_mode, buildid.build_id(real))
     inj = inject.Injector(pid, pid)
     with inj.scratch() as buf:
         st.sigactions = inject.sigactions(inj, buf)
