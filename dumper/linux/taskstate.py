@@ -15,6 +15,7 @@ import os
 import struct
 from collections.abc import Collection
 
+from dumper.host import parse_maps
 from dumper.linux import buildid, files, inject, libc, procfs, regs
 from dumper.linux.errors import ProcError, Unsupported
 from dumper.state import ALIVE, DEAD, STOPPED, Creds, TaskState, ThreadState
@@ -237,21 +238,13 @@ def vdso_image(pid: int) -> tuple[int, bytes] | None:
     image (vdso_image_64) into every 64-bit task (restore.md §5.3), and reading the task's
     would fault in pages it never touched. A vdso of another size (a 32-bit task) is left
     to the memory dump."""
-    from dumper.host import parse_maps
-
-    def find(p: int):
-        return next(((e.start, e.end) for e in parse_maps(procfs.task_maps(p))
-                     if e.path == "[vdso]"), None)
-
-    theirs, mine = find(pid), find(os.getpid())
+    theirs, mine = inject.vdso_range(pid), inject.vdso_range(os.getpid())
     if theirs is None or mine is None or theirs[1] - theirs[0] != mine[1] - mine[0]:
         return None
     return theirs[0], ctypes.string_at(mine[0], mine[1] - mine[0])
 
 
 def _file_maps(pid: int):
-    from dumper.host import parse_maps
-
     return [e for e in parse_maps(procfs.task_maps(pid)) if e.path.startswith("/")]
 
 
