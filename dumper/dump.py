@@ -397,6 +397,7 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
     if states:
         criustate.write_pipes_data(writer, ns)
         criustate.write_sk_queues(writer, ns)
+        criustate.write_tty_info(writer, ns)
     return total
 
 

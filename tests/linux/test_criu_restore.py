@@ -131,3 +131,14 @@ def test_criu_restores_redis(built, tmp_path):
         if how == "criu" and not r["ok"]:
             pytest.skip(f"CRIU 4.2 cannot restore redis from its own dump either: {r}"[:500])
         assert r["ok"], f"{how}: {r['stage']}: {r['out']}\n{r['log']}"
+
+
+def test_criu_restores_shell_job_on_a_pty(built, tmp_path):
+    """A shell job: the program's stdio and controlling terminal are a pseudo-terminal
+    (tty-info.img, TTY files); `criu restore --shell-job`, run on a terminal of its own,
+    hands it that one, and the program's output comes out there."""
+    for how in ("criu", "dumper"):
+        r = cycle(built, "sleep_sig", tmp_path / how, how, env={"CYCLE_PTY": "1"})
+        if how == "criu" and not r["ok"]:
+            pytest.skip(f"CRIU 4.2 cannot restore a pty shell job from its own dump: {r}"[:500])
+        assert r["ok"], f"{how}: {r['stage']}: {r['out']}\n{r['log']}"
