@@ -79,6 +79,7 @@ class FdState:
     ino: int = 0
     dev: int = 0
     size: int | None = None  # regular files only
+    build_id: list[int] | None = None  # an ELF regular file's GNU build-id (u32 words)
     mode: int = 0
     data: bytes = b""  # pipe: what its buffer held (read without consuming it)
     desc: int = 0  # its open file description, the same for every fd that shares it
@@ -130,7 +131,8 @@ class TaskState:
     ns: dict[str, int] = field(default_factory=dict)  # namespace kind -> inode
     kobj: dict[str, int] = field(default_factory=dict)  # vm/files/fs/sighand -> shared id
     vmflags: dict[int, list[str]] = field(default_factory=dict)  # VMA start -> smaps VmFlags
-    files_stat: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> size, mode
+    # path -> size, mode, build-id: what identifies the exe and each mapped file
+    files_stat: dict[str, tuple[int, int, list[int] | None]] = field(default_factory=dict)
     # The task's [vdso] (start, bytes): CRIU's restore parses the image's vdso ELF, so the
     # whole VMA is stored (should_dump_entire_vma), its pages taken from the kernel's image.
     vdso: tuple[int, bytes] | None = None

@@ -59,6 +59,8 @@ KINDS = (
     Kind("FS", M.FS_MAGIC, criu.FsEntry),
     Kind("FDINFO", M.FDINFO_MAGIC, criu.FdinfoEntry),
     Kind("PIPES_DATA", M.PIPES_DATA_MAGIC, criu.PipeDataEntry, extra="bytes"),
+    Kind("TTY_INFO", M.TTY_INFO_MAGIC, criu.TtyInfoEntry),
+    Kind("SK_QUEUES", M.SK_QUEUES_MAGIC, criu.SkPacketEntry, extra="length"),
     Kind("IPC_VAR", M.IPC_VAR_MAGIC, criu.IpcVarEntry),
     Kind("IPCNS_SHM", M.IPCNS_SHM_MAGIC, criu.IpcShmEntry),
     Kind("DUMPER", M.DUMPER_MAGIC, own.DumpEntry),

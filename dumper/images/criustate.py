@@ -19,7 +19,7 @@ TASK_STATE = {ALIVE: 1, DEAD: 2, STOPPED: 3}  # criu/include/pid.h
 FD_CLOEXEC = 1
 FD_TYPE = {"reg": criu.REG, "pipe": criu.PIPE, "eventfd": criu.EVENTFD,
            "eventpoll": criu.EVENTPOLL, "memfd": criu.MEMFD, "socket": criu.INETSK,
-           "signalfd": criu.SIGNALFD, "timerfd": criu.TIMERFD}
+           "signalfd": criu.SIGNALFD, "timerfd": criu.TIMERFD, "tty": criu.TTY}
 
 
 def fd_type(fd: FdState) -> int:
@@ -168,6 +168,8 @@ class NsIds:
         self.files: dict[object, int] = {}  # open file description -> files.img id
         self.fdinfo_written: set[int] = set()
         self.pipes_data: dict[int, tuple[bytes, int]] = {}  # pipe inode -> bytes, capacity
+        self.unix_queues: dict[int, list[bytes]] = {}  # unix socket file id -> queued data
+        self.ttys: dict[int, criu.TtyInfoEntry] = {}  # pty index -> tty-info entry
 
     def get(self, kind: str, ino: int) -> int:
         return self.ids.setdefault((kind, ino), len(self.ids) + 1)
@@ -181,8 +183,9 @@ class NsIds:
 
 
 def reg_file(fid: int, path: str, flags: int, pos: int = 0, size: int | None = None,
-             mode: int = 0) -> criu.FileEntry:
-    r = criu.RegFileEntry(id=fid, flags=flags, pos=pos, fown=_fown(), name=path)
+             mode: int = 0, build_id: list[int] | None = None) -> criu.FileEntry:
+    r = criu.RegFileEntry(id=fid, flags=flags, pos=pos, fown=_fown(), name=path,
+                          build_id=build_id or ())
     if size is not None:
         r.size = size
     if mode:
@@ -194,11 +197,35 @@ def _fown() -> criu.FownEntry:
     return criu.FownEntry(uid=0, euid=0, signum=0, pid_type=0, pid=0)
 
 
+def termios_entry(t: dict) -> criu.TermiosEntry:
+    """struct termios as CRIU's termios_copy stores it: the flags, and the c_cc bytes
+    memcpy'd into the u32 words (19 words, the bytes in the first five)."""
+    cc = bytes(t["c_cc"]) + bytes(19 * 4 - len(t["c_cc"]))
+    return criu.TermiosEntry(c_iflag=t["c_iflag"], c_oflag=t["c_oflag"], c_cflag=t["c_cflag"],
+                             c_lflag=t["c_lflag"], c_line=t["c_line"], c_ispeed=0, c_ospeed=0,
+                             c_cc=struct.unpack("<19I", cc))
+
+
+def tty_info(fd: FdState) -> criu.TtyInfoEntry:
+    """tty-info.img's entry of a pty slave (CRIU's dump_tty_info; its id is CRIU's
+    tty_gen_id, index << 1 for a slave)."""
+    t = fd.sock
+    rows, cols, xpix, ypix = t["winsize"]
+    return criu.TtyInfoEntry(
+        id=t["index"] << 1, type=criu.TtyInfoEntry.PTY, locked=False,
+        exclusive=t["exclusive"], packet_mode=False, sid=t["sid"], pgrp=t["pgrp"],
+        rdev=t["rdev"] & 0xFFFFFFFF, termios=termios_entry(t["termios"]),
+        termios_locked=termios_entry(t["termios_locked"]),
+        winsize=criu.WinsizeEntry(ws_row=rows, ws_col=cols, ws_xpixel=xpix, ws_ypixel=ypix),
+        pty=criu.TtyPtyEntry(index=t["index"]), dev=t["dev"] & 0xFFFFFFFF, uid=t["uid"],
+        gid=t["gid"])
+
+
 def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None,
-               ns: NsIds | None = None) -> criu.FileEntry:
+               ns: NsIds | None = None, regf_id: int = 0) -> criu.FileEntry:
     """The files.img entry of one open file (its description, shared by dup'ed fds)."""
     if fd.kind == "reg":
-        return reg_file(fid, fd.path, fd.flags, fd.pos, fd.size, fd.mode)
+        return reg_file(fid, fd.path, fd.flags, fd.pos, fd.size, fd.mode, fd.build_id)
     if fd.kind == "pipe":
         return criu.FileEntry(type=criu.PIPE, id=fid, pipe=criu.PipeEntry(
             id=fid, pipe_id=fd.ino & 0xFFFFFFFF, flags=fd.flags, fown=_fown()))
@@ -215,8 +242,12 @@ def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None,
             sk["ns_id"] = ns.get("net", int(netns))  # type: ignore[arg-type]
         opts = criu.SkOptsEntry(**sk.pop("opts"))  # type: ignore[arg-type]
         perms = sk.pop("file_perms", None)
+        queue = sk.pop("queue", [])
+        if ns is not None:
+            ns.unix_queues[fid] = queue  # type: ignore[assignment]
+        sk.setdefault("peer", 0)
         u = criu.UnixSkEntry(id=fid, ino=fd.ino & 0xFFFFFFFF, flags=fd.flags, uflags=0,
-                             peer=0, fown=_fown(), opts=opts, **sk)
+                             fown=_fown(), opts=opts, **sk)
         if perms is not None:
             u.file_perms.CopyFrom(criu.FilePermsEntry(mode=perms[0], uid=perms[1],
                                                       gid=perms[2]))
@@ -233,6 +264,10 @@ def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None,
         return criu.FileEntry(type=criu.INETSK, id=fid, isk=criu.InetSkEntry(
             id=fid, ino=fd.ino & 0xFFFFFFFF, dst_port=0, flags=fd.flags, fown=_fown(),
             opts=opts, src_addr=src, dst_addr=[0] * len(src), **sk))
+    if fd.kind == "tty":
+        return criu.FileEntry(type=criu.TTY, id=fid, tty=criu.TtyFileEntry(
+            id=fid, tty_info_id=fd.sock["index"] << 1, flags=fd.flags, fown=_fown(),
+            regf_id=regf_id))
     if fd.kind == "signalfd":
         return criu.FileEntry(type=criu.SIGNALFD, id=fid, sgfd=criu.SignalfdEntry(
             id=fid, flags=fd.flags, fown=_fown(), sigmask=fd.counter))
@@ -329,6 +364,21 @@ def write_ipc_namespace(writer, ns: NsIds, ipc) -> None:
     writer.add_image(f"ipcns-shm-{nsid}.img", "IPCNS_SHM", segs)
 
 
+def write_tty_info(writer, ns: NsIds) -> None:
+    if ns.ttys:
+        writer.add_image("tty-info.img", "TTY_INFO", list(ns.ttys.values()))
+
+
+def write_sk_queues(writer, ns: NsIds) -> None:
+    """sk-queues.img: each unix socket's queued packets (stream bytes), for the socket whose
+    receive queue holds them (id_for), bytes after each entry."""
+    items = [(fid, data) for fid, q in ns.unix_queues.items() for data in q]
+    if items:
+        writer.add_image("sk-queues.img", "SK_QUEUES",
+                         [criu.SkPacketEntry(id_for=fid, length=len(d)) for fid, d in items],
+                         [d for _, d in items])
+
+
 def write_pipes_data(writer, ns: NsIds) -> None:
     """pipes-data.img: each pipe's buffered bytes once, whichever fds name it (pipes.c
     dump_one_pipe_data: an entry, then the bytes)."""
@@ -345,7 +395,11 @@ def fd_file_id(writer, ns: NsIds, fd: FdState) -> int:
     fid = ns.files.get(key)
     if fid is None:
         inode = writer.memfd_inode(fd.ino) if fd.kind == "memfd" else None
-        fid = ns.files[key] = writer.add_file(lambda i: file_entry(i, fd, inode, ns))
+        regf = 0
+        if fd.kind == "tty":  # its path, as a REG entry; its settings once per terminal
+            regf = writer.add_file(lambda i: reg_file(i, fd.path, fd.flags, mode=fd.mode))
+            ns.ttys.setdefault(fd.sock["index"], tty_info(fd))
+        fid = ns.files[key] = writer.add_file(lambda i: file_entry(i, fd, inode, ns, regf))
     if fd.kind == "pipe":
         ns.pipes_data.setdefault(fd.ino, (fd.data, fd.pipe_size))
     return fid

@@ -259,7 +259,7 @@ class ImageSetWriter:
         self.unreadable: list[Unreadable] = []
         # Set by a live dump: size and mode of the files it references (RegFileEntry), and
         # the dumper's own ids for the inventory (CRIU's root_ids).
-        self.reg_stat: dict[str, tuple[int, int]] = {}
+        self.reg_stat: dict[str, tuple[int, int, list[int] | None]] = {}
         self.root_ids: criu.TaskKobjIdsEntry | None = None
         self._done = False
 
@@ -560,9 +560,10 @@ class ImageSetWriter:
         self._files[-1].reg.CopyFrom(
             criu.RegFileEntry(id=fid, flags=flags, pos=0, fown=_fown(), name=name)
         )
-        if name in self.reg_stat:  # CRIU checks the size of a mapped file at restore
-            size, mode = self.reg_stat[name]
+        if name in self.reg_stat:  # CRIU checks size and build-id of a mapped file at restore
+            size, mode, build_id = self.reg_stat[name]
             self._files[-1].reg.size, self._files[-1].reg.mode = size, mode
+            self._files[-1].reg.build_id.extend(build_id or ())
         return fid
 
     def has_object(self, shmid: int, kind: str) -> bool:

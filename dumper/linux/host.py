@@ -247,6 +247,7 @@ class LinuxHost:
         stopped = {tr.pid for tr in fz.tracees.values() if tr.was_group_stopped} if fz else set()
         states = [taskstate.task_state(t.pid, procfs.threads(t.pid), leave_out,
                                        stopped=t.pid in stopped) for t in tasks]
+        taskstate.check_unix_peers(states, leave_out)
         taskstate.assign_kobj_ids(states)
         taskstate.assign_descriptions(states)
         own = taskstate.ns_inodes(os.getpid())

@@ -54,8 +54,8 @@ def find_gate(pid: int) -> int:
     bytes executes as one, wherever the vdso's own decoding puts it. Searched in our own
     vdso, the same image the kernel maps in every 64-bit task (restore.md §5.3): reading
     the target's would fault its vdso pages in, a change to its page tables."""
-    mine = _vdso(os.getpid())
-    target = _vdso(pid)
+    mine = vdso_range(os.getpid())
+    target = vdso_range(pid)
     if mine is not None and target is not None and mine[1] - mine[0] == target[1] - target[0]:
         at = ctypes.string_at(mine[0], mine[1] - mine[0]).find(b"\x0f\x05")
         if at >= 0:
@@ -63,7 +63,8 @@ def find_gate(pid: int) -> int:
     raise InjectError(errno.ENOEXEC, f"pid {pid}: no [vdso] like ours to find a syscall in")
 
 
-def _vdso(pid: int) -> tuple[int, int] | None:
+def vdso_range(pid: int) -> tuple[int, int] | None:
+    """(start, end) of pid's [vdso], None without one."""
     for e in parse_maps(procfs.task_maps(pid)):
         if e.path == "[vdso]":
             return e.start, e.end

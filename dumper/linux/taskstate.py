@@ -15,7 +15,8 @@ import os
 import struct
 from collections.abc import Collection
 
-from dumper.linux import files, inject, libc, procfs, regs
+from dumper.host import parse_maps
+from dumper.linux import buildid, files, inject, libc, procfs, regs
 from dumper.linux.errors import ProcError, Unsupported
 from dumper.state import ALIVE, DEAD, STOPPED, Creds, TaskState, ThreadState
 
@@ -238,11 +239,12 @@ def task_state(pid: int, tids: list[int], leave_out: Collection[str] = (),
     st.vmflags = {s.start: sorted(s.vmflags) for s in procfs.read_smaps(pid)}
     st.vdso = vdso_image(pid)
     for path in {st.exe, *(e.path for e in _file_maps(pid))}:
-        try:  # through the task's root: its mount namespace may not be ours
-            s = os.stat(f"/proc/{pid}/root{path}")
+        real = f"/proc/{pid}/root{path}"  # through the task's root: its mount namespace
+        try:
+            s = os.stat(real)
         except OSError:
             continue
-        st.files_stat[path] = (s.st_size, s.st_mode)
+        st.files_stat[path] = (s.st_size, s.st_mode, buildid.build_id(real))
     inj = inject.Injector(pid, pid)
     with inj.scratch() as buf:
         st.sigactions = inject.sigactions(inj, buf)
@@ -261,21 +263,13 @@ def vdso_image(pid: int) -> tuple[int, bytes] | None:
     image (vdso_image_64) into every 64-bit task (restore.md §5.3), and reading the task's
     would fault in pages it never touched. A vdso of another size (a 32-bit task) is left
     to the memory dump."""
-    from dumper.host import parse_maps
-
-    def find(p: int):
-        return next(((e.start, e.end) for e in parse_maps(procfs.task_maps(p))
-                     if e.path == "[vdso]"), None)
-
-    theirs, mine = find(pid), find(os.getpid())
+    theirs, mine = inject.vdso_range(pid), inject.vdso_range(os.getpid())
     if theirs is None or mine is None or theirs[1] - theirs[0] != mine[1] - mine[0]:
         return None
     return theirs[0], ctypes.string_at(mine[0], mine[1] - mine[0])
 
 
 def _file_maps(pid: int):
-    from dumper.host import parse_maps
-
     return [e for e in parse_maps(procfs.task_maps(pid)) if e.path.startswith("/")]
 
 
@@ -298,6 +292,24 @@ def assign_descriptions(states: list[TaskState]) -> None:
                 fd.desc = next_desc
                 next_desc += 1
                 seen.setdefault((fd.dev, fd.ino), []).append((st.pid, fd.fd, fd.desc))
+
+
+def check_unix_peers(states: list[TaskState], leave_out: Collection[str]) -> None:
+    """A connected unix socket whose peer is not in the tree cannot be restored (the other
+    end is gone): refused, or left out with --leave-out socket / any."""
+    inodes = {fd.ino for st in states for fd in st.fds if fd.kind == "socket"}
+    for st in states:
+        keep = []
+        for fd in st.fds:
+            peer = fd.sock.get("peer") if fd.kind == "socket" else None
+            if peer and peer not in inodes:
+                if not {"socket", "any"} & set(leave_out):
+                    raise Unsupported(f"pid {st.pid}: fd {fd.fd} is a unix socket ({fd.path}) "
+                                      f"whose peer, socket {peer}, is outside the dumped tree "
+                                      "(leave it out with --leave-out socket)")
+                continue
+            keep.append(fd)
+        st.fds = keep
 
 
 def assign_kobj_ids(states: list[TaskState]) -> None:

@@ -10,6 +10,11 @@ every task of the tree (their pids must be free again: §8.5), restores with
 `criu restore -D DIR --shell-job -d`, sends SIGUSR1 to the restored root and waits for it
 to exit. Prints one JSON line: {"stage": ..., "ok": bool, "out": ..., "log": ...}.
 
+With CYCLE_PTY=1 the program runs as a shell job would: in a session of its own whose
+controlling terminal is a pseudo-terminal, stdio on it; `criu restore --shell-job` is then
+run on a second terminal (its own, which the restored task inherits). What either terminal
+shows is copied into out.txt.
+
 A program that is no self-checking one (a service) is driven by two shell commands in
 the environment instead: CYCLE_READY, run until it succeeds, takes the place of the READY
 line (and sets up the state), CYCLE_CHECK, run after the restore instead of SIGUSR1, must
@@ -23,12 +28,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
+import termios
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -87,6 +97,31 @@ def wait_line(path: Path, word: str, deadline: float) -> bool:
     return False
 
 
+def terminal(out: Path) -> tuple[int, Callable[[], None]]:
+    """A pty: its slave fd, and a preexec_fn making it the child's controlling terminal;
+    a thread copies what the master reads into out."""
+    master, slave = pty.openpty()
+
+    def copy() -> None:
+        with open(out, "ab", buffering=0) as f:
+            while True:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:  # EIO: the last slave closed
+                    return
+                if not data:
+                    return
+                f.write(data.replace(b"\r\n", b"\n"))
+
+    threading.Thread(target=copy, daemon=True).start()
+
+    def ctty() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    return slave, ctty
+
+
 def main() -> None:
     criu, program, work, how, *args = sys.argv[1:]
     libc = ctypes.CDLL(None, use_errno=True)
@@ -97,9 +132,17 @@ def main() -> None:
     result: dict = {"stage": "start", "ok": False, "out": "", "log": ""}
     deadline = time.monotonic() + TIMEOUT
     try:
-        with open(out, "w") as f, open(os.devnull) as null:
-            p = subprocess.Popen([program, *args], stdin=null, stdout=f, stderr=f,
-                                 start_new_session=True, cwd=work_dir)
+        use_pty = os.environ.get("CYCLE_PTY") == "1"
+        if use_pty:
+            out.write_bytes(b"")
+            slave, ctty = terminal(out)
+            p = subprocess.Popen([program, *args], stdin=slave, stdout=slave, stderr=slave,
+                                 preexec_fn=ctty, cwd=work_dir)
+            os.close(slave)
+        else:
+            with open(out, "w") as f, open(os.devnull) as null:
+                p = subprocess.Popen([program, *args], stdin=null, stdout=f, stderr=f,
+                                     start_new_session=True, cwd=work_dir)
         root = p.pid
         if not wait_ready(out, deadline):
             result["stage"] = "ready"
@@ -121,9 +164,15 @@ def main() -> None:
         kill_tree(root)
         reap_all(deadline)
         result["stage"] = "restore"
-        r = subprocess.run([criu, "restore", "-D", str(images), "--shell-job", "-d",
-                            "-o", "restore.log", "-v4"], capture_output=True, text=True,
-                           timeout=TIMEOUT)
+        restore = [criu, "restore", "-D", str(images), "--shell-job", "-d", "-o",
+                   "restore.log", "-v4"]
+        if use_pty:
+            slave, ctty = terminal(out)
+            r = subprocess.run(restore, stdin=slave, stdout=slave, stderr=slave,
+                               preexec_fn=ctty, timeout=TIMEOUT)
+            os.close(slave)
+        else:
+            r = subprocess.run(restore, capture_output=True, text=True, timeout=TIMEOUT)
         if r.returncode != 0:
             result["log"] = _tail(images / "restore.log")
             return

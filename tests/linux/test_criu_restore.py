@@ -40,6 +40,7 @@ PROGRAMS = {
     "shared_mem": None,      # MAP_SHARED anon the parent unmapped; a memfd mapped by two
     "epoll_eventfd": None,   # an eventfd with a count, an epoll set on it and a pipe
     "signalfd_timerfd": None,  # a signalfd on a blocked SIGUSR2, a periodic timerfd
+    "socketpair": None,      # stream and datagram socketpairs across the tree, queued data
     "listen_tcp": None,      # listening TCP sockets, IPv4 and IPv6, accept after restore
     "listen_unix": None,     # listening unix sockets, a path (mode kept) and an abstract name
     "sysv_shm": None,        # SysV shm in the tree's own IPC namespace (unshare --ipc)
@@ -129,4 +130,15 @@ def test_criu_restores_redis(built, tmp_path):
         r = cycle(built, "redis", tmp_path / how, how, argv, env)
         if how == "criu" and not r["ok"]:
             pytest.skip(f"CRIU 4.2 cannot restore redis from its own dump either: {r}"[:500])
+        assert r["ok"], f"{how}: {r['stage']}: {r['out']}\n{r['log']}"
+
+
+def test_criu_restores_shell_job_on_a_pty(built, tmp_path):
+    """A shell job: the program's stdio and controlling terminal are a pseudo-terminal
+    (tty-info.img, TTY files); `criu restore --shell-job`, run on a terminal of its own,
+    hands it that one, and the program's output comes out there."""
+    for how in ("criu", "dumper"):
+        r = cycle(built, "sleep_sig", tmp_path / how, how, env={"CYCLE_PTY": "1"})
+        if how == "criu" and not r["ok"]:
+            pytest.skip(f"CRIU 4.2 cannot restore a pty shell job from its own dump: {r}"[:500])
         assert r["ok"], f"{how}: {r['stage']}: {r['out']}\n{r['log']}"

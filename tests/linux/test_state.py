@@ -192,27 +192,25 @@ def test_signal_state_matches_proc_and_is_left_alone(started, tmp_path):
 
 
 def test_unsupported_fd_is_a_clear_error(started, tmp_path):
-    """A socket is not dumped yet: the error names pid, fd and kind, and nothing is left
+    """A UDP socket is not dumped yet: the error names pid, fd and kind, and nothing is left
     behind; --leave-out (leave_out) drops it and keeps the rest."""
-    a, b = socket.socketpair()
-    try:
-        p = start(f"""
-            import os, time
-            os.dup2({b.fileno()}, 7)
-            print("ready", flush=True)
-            time.sleep(600)
-        """, pass_fds=(b.fileno(),))
-        started.append(p)
-    finally:
-        a.close()
-        b.close()
+    p = start("""
+        import os, socket, time
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        os.dup2(s.fileno(), 7)
+        s.close()
+        print("ready", flush=True)
+        time.sleep(600)
+    """)
+    started.append(p)
     out = tmp_path / "set"
-    with pytest.raises(Unsupported, match=rf"pid {p.pid}: fd 7 is a socket \(socket:\["):
-        dump(LinuxHost(), p.pid, str(out))
+    with pytest.raises(Unsupported, match=rf"pid {p.pid}: fd 7 is a socket \(socket:\[\d+\]\), "
+                                          "AF_INET SOCK_DGRAM, not listening"):
+        dump(LinuxHost(), p.pid, str(out), leave_out=frozenset({"pipe"}))
     assert not out.exists() and not [x for x in tmp_path.iterdir() if x.name.startswith(".")]
-    dump(LinuxHost(), p.pid, str(out), leave_out=frozenset({"socket"}))
+    dump(LinuxHost(), p.pid, str(out), leave_out=frozenset({"socket", "pipe"}))
     fds = fdinfo(out, p.pid)
-    assert 7 not in [e.fd for e in fds] and {0, 1, 2} <= {e.fd for e in fds}
+    assert 7 not in [e.fd for e in fds] and {0, 2} <= {e.fd for e in fds}
 
 
 def test_file_offset_and_pipe_data(started, tmp_path):
@@ -338,3 +336,45 @@ def test_stopped_task_is_recorded_stopped(started, tmp_path):
     assert (tc.task_state, tc.stop_signo) == (F.TASK_STOPPED, signal.SIGSTOP)
     # thaw() waits until a task that was group-stopped is back in the stop
     assert Path(f"/proc/{p.pid}/stat").read_text().split(") ")[1][0] == "T"
+
+
+def test_unix_socketpair_queue_is_peeked_not_taken(started, tmp_path):
+    """A socketpair with bytes queued: sk-queues.img holds them, the socket still does (and
+    its SO_PEEK_OFF is as it was); a unix socket whose peer is outside the tree is refused."""
+    from dumper.linux.files.socket import SO_PEEK_OFF, pidfd_getfd
+
+    p = start("""
+        import socket, time
+        a, b = socket.socketpair()
+        a.send(b"in the queue")
+        print("ready", flush=True)
+        time.sleep(600)
+    """)
+    started.append(p)
+    out = tmp_path / "set"
+    dump(LinuxHost(), p.pid, str(out), leave_out=frozenset({"pipe"}))
+    img = codec.load(out / "sk-queues.img", codec.BY_NAME["SK_QUEUES"])
+    assert img.extras == [b"in the queue"]
+    socks = [e for e in fdinfo(out, p.pid) if e.type == 5]  # UNIXSK
+    assert len(socks) == 2
+    b = socket.socket(fileno=pidfd_getfd(p.pid, max(e.fd for e in socks)))
+    try:
+        assert b.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) == -1
+        assert b.recv(100, socket.MSG_DONTWAIT) == b"in the queue"
+    finally:
+        b.close()
+    ours, theirs = socket.socketpair()
+    try:
+        q = start(f"""
+            import os, time
+            os.dup2({theirs.fileno()}, 9)
+            print("ready", flush=True)
+            time.sleep(600)
+        """, pass_fds=(theirs.fileno(),))
+        started.append(q)
+        with pytest.raises(Unsupported, match=rf"pid {q.pid}: fd 9 is a unix socket .*"
+                                              r"peer, socket \d+, is outside the dumped"):
+            dump(LinuxHost(), q.pid, str(tmp_path / "out2"), leave_out=frozenset({"pipe"}))
+    finally:
+        ours.close()
+        theirs.close()

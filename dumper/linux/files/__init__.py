@@ -13,7 +13,17 @@ import stat as st_mod
 from collections.abc import Callable, Collection
 
 from dumper.linux.errors import ProcError, Unsupported
-from dumper.linux.files import eventfd, eventpoll, memfd, pipe, reg, signalfd, socket, timerfd
+from dumper.linux.files import (
+    eventfd,
+    eventpoll,
+    memfd,
+    pipe,
+    reg,
+    signalfd,
+    socket,
+    timerfd,
+    tty,
+)
 from dumper.linux.files.common import RAW, parse_fdinfo
 from dumper.state import FdState
 
@@ -24,7 +34,8 @@ ANY = "any"  # leave out every kind no module knows
 KINDS: dict[str, Collector] = {"reg": reg.collect, "pipe": pipe.collect,
                                "eventfd": eventfd.collect, "eventpoll": eventpoll.collect,
                                "memfd": memfd.collect, "socket": socket.collect,
-                               "signalfd": signalfd.collect, "timerfd": timerfd.collect}
+                               "signalfd": signalfd.collect, "timerfd": timerfd.collect,
+                               "tty": tty.collect}
 
 
 def fd_kind(link: str, st: os.stat_result) -> str:

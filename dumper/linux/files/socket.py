@@ -1,7 +1,8 @@
 """Sockets (CRIU's sk-inet.c, sk-unix.c, sockets.c): listening TCP sockets, IPv4 and IPv6
 (bound address and port, backlog, SOL_SOCKET options) and listening unix stream sockets
-(name, backlog, options, the socket file's mode). Connected sockets, and every other socket
-kind, are refused: their in-flight state is not dumped.
+(name, backlog, options, the socket file's mode), and connected unix sockets whose peer is
+in the tree (socketpairs: their queued data, peeked). Connected TCP and every other socket
+kind are refused: their in-flight state is not dumped.
 
 The socket is asked through a descriptor of our own on it (pidfd_getfd, kernel/pid.c:
 the same struct file), with getsockname/getsockopt; the backlog, which no getsockopt
@@ -75,6 +76,79 @@ def listen_backlog(family: int, ino: int) -> int | None:
         if inode == ino:
             return wqueue
     return None
+
+
+UNIX_DIAG_NAME, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 0, 2, 4, 6
+SO_PEEK_OFF = 42
+
+
+def unix_diag(ino: int) -> tuple[int, dict[int, bytes]] | None:
+    """The state and unix_diag attributes (name, peer, queue lengths, shutdown) of socket
+    ino, in any state (net/unix/diag.c sk_diag_fill)."""
+    show = 0x01 | 0x04 | 0x10  # UDIAG_SHOW_NAME | PEER | RQLEN
+    req = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino, show,
+                      0xFFFFFFFF, 0xFFFFFFFF)
+    for m in _diag(req):
+        if struct.unpack_from("=I", m, 4)[0] != ino:
+            continue
+        attrs, off = {}, 16
+        while off + 4 <= len(m):
+            alen, atype = struct.unpack_from("=HH", m, off)
+            attrs[atype] = m[off + 4 : off + alen]
+            off += max(4, (alen + 3) & ~3)
+        return m[2], attrs  # unix_diag_msg.udiag_state
+    return None
+
+
+def peek_queue(pid: int, fd: int, s: socket.socket, stype: int) -> list[bytes]:
+    """What waits in the socket's receive queue, read with MSG_PEEK and SO_PEEK_OFF stepping
+    through it (as CRIU's dump_sk_queue; the offset is put back as it was), one item per
+    datagram (a stream gives its bytes). File descriptors in flight (SCM_RIGHTS) are
+    refused: the peek would install them here, and they are not dumped."""
+    old = _opt(s, SO_PEEK_OFF)
+    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    out: list[bytes] = []
+    try:
+        while True:
+            try:
+                data, anc, _, _ = s.recvmsg(1 << 20, socket.CMSG_SPACE(253 * 4),
+                                            socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out
+            for level, kind, cdata in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    for i in range(0, len(cdata) - len(cdata) % 4, 4):
+                        os.close(int.from_bytes(cdata[i : i + 4], "little"))
+                    raise Unsupported(f"pid {pid}: fd {fd}: a unix socket with file "
+                                      "descriptors in flight (SCM_RIGHTS): not dumped yet")
+            if not data and stype == socket.SOCK_STREAM:
+                return out
+            out.append(data)
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
+
+
+def _unix_connected(pid: int, fd: int, s: socket.socket, st: os.stat_result
+                    ) -> dict[str, object]:
+    """A connected (or unconnected) unix socket: its peer's inode, which the image set must
+    hold too, its name, shutdown state, options and queued data."""
+    diag = unix_diag(st.st_ino)
+    if diag is None:
+        raise Unsupported(f"pid {pid}: fd {fd}: unix_diag does not know socket {st.st_ino}")
+    state, attrs = diag
+    peer = int.from_bytes(attrs.get(UNIX_DIAG_PEER, b"\0\0\0\0")[:4], "little")
+    shutdown = attrs.get(UNIX_DIAG_SHUTDOWN, b"\0")[0]
+    # CRIU records udiag_wqueue as the backlog of a socket that does not listen
+    _, wqueue = struct.unpack("=II", attrs.get(UNIX_DIAG_RQLEN, bytes(8))[:8])
+    opts = sk_opts(s)
+    opts.update(so_passcred=bool(_opt(s, socket.SO_PASSCRED)),
+                so_passsec=bool(_opt(s, 34)))  # SO_PASSSEC
+    out: dict[str, object] = dict(type=int(s.type), state=state,
+                                  backlog=wqueue, name=sockname(s.fileno()), opts=opts, peer=peer,
+                                  queue=peek_queue(pid, fd, s, s.type))
+    if shutdown:
+        out["shutdown"] = shutdown
+    return out
 
 
 def unix_queue(ino: int) -> tuple[int, int] | None:
@@ -210,8 +284,8 @@ def collect(pid: int, fd: int, link: str, st: os.stat_result, info: dict[str, st
     try:
         listening = bool(_opt(s, socket.SO_ACCEPTCONN))
         family, stype = s.family, s.type
-        if family == socket.AF_UNIX and listening:
-            out.sock = _unix(pid, fd, s, st)
+        if family == socket.AF_UNIX:
+            out.sock = _unix(pid, fd, s, st) if listening else _unix_connected(pid, fd, s, st)
             out.sock["netns"] = net_ns_inode(s)
             return out
         if family not in (socket.AF_INET, socket.AF_INET6) or stype != socket.SOCK_STREAM \
