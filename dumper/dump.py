@@ -17,7 +17,7 @@ import numpy as np
 
 from dumper.host import Host, MapEntry, ObjectHandle, TaskInfo, parse_maps
 from dumper.images import criustate
-from dumper.images.flags import VMA_ANON_PRIVATE, VMA_AREA_VSYSCALL
+from dumper.images.flags import VMA_ANON_PRIVATE, VMA_AREA_GUARD, VMA_AREA_VSYSCALL
 from dumper.images.records import CowRun, Dropped, GuardRun, SharedObject, Unreadable, Vma
 from dumper.images.writer import ImageSetWriter
 from dumper.kabi import (
@@ -476,6 +476,9 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
                 for e in t.maps]
         st = states.get(pid)
         gate = [GATE_VMA] if getattr(host, "gate_area", lambda p: True)(pid) else []
+        if for_criu:  # CRIU 4.2 re-installs guards from fake VMAs after the real ones
+            gate += [Vma(g.vaddr, g.vaddr + g.nr_pages * PAGE_SIZE, 0, 0,
+                         status=VMA_AREA_GUARD) for g in t.guards if g.kind == "guard"]
         if st is not None and st.live:
             for r in criustate.task_images(writer, st, ns, t.info, t.maps, vmas, gate):
                 warn(r)

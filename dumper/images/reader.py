@@ -274,6 +274,11 @@ class ImageSet:
             why = _vma_bounds_error(v)
             if why:
                 raise ImageError(img.path, f"VMA {i} [{v.start:#x}, {v.end:#x}) {why}", 4)
+            if v.status & F.VMA_AREA_GUARD:
+                # CRIU 4.2 (collect_madv_guards) appends guard ranges as fake VMAs after the
+                # real ones; they are guard runs (checked against the VMAs in _load_guards)
+                t.guard_vmas.append(GuardRun(t.pid, v.start, (v.end - v.start) // PAGE_SIZE))
+                continue
             if v.start < prev_end:
                 raise ImageError(
                     img.path,
@@ -515,7 +520,13 @@ class ImageSet:
 
     def _load_guards(self, t: Task) -> None:
         img = self._load_opt(M.guards(t.pid), codec.BY_NAME["GUARDS"])
-        if img is None:
+        if img is None:  # a CRIU set, or a set written for CRIU: its guard VMAs, if any
+            for g in t.guard_vmas:
+                if not any(v.start <= g.vaddr and g.vaddr + g.nr_pages * PAGE_SIZE <= v.end
+                           for v in t.vmas):
+                    raise ImageError(self._f(M.mm(t.pid)), f"guard VMA {g.vaddr:#x}+"
+                                     f"{g.nr_pages} pages is outside every VMA")
+            t.guards = sorted(t.guard_vmas, key=lambda g: g.vaddr)
             return
         prev_end = 0
         for off, e in zip(img.offsets, img.entries, strict=True):

@@ -160,6 +160,7 @@ class Task:
     pagemap: list[PageRun] = field(default_factory=list)
     cow: list[CowRun] = field(default_factory=list)
     guards: list[GuardRun] = field(default_factory=list)
+    guard_vmas: list[GuardRun] = field(default_factory=list)  # mm's VMA_AREA_GUARD entries
 
     @property
     def present_pages(self) -> int:

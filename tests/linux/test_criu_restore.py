@@ -45,9 +45,7 @@ PROGRAMS = {
     "listen_unix": None,     # listening unix sockets, a path (mode kept) and an abstract name
     "sysv_shm": None,        # SysV shm in the tree's own IPC namespace (unshare --ipc)
     "pycheck.py": None,      # Python: bytearray, float, handler, a thread, a child, a file
-    "prot_none": "the memory side: PROT_NONE pages are saved as zeros (issue 10 item 2) and "
-                 "guard regions go to guards-PID.img, which CRIU does not read (it wants "
-                 "VMA_AREA_GUARD VMAs in mm-PID.img)",
+    "prot_none": None,       # PROT_NONE and write-only pages with data, a guard region
 }
 
 
