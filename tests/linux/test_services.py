@@ -40,7 +40,7 @@ def _pss_or_none(pid: int) -> int | None:
     some on its own)."""
     try:
         return pss_kb(pid)
-    except ProcessLookupError:
+    except (ProcessLookupError, FileNotFoundError):  # gone, or going (a zombie's is empty)
         return None
 
 
@@ -138,7 +138,9 @@ def test_postgresql_dumps_whole_and_runs_on(postgres, tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
     d = info(out)
-    assert {t["pid"] for t in d["tasks"]} >= set(tree)
+    # Every task alive before and after was alive during the dump (postgres starts and ends
+    # some workers on its own: those may come or go).
+    assert {t["pid"] for t in d["tasks"]} >= {p for p in tree if os.path.exists(f"/proc/{p}")}
     kinds = {(o["kind"], o["size"]) for o in d["objects"]}
     assert ("sysv", 56) in kinds  # the interlock segment, which used to stop the dump
     assert any(k == "shmem-anon" and size >= 128 << 20 for k, size in kinds)  # shared_buffers
