@@ -178,15 +178,81 @@ def _restore_model(path: str):
 
 @main.command()
 @click.argument("directory", metavar="DIR")
-@click.option("--verify", "do_verify", is_flag=True, help="Verify that no byte was lost.")
+@click.option("--verify", "do_verify", is_flag=True,
+              help="Verify that no byte was lost (a live set: restored stopped, checked, and "
+                   "let run only if nothing is lost; else killed, exit 1).")
+@click.option("-d", "--detach", is_flag=True,
+              help="Linux: return once the whole tree runs (exit 0).")
+@click.option("--pidfile", metavar="FILE", help="Linux: write the restored root's pid here.")
+@click.option("--leave-stopped", is_flag=True, help="Linux: leave the tree stopped (SIGSTOP).")
+@click.option("--shell-job", is_flag=True,
+              help="Linux: the tree's session/group outside it becomes ours (as criu's).")
 @user_errors
-def restore(directory: str, do_verify: bool) -> None:
-    """Restore an image set into a fresh model of the kernel it was dumped from."""
+def restore(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
+            leave_stopped: bool, shell_job: bool) -> None:
+    """Restore an image set: a model set into a fresh model of the kernel it was dumped
+    from; a live set (dumper's or CRIU 4.2's) as the process tree itself, with its pids.
+
+    On Linux, without -d the command waits for the restored root and exits with the
+    root's exit status (128+N if signal N killed it), as criu restore does; with -d it
+    exits 0 once the tree runs. dumper's own errors exit 2 (`dumper: error: ...`)."""
+    from dumper.images.reader import ImageSet
+
+    with ImageSet.open(directory) as probe:
+        live = probe.meta is None or probe.meta.host_kind != "model"
+    if live:
+        _restore_live(directory, do_verify, detach, pidfile, leave_stopped, shell_job)
+        return
     images, target, summary = _restore_model(directory)
     with images:
         click.echo(summary.line())
         if do_verify:
             _verify_report(images, target)
+
+
+def _restore_live(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
+                  leave_stopped: bool, shell_job: bool) -> None:
+    """restore() into LinuxTarget; --verify checks the stopped tree before it runs."""
+    from dumper.images.reader import ImageSet
+    from dumper.linux.host import LinuxHost
+    from dumper.linux.rst_target import LinuxTarget
+    from dumper.restore import restore as do_restore
+    from dumper.restore_state import read_state
+    from dumper.verify import verify_live
+
+    with ImageSet.open(directory) as images:
+        states = read_state(images)
+        target = LinuxTarget(images, states, shell_job)
+        summary = do_restore(images, target, states)
+        for note in target.notes:
+            progress(f"dumper: warning: {note}")
+        if do_verify:
+            try:
+                report = verify_live(images, LinuxHost())
+            except BaseException:
+                target.abort()
+                raise
+            if not report.ok:
+                target.abort()
+                for lost in report.lost[:20]:
+                    click.echo(f"  lost: {lost.describe()}")
+                click.echo(f"{report.line()}; the restored tree was killed")
+                sys.exit(1)
+            progress(report.line())
+        if pidfile:
+            try:
+                with open(pidfile, "w") as f:
+                    f.write(f"{images.root}\n")
+            except OSError:
+                target.abort()
+                raise
+        target.finish(stopped=leave_stopped)
+        progress(summary.line())
+        root = images.root
+    if detach:
+        return
+    _, status = os.waitpid(root, 0)
+    sys.exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
 @main.command()

@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from dumper.host import RestoreTarget
 from dumper.images.reader import ImageSet
 from dumper.images.records import Task, Vma
 from dumper.kabi import MAP_SHARED, PAGE_SHIFT, PAGE_SIZE
+from dumper.restore_state import SetState
 from dumper.select import runs_of
 
 
@@ -71,11 +73,27 @@ def page_sources(t: Task, vma: Vma) -> tuple[np.ndarray, np.ndarray]:
     return spid, saddr
 
 
-def restore(images: ImageSet, target: Any) -> RestoreSummary:
-    """Rebuild the image set's tree on target (a host with the restore operations)."""
+def restore(images: ImageSet, target: RestoreTarget, states: SetState | None = None
+            ) -> RestoreSummary:
+    """Rebuild the image set's tree on target; with states (a live target), also every
+    task's non-memory state. A failure aborts the target: nothing it created stays."""
+    try:
+        summary = _restore_memory(images, target)
+        if states is not None:
+            live: Any = target
+            for pid, st in states.tasks.items():
+                live.set_state(pid, st)
+    except BaseException:
+        if hasattr(target, "abort"):
+            target.abort()
+        raise
+    return summary
+
+
+def _restore_memory(images: ImageSet, target: RestoreTarget) -> RestoreSummary:
     objs = {}
     for shmid, o in images.objects.items():
-        h = target.create_object(o.kind, o.size, o.name, o.ino)
+        h = target.create_object(o.kind, o.size, o.name, o.ino, o.seals, o.page_size)
         for off, data in images.iter_object_pages(shmid):
             h.write(off, data)
         objs[shmid] = h
@@ -94,14 +112,10 @@ def restore(images: ImageSet, target: Any) -> RestoreSummary:
         for v in t.vmas:
             if any(_same_vma(v, k) for k in kept):
                 continue
-            if v.obj is None and v.path:
-                raise RestoreError(f"task {t.pid}: VMA {v.start:#x} maps the regular file "
-                                   f"{v.path}, which a set references but does not hold")
             if v.obj is not None and v.obj not in objs:
                 raise RestoreError(f"task {t.pid}: VMA {v.start:#x} maps object {v.obj}, "
                                    "which the image set does not hold")
-            target.map(t.pid, v.start, v.end, v.prot, bool(v.flags & MAP_SHARED),
-                       objs.get(v.obj) if v.obj is not None else None, v.pgoff)
+            target.map(t.pid, v, objs.get(v.obj) if v.obj is not None else None)
         inherited = _inherited_guards(t, parent, kept)
         _drop_stale_guards(target, t, inherited)
         for v in t.vmas:
@@ -129,8 +143,7 @@ def restore(images: ImageSet, target: Any) -> RestoreSummary:
                 written += len(piece) // PAGE_SIZE
         _install_guards(target, t, inherited)
         restored[t.pid] = t
-    if hasattr(target, "release_objects"):
-        target.release_objects(list(objs.values()))
+    target.release_objects(list(objs.values()))
     return RestoreSummary(len(restored), len(objs), written, shared, discarded)
 
 
