@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dumper.host import RestoreTarget
+from dumper.images import flags as F
 from dumper.images.reader import ImageSet
 from dumper.images.records import Task, Vma
 from dumper.kabi import MAP_SHARED, PAGE_SHIFT, PAGE_SIZE
@@ -102,6 +103,9 @@ def _restore_memory(images: ImageSet, target: RestoreTarget) -> RestoreSummary:
     for t in images.tasks.values():  # pstree order: parents before children
         parent = restored.get(t.ppid)
         target.create_task(t.pid, t.ppid if parent else 0, t.comm)
+        if t.state in (F.TASK_DEAD, F.TASK_ZOMBIE):
+            restored[t.pid] = t
+            continue  # a zombie has no mm: it only exits (set_state), with its code
         kept: list[Vma] = []
         if parent is not None:
             for pv in parent.vmas:

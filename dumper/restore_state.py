@@ -136,8 +136,11 @@ def read_state(images: ImageSet) -> SetState:
     for e, data in zip(img.entries, img.extras, strict=True) if img else ():
         out.pipes[e.pipe_id] = (data, e.size)
     for t in images.tasks.values():
-        cores = {tid: _single(images, _load(images, M.core(tid), "CORE")) for tid in t.threads}
-        lead = cores[t.pid]
+        lead = _single(images, _load(images, M.core(t.pid), "CORE"))
+        if lead.tc.task_state in (F.TASK_DEAD, F.TASK_ZOMBIE):
+            t.threads = (t.pid,)  # CRIU's pstree entry of a zombie lists no real threads
+        cores = {tid: lead if tid == t.pid else _single(images, _load(images, M.core(tid), "CORE"))
+                 for tid in t.threads}
         st = TaskState(pid=t.pid, comm=lead.tc.comm, state=STATES.get(lead.tc.task_state, ALIVE),
                        exit_code=lead.tc.exit_code, personality=lead.tc.personality,
                        flags=lead.tc.flags, live=True)
