@@ -142,20 +142,24 @@ class LinuxTarget:
             if st.state == DEAD:
                 continue
             for t in st.threads:
-                rst_threads.set_registers(t.tid, t)
+                rst_threads.set_registers(st.pid, t.tid, t)
         for pid, st in self.states.tasks.items():
             if st.state == DEAD:
                 inj = self.inj[pid]
                 inj.scratch_addr = self.scratch
                 rst_threads.exit_registers(inj, st.exit_code)
                 libc.ptrace(libc.PTRACE_DETACH, pid, 0, 0)
-                _wait_zombie(pid)
+                _wait_state(pid, ("Z", "X"))  # exited; its parent stub has not reaped it
         for st in self.states.tasks.values():
             if st.state == DEAD:
                 continue
             sig = signal.SIGSTOP if stopped or st.state == STOPPED else 0
             for t in st.threads:
                 libc.ptrace(libc.PTRACE_DETACH, t.tid, 0, sig)
+        if stopped:  # returned only once stopped: a SIGCONT sent next must find them so
+            for st in self.states.tasks.values():
+                if st.state != DEAD:
+                    _wait_state(st.pid, ("T",))
         self.created.clear()
 
     def abort(self) -> None:
@@ -164,18 +168,18 @@ class LinuxTarget:
         self.created.clear()
 
 
-def _wait_zombie(pid: int, timeout: float = 5.0) -> None:
-    """Until the task has exited (its parent, a stub still stopped, has not reaped it)."""
+def _wait_state(pid: int, states: tuple[str, ...], timeout: float = 5.0) -> None:
+    """Until /proc/PID/stat shows one of states (or the task is gone)."""
     import time
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
             with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                if f.read().rsplit(")", 1)[1].split()[0] in states:
                     return
         except OSError:
             return
         time.sleep(0.002)
-    raise InjectError(errno.ETIMEDOUT, f"zombie {pid} did not exit")
+    raise InjectError(errno.ETIMEDOUT, f"task {pid} did not reach state {'/'.join(states)}")
 

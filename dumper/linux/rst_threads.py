@@ -148,13 +148,45 @@ def xstate_area(tid: int, fpu: Fpu) -> bytes:
     return bytes(area)
 
 
-def set_registers(tid: int, t: ThreadState) -> None:
-    """SETREGS (orig_ax -1: the dump's fix-up already decided the syscall's fate),
-    SETREGSET NT_X86_XSTATE, SETSIGMASK."""
+# Syscalls that return -ERESTARTNOHAND when a signal interrupts them (kernel/signal.c
+# sigsuspend, sys_pause; fs/select.c): a handler makes them return EINTR, never restart.
+NOHAND_SYSCALLS = {7, 23, 34, 130, 270, 271}
+
+
+def unfix_restart(pid: int, r: dict[str, int]) -> dict[str, int]:
+    """The dump recorded an interrupted syscall as re-executed (compel's fix-up: ax = nr,
+    ip on the `syscall`). Resuming it that way, a signal that arrives before the thread
+    re-enters the call runs its handler and then the call again — sigsuspend sleeps on
+    though its signal came. Handing the kernel back the interrupted state instead (ip after
+    the instruction, ax = -ERESTARTNOHAND for the calls that use it, else -ERESTARTSYS, and
+    orig_ax = nr) lets its own restart logic decide at resume (restore.md §5.9 Fix B:
+    arch_do_signal_or_restart re-executes it; handle_signal makes it EINTR under a handler
+    as the kernel would have)."""
+    out = dict(r)
+    nr = r["orig_ax"]
+    if nr >= 1 << 63 or r["ax"] != nr:
+        out["orig_ax"] = (1 << 64) - 1  # not in a syscall, or its result is decided
+        return out
+    from dumper.linux.inject import read_mem
+
+    try:
+        at_syscall = read_mem(pid, r["ip"], 2) == b"\x0f\x05"
+    except OSError:
+        at_syscall = False
+    if not at_syscall:
+        out["orig_ax"] = (1 << 64) - 1
+        return out
+    code = regs.ERESTARTNOHAND if nr in NOHAND_SYSCALLS else regs.ERESTARTSYS
+    out.update(ip=r["ip"] + 2, ax=(-code) & ((1 << 64) - 1))
+    return out
+
+
+def set_registers(pid: int, tid: int, t: ThreadState) -> None:
+    """SETREGS (the syscall restart handed back to the kernel: unfix_restart), SETREGSET
+    NT_X86_XSTATE, SETSIGMASK."""
     if t.regs is None:
         raise StateError(errno.EINVAL, f"thread {tid}: the images hold no registers")
-    r = dict(t.regs.gpregs)
-    r["orig_ax"] = (1 << 64) - 1
+    r = unfix_restart(pid, t.regs.gpregs)
     buf = ctypes.create_string_buffer(regs._GPREGS.pack(*(r[k] for k in regs.GPREGS)))
     libc.ptrace(regs.PTRACE_SETREGS, tid, 0, ctypes.addressof(buf))
     data = xstate_area(tid, t.regs.fpu)
