@@ -169,8 +169,8 @@ def _restore_model(path: str):
     meta = images.meta
     if meta is None or meta.host_kind != "model":
         images.close()
-        fail(f"{path}: not a model image set (restore on Linux is not supported); "
-             "inspect it with `dumper inspect`")
+        fail(f"{path}: not a model image set: a live set is verified against its tree "
+             "(`dumper verify DIR --pid ROOT`, or `dumper restore DIR --verify`)")
     target = ModelTarget(Model(load_profile(meta.profile)))
     summary = restore(images, target)
     return images, target, summary
