@@ -236,8 +236,8 @@ SHM_NEXT_ID = "/proc/sys/kernel/shm_next_id"
 
 def sysv_create(want: int, size: int, name: str) -> int:
     """shmget with the dumped key (from the maps name /SYSVkey) and, through
-    kernel/shm_next_id (ipc_idr_alloc takes it as the next id), the dumped id (the maps
-    inode): tasks attach it by id."""
+    kernel/shm_next_id (ipc_idr_alloc takes it as the next id, then resets it to -1), the
+    dumped id (the maps inode): tasks attach it by id."""
     ipc_key = int(name.removeprefix("/SYSV"), 16) if name.startswith("/SYSV") else 0
     try:
         with open(SHM_NEXT_ID, "w") as f:
@@ -246,13 +246,16 @@ def sysv_create(want: int, size: int, name: str) -> int:
         raise MmError(e.errno, f"SysV segment {want}: {SHM_NEXT_ID}: {e.strerror}") from None
     shmid = _libc.shmget(ipc_key, size, IPC_CREAT | IPC_EXCL | 0o600)
     err = ctypes.get_errno()
-    with open(SHM_NEXT_ID, "w") as f:
-        f.write("-1")
     if shmid < 0:
+        # The id was not taken: spend it on a throwaway segment, so that it is not left
+        # for whoever creates one next (the sysctl refuses -1).
+        spare = _libc.shmget(0, PAGE_SIZE, IPC_CREAT | 0o600)
+        if spare >= 0:
+            _libc.shmctl(spare, 0, None)  # IPC_RMID
         raise MmError(err, f"SysV segment {want} (key {ipc_key:#x}): shmget: "
                       f"{os.strerror(err)}")
     if shmid != want:
-        _libc.shmctl(shmid, 0, None)  # IPC_RMID
+        _libc.shmctl(shmid, 0, None)
         raise MmError(errno.EEXIST, f"SysV segment {want}: got id {shmid} (taken?)")
     return shmid
 
