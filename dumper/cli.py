@@ -374,8 +374,8 @@ def _restore_model(path: str, quiet: bool = True):
     meta = images.meta
     if meta is None or meta.host_kind != "model":
         images.close()
-        fail(f"{path}: not a model image set (restore on Linux is not supported); "
-             "inspect it with `dumper inspect`")
+        fail(f"{path}: not a model image set: a live set is verified against its tree "
+             "(`dumper verify DIR --pid ROOT`, or `dumper restore DIR --verify`)")
     target = ModelTarget(Model(model_profile(images)))  # a name, never a file to run
     from dumper.progress import for_stderr
 
@@ -383,20 +383,41 @@ def _restore_model(path: str, quiet: bool = True):
     return images, target, summary
 
 
-@main.command(short_help="Restore an image set into a fresh model of the kernel it was "
-              "dumped from.")
+@main.command(short_help="Restore an image set: a model set into a fresh model, a live set "
+              "as the process tree itself.")
 @click.argument("directory", metavar="DIR")
 @click.option("--verify", "do_verify", is_flag=True,
-              help="Then verify that no byte was lost (exit 1 if any was).")
+              help="Verify that no byte was lost (exit 1 if any was; a live set: restored "
+                   "stopped, checked, and let run only if nothing is lost, else killed).")
+@click.option("-d", "--detach", is_flag=True,
+              help="Linux: return once the whole tree runs (exit 0).")
+@click.option("--pidfile", metavar="FILE", help="Linux: write the restored root's pid here.")
+@click.option("--leave-stopped", is_flag=True, help="Linux: leave the tree stopped (SIGSTOP).")
+@click.option("--shell-job", is_flag=True,
+              help="Linux: the tree's session/group outside it becomes ours (as criu's).")
 @click.option("--show", type=int, default=20, show_default=True,
               help="With --verify: how many lost pages to list (--json lists all).")
 @json_option
 @quiet_option
 @user_errors
-def restore(directory: str, do_verify: bool, show: int, as_json: bool, quiet: bool) -> None:
-    """Restore an image set into a fresh model of the kernel it was dumped from."""
+def restore(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
+            leave_stopped: bool, shell_job: bool, show: int, as_json: bool,
+            quiet: bool) -> None:
+    """Restore an image set: a model set into a fresh model of the kernel it was dumped
+    from; a live set (dumper's or CRIU 4.2's) as the process tree itself, with its pids.
+
+    On Linux, without -d the command waits for the restored root and exits with the
+    root's exit status (128+N if signal N killed it), as criu restore does; with -d it
+    exits 0 once the tree runs. dumper's own errors exit 2 (`dumper: error: ...`)."""
     import dataclasses
 
+    from dumper.images.reader import ImageSet
+
+    with ImageSet.open(directory, verify=False) as probe:
+        live = probe.meta is None or probe.meta.host_kind != "model"
+    if live:
+        _restore_live(directory, do_verify, detach, pidfile, leave_stopped, shell_job)
+        return
     images, target, summary = _restore_model(directory, quiet)
     with images:
         doc = {"restore": {"summary": summary.line(), **dataclasses.asdict(summary)}}
@@ -406,6 +427,51 @@ def restore(directory: str, do_verify: bool, show: int, as_json: bool, quiet: bo
             _verify_report(images, target, show, as_json=as_json, quiet=quiet, doc=doc)
         elif as_json:
             _emit_json(doc)
+
+
+def _restore_live(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
+                  leave_stopped: bool, shell_job: bool) -> None:
+    """restore() into LinuxTarget; --verify checks the stopped tree before it runs."""
+    from dumper.images.reader import ImageSet
+    from dumper.linux.host import LinuxHost
+    from dumper.linux.rst_target import LinuxTarget
+    from dumper.restore import restore as do_restore
+    from dumper.restore_state import read_state
+    from dumper.verify import verify_live
+
+    with ImageSet.open(directory) as images:
+        states = read_state(images)
+        target = LinuxTarget(images, states, shell_job)
+        summary = do_restore(images, target, states)
+        for note in target.notes:
+            progress(f"dumper: warning: {note}")
+        if do_verify:
+            try:
+                report = verify_live(images, LinuxHost())
+            except BaseException:
+                target.abort()
+                raise
+            if not report.ok:
+                target.abort()
+                for lost in report.lost[:20]:
+                    click.echo(f"  lost: {lost.describe()}")
+                click.echo(f"{report.line()}; the restored tree was killed")
+                sys.exit(1)
+            progress(report.line())
+        if pidfile:
+            try:
+                with open(pidfile, "w") as f:
+                    f.write(f"{images.root}\n")
+            except OSError:
+                target.abort()
+                raise
+        target.finish(stopped=leave_stopped)
+        progress(summary.line())
+        root = images.root
+    if detach:
+        return
+    _, status = os.waitpid(root, 0)
+    sys.exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
 @main.command(short_help="Verify an image set: restored (model) or against a live tree "

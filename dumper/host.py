@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from dumper.images.records import Vma
 from dumper.kabi import PROT_EXEC, PROT_READ, PROT_WRITE
 from dumper.state import TaskState
 
@@ -222,4 +223,74 @@ class Host(Protocol):
     def truth(self, pid: int) -> list[tuple[int, np.ndarray]]:
         """Ground truth: for every VMA of pid, (start, u64 digest of each page a read of it
         returns now). Used to record a dump's truth and to verify a restore."""
+        ...
+
+
+class NewObject(Protocol):
+    """A shared object a restorer re-created: its pages are written through it (the holes
+    are never touched, so lseek SEEK_DATA finds what the dump found)."""
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+
+class RestoreTarget(Protocol):
+    """What dumper.restore.restore() does to a machine to rebuild a tree, each a system call
+    a restorer makes: ModelTarget (dumper.model.host) does them to the model, LinuxTarget
+    (dumper.linux.rst_target) to the kernel, in stopped stub tasks it owns."""
+
+    kind: str
+
+    # -- the memory half (both targets) ----------------------------------------------------
+    def create_task(self, pid: int, ppid: int, comm: str) -> None:
+        """clone3 with set_tid=[pid]: a child of a restored parent (ppid) inherits its mm
+        as fork makes it; ppid 0 for the root."""
+        ...
+
+    def create_object(self, kind: str, size: int, name: str = "", key: int = 0,
+                      seals: int = 0, page_size: int = 4096) -> NewObject:
+        """memfd_create / shmget / a MAP_SHARED|MAP_ANONYMOUS inode, size bytes, empty."""
+        ...
+
+    def map(self, pid: int, vma: Vma, obj: NewObject | None) -> None:
+        """mmap the VMA at its address with its protection and flags: anonymous, from the
+        object, or from the regular file vma.path names."""
+        ...
+
+    def unmap(self, pid: int, start: int, end: int) -> None: ...
+
+    def write_memory(self, pid: int, addr: int, data: bytes) -> None:
+        """Write private pages (breaking COW where the page is shared)."""
+        ...
+
+    def discard(self, pid: int, start: int, end: int) -> None:
+        """MADV_DONTNEED: an inherited page the task did not have reads zeros/the file."""
+        ...
+
+    def install_marker(self, pid: int, start: int, end: int, kind: str) -> None:
+        """MADV_GUARD_INSTALL (kind "guard") or UFFDIO_POISON ("poison")."""
+        ...
+
+    def remove_marker(self, pid: int, start: int, end: int, kind: str) -> None: ...
+
+    def release_objects(self, objs: list[NewObject]) -> None:
+        """close() the restorer's handles once every mapping is in place."""
+        ...
+
+
+class LiveRestoreTarget(RestoreTarget, Protocol):
+    """What a live tree needs besides memory (restore() calls these when the images hold the
+    tree's state): registers, signal state, files, threads, then letting it run."""
+
+    def set_state(self, pid: int, state: TaskState) -> None:
+        """Everything but memory: threads (clone3 CLONE_THREAD with set_tid), registers,
+        XSAVE, TLS, sigmask and actions, rseq, robust list, clear-tid, mm fields and auxv,
+        cwd/umask, rlimits, credentials, fds; a zombie is made to exit with its code."""
+        ...
+
+    def finish(self, stopped: bool) -> None:
+        """Let the whole tree run (or leave it stopped with SIGSTOP), detached."""
+        ...
+
+    def abort(self) -> None:
+        """Kill every task created so far and reap it: a failed restore leaves nothing."""
         ...

@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from dumper.host import RestoreTarget
+from dumper.images import flags as F
 from dumper.images.flags import VMA_AREA_VSYSCALL
 from dumper.images.reader import ImageSet
 from dumper.images.records import Task, Vma
 from dumper.kabi import MAP_SHARED, PAGE_SHIFT, PAGE_SIZE
 from dumper.progress import Progress
+from dumper.restore_state import SetState
 from dumper.select import runs_of
 from dumper.words import count
 
@@ -75,16 +78,34 @@ def page_sources(t: Task, vma: Vma) -> tuple[np.ndarray, np.ndarray]:
     return spid, saddr
 
 
-def restore(images: ImageSet, target: Any, progress: Progress | None = None) -> RestoreSummary:
-    """Rebuild the image set's tree on target (a host with the restore operations)."""
+def restore(images: ImageSet, target: RestoreTarget, states: SetState | None = None,
+            progress: Progress | None = None) -> RestoreSummary:
+    """Rebuild the image set's tree on target; with states (a live target), also every
+    task's non-memory state. The whole set is validated before anything is created; a
+    failure aborts the target: nothing it created stays."""
     from dumper.images.validate import check_for_restore
 
     check_for_restore(images)  # the whole set, before anything is created
     tell = progress or Progress()
     tell.phase("restoring", sum(p.raw_size for p in images.pages.values()))
+    try:
+        summary = _restore_memory(images, target, tell)
+        if states is not None:
+            live: Any = target
+            for pid, st in states.tasks.items():
+                live.set_state(pid, st)
+    except BaseException:
+        if hasattr(target, "abort"):
+            target.abort()
+        raise
+    tell.done()
+    return summary
+
+
+def _restore_memory(images: ImageSet, target: RestoreTarget, tell: Progress) -> RestoreSummary:
     objs = {}
     for shmid, o in images.objects.items():
-        h = target.create_object(o.kind, o.size, o.name, o.ino)
+        h = target.create_object(o.kind, o.size, o.name, o.ino, o.seals, o.page_size)
         for off, data in images.iter_object_pages(shmid):
             h.write(off, data)
             tell.advance(len(data))
@@ -96,6 +117,9 @@ def restore(images: ImageSet, target: Any, progress: Progress | None = None) -> 
         t = replace(t, vmas=[v for v in t.vmas if not v.status & VMA_AREA_VSYSCALL])
         parent = restored.get(t.ppid)
         target.create_task(t.pid, t.ppid if parent else 0, t.comm)
+        if t.state in (F.TASK_DEAD, F.TASK_ZOMBIE):
+            restored[t.pid] = t
+            continue  # a zombie has no mm: it only exits (set_state), with its code
         kept: list[Vma] = []
         if parent is not None:
             for pv in parent.vmas:
@@ -106,14 +130,10 @@ def restore(images: ImageSet, target: Any, progress: Progress | None = None) -> 
         for v in t.vmas:
             if any(_same_vma(v, k) for k in kept):
                 continue
-            if v.obj is None and v.path:
-                raise RestoreError(f"task {t.pid}: VMA {v.start:#x} maps the regular file "
-                                   f"{v.path}, which a set references but does not hold")
             if v.obj is not None and v.obj not in objs:
                 raise RestoreError(f"task {t.pid}: VMA {v.start:#x} maps object {v.obj}, "
                                    "which the image set does not hold")
-            target.map(t.pid, v.start, v.end, v.prot, bool(v.flags & MAP_SHARED),
-                       objs.get(v.obj) if v.obj is not None else None, v.pgoff)
+            target.map(t.pid, v, objs.get(v.obj) if v.obj is not None else None)
         inherited = _inherited_guards(t, parent, kept)
         _drop_stale_guards(target, t, inherited)
         for v in t.vmas:
@@ -142,9 +162,7 @@ def restore(images: ImageSet, target: Any, progress: Progress | None = None) -> 
                 written += len(piece) // PAGE_SIZE
         _install_guards(target, t, inherited)
         restored[t.pid] = t
-    if hasattr(target, "release_objects"):
-        target.release_objects(list(objs.values()))
-    tell.done()
+    target.release_objects(list(objs.values()))
     return RestoreSummary(len(restored), len(objs), written, shared, discarded)
 
 

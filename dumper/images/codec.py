@@ -236,13 +236,13 @@ def iter_entries(
         msg = parse(message_type(kind, index), payload, path, offset, index)
         entry_offset, offset = offset, offset + 4 + n
         if kind.extra is not None:
-            size = getattr(msg, kind.extra)
-            if offset + size > _size(f):
-                raise ImageError(path, f"{size} bytes of payload run past the end", offset)
-            data = _read_exact(f, size, path, offset, "payload")
+            extra = getattr(msg, kind.extra)  # not `size`: that is the file's, for the next entry
+            if offset + extra > size:
+                raise ImageError(path, f"{extra} bytes of payload run past the end", offset)
+            data = _read_exact(f, extra, path, offset, "payload")
             if extras is not None:
                 extras.append(data)
-            offset += size
+            offset += extra
         yield entry_offset, msg
         index += 1
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from dumper.host import ObjectStat, TaskInfo
+from dumper.images.records import Vma
 from dumper.kabi import (
     PAGE_IS_FILE,
     PAGE_IS_GUARD,
@@ -259,9 +260,13 @@ class ModelRestoreMixin:
         else:
             self.model.spawn(comm, pid=pid)
 
-    def create_object(self, kind: str, size: int, name: str = "", key: int = 0) -> ModelNewObject:
-        """memfd_create / shmget / open(O_CREAT) on tmpfs / a MAP_SHARED|MAP_ANONYMOUS inode."""
+    def create_object(self, kind: str, size: int, name: str = "", key: int = 0,
+                      seals: int = 0, page_size: int = PAGE_SIZE) -> ModelNewObject:
+        """memfd_create / shmget / open(O_CREAT) on tmpfs / a MAP_SHARED|MAP_ANONYMOUS inode
+        (the model keeps no seals and no huge pages)."""
         from dumper.model.shmem import shmget
+
+        del seals, page_size
 
         k = self.model.k
         if kind == "sysv":
@@ -273,11 +278,17 @@ class ModelRestoreMixin:
         obj.refs += 1  # the restorer's fd, until the tree is restored
         return ModelNewObject(self.model, obj)
 
-    def map(self, pid: int, start: int, end: int, prot: int, shared: bool,
-            obj: ModelNewObject | None, pgoff: int) -> None:
+    def map(self, pid: int, vma: Vma, obj: ModelNewObject | None) -> None:
+        """do_mmap at the VMA's address; the model has no regular files to map."""
         from dumper.kabi import MAP_ANONYMOUS, MAP_PRIVATE, MAP_SHARED
         from dumper.model.mm import do_mmap
+        from dumper.restore import RestoreError
 
+        if obj is None and vma.path:
+            raise RestoreError(f"task {pid}: VMA {vma.start:#x} maps the regular file "
+                               f"{vma.path}, which a set references but does not hold")
+        start, end, prot, pgoff = vma.start, vma.end, vma.prot, vma.pgoff
+        shared = bool(vma.flags & MAP_SHARED)
         flags = (MAP_SHARED if shared else MAP_PRIVATE) | (MAP_ANONYMOUS if obj is None else 0)
         do_mmap(self.model.k, pid, end - start, prot, flags, obj=None if obj is None else obj.obj,
                 pgoff=pgoff >> PAGE_SHIFT, addr=start)

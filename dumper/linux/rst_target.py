@@ -1,0 +1,185 @@
+"""LinuxTarget: dumper.host.LiveRestoreTarget on the real kernel.
+
+restore() drives it as it drives the model: tasks in fork order (rst_tree), objects and
+mappings and pages (rst_mm), then each task's state (rst_threads, rst_files), then finish()
+lets the tree go. Every task is a ptrace-stopped stub of ours until then, so a failure at
+any step kills them all (abort) and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+
+from dumper.images import flags as F
+from dumper.images.reader import ImageSet
+from dumper.images.records import Vma
+from dumper.kabi import PAGE_SIZE
+from dumper.linux import libc, rst_mm, rst_threads, rst_tree
+from dumper.linux.inject import InjectError, read_mem
+from dumper.linux.rst_files import Pipes, restore_fds
+from dumper.linux.rst_inject import RestoreInjector, write_mem
+from dumper.restore_state import SetState
+from dumper.state import DEAD, STOPPED, TaskState
+
+
+class LinuxTarget:
+    """Restore into stub tasks with the dumped pids; see the module docstring."""
+
+    kind = "linux"
+
+    def __init__(self, images: ImageSet, states: SetState, shell_job: bool = False) -> None:
+        self.images, self.states, self.shell_job = images, states, shell_job
+        self.created: list[int] = []  # every task and thread, in creation order
+        self.inj: dict[int, RestoreInjector] = {}  # pid -> the leader's injector
+        self.threads: dict[int, dict[int, RestoreInjector]] = {}
+        self.special: dict[int, list[tuple[int, int]]] = {}  # pid -> vdso/vvar ranges
+        self.pipes = Pipes()
+        self.notes: list[str] = []
+        self.scratch = rst_mm.pick_scratch(
+            [[(v.start, v.end) for v in t.vmas] for t in images.tasks.values()])
+        self._check_sessions()
+        rst_tree.check_pids_free([tid for t in images.tasks.values() for tid in t.threads])
+
+    def _check_sessions(self) -> None:
+        """A session or group outside the tree is the restorer's only with --shell-job
+        (criu's --shell-job: the tree joins the caller's session)."""
+        pids = set(self.images.tasks)
+        for t in self.images.tasks.values():
+            for what, v in (("session", t.sid), ("process group", t.pgid)):
+                if v and v not in pids and not self.shell_job:
+                    raise rst_mm.MmError(errno.EINVAL, f"task {t.pid}: its {what} {v} is "
+                                         "outside the tree; restore it with --shell-job")
+
+    # -- the tree ---------------------------------------------------------------------------
+    def create_task(self, pid: int, ppid: int, comm: str) -> None:
+        t = self.images.tasks[pid]
+        if not ppid:
+            rst_tree.spawn_root(pid)
+            self.created.append(pid)
+            inj = rst_mm.teardown(pid, self.scratch)
+            rst_mm.place_vdso(inj, t.vmas, self.scratch)
+        else:
+            parent = self.inj[ppid]
+            parent.clone3(0, signal.SIGCHLD, pid)
+            self.created.append(pid)
+            inj = RestoreInjector(pid, pid, parent.gate, self.scratch)
+        self.inj[pid] = inj
+        self.special[pid] = [(v.start, v.end) for v in t.vmas
+                             if v.status & (F.VMA_AREA_VDSO | F.VMA_AREA_VVAR)]
+        parent_t = self.images.tasks.get(ppid)
+        if t.sid == pid:
+            inj.check("setsid")
+        elif t.pgid == pid:
+            inj.check("setpgid", 0, 0)
+        elif parent_t is not None and t.pgid != parent_t.pgid and t.pgid in self.inj:
+            inj.check("setpgid", 0, t.pgid)
+
+    # -- memory -----------------------------------------------------------------------------
+    def create_object(self, kind: str, size: int, name: str = "", key: int = 0,
+                      seals: int = 0, page_size: int = PAGE_SIZE) -> rst_mm.LinuxObject:
+        return rst_mm.LinuxObject(kind, size, name, key, seals, page_size)
+
+    def map(self, pid: int, vma: Vma, obj: rst_mm.LinuxObject | None) -> None:
+        if vma.status & (F.VMA_AREA_VSYSCALL | F.VMA_AREA_VDSO | F.VMA_AREA_VVAR):
+            return  # placed with the stub (place_vdso), or the kernel's fixed [vsyscall]
+        rst_mm.map_vma(self.inj[pid], vma, obj, self.states.files)
+
+    def unmap(self, pid: int, start: int, end: int) -> None:
+        self.inj[pid].check("munmap", start, end - start)
+
+    def write_memory(self, pid: int, addr: int, data: bytes) -> None:
+        for a, b in self.special.get(pid, ()):
+            if a <= addr < b:
+                # The vdso is this kernel's image: the dump stored it whole (CRIU parses
+                # it); it must be the same bytes, and is not written.
+                n = min(len(data), b - addr)
+                if read_mem(pid, addr, n) != data[:n] and b - a == PAGE_SIZE * 2:
+                    raise rst_mm.MmError(errno.EINVAL, f"task {pid}: the dumped [vdso] "
+                                         "differs from this kernel's (another kernel)")
+                if n < len(data):
+                    self.write_memory(pid, addr + n, data[n:])
+                return
+        write_mem(pid, addr, data)
+
+    def discard(self, pid: int, start: int, end: int) -> None:
+        self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_DONTNEED)
+
+    def install_marker(self, pid: int, start: int, end: int, kind: str) -> None:
+        if kind != "guard":
+            raise rst_mm.MmError(errno.ENOTSUP, f"task {pid}: {kind} markers at {start:#x} "
+                                 "are not restored on Linux yet")
+        self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_GUARD_INSTALL)
+
+    def remove_marker(self, pid: int, start: int, end: int, kind: str) -> None:
+        self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_GUARD_REMOVE)
+
+    def release_objects(self, objs: list[rst_mm.LinuxObject]) -> None:
+        for o in objs:
+            o.release()
+
+    # -- state ------------------------------------------------------------------------------
+    def set_state(self, pid: int, st: TaskState) -> None:
+        inj = self.inj[pid]
+        if st.state == DEAD:
+            self.threads[pid] = {pid: inj}
+            return
+        threads = rst_threads.create_threads(inj, st)
+        self.created += [t for t in threads if t != pid]
+        self.threads[pid] = threads
+        for t in st.threads:
+            rst_threads.thread_setup(threads[t.tid], t)
+        self.notes += rst_threads.task_setup(inj, st)
+        restore_fds(inj, st.fds, self.pipes, self.states.files)
+        inj.check("munmap", self.scratch, rst_mm.SCRATCH_SIZE)
+        inj.scratch_addr = 0
+
+    def finish(self, stopped: bool) -> None:
+        """Registers in, zombies let exit, then every thread detached (with SIGSTOP for a
+        stopped tree or a task dumped stopped)."""
+        self.pipes.close()
+        for st in self.states.tasks.values():
+            if st.state == DEAD:
+                continue
+            for t in st.threads:
+                rst_threads.set_registers(st.pid, t.tid, t)
+        for pid, st in self.states.tasks.items():
+            if st.state == DEAD:
+                inj = self.inj[pid]
+                inj.scratch_addr = self.scratch
+                rst_threads.exit_registers(inj, st.exit_code)
+                libc.ptrace(libc.PTRACE_DETACH, pid, 0, 0)
+                _wait_state(pid, ("Z", "X"))  # exited; its parent stub has not reaped it
+        for st in self.states.tasks.values():
+            if st.state == DEAD:
+                continue
+            sig = signal.SIGSTOP if stopped or st.state == STOPPED else 0
+            for t in st.threads:
+                libc.ptrace(libc.PTRACE_DETACH, t.tid, 0, sig)
+        if stopped:  # returned only once stopped: a SIGCONT sent next must find them so
+            for st in self.states.tasks.values():
+                if st.state != DEAD:
+                    _wait_state(st.pid, ("T",))
+        self.created.clear()
+
+    def abort(self) -> None:
+        self.pipes.close()
+        rst_tree.kill_all(self.created)
+        self.created.clear()
+
+
+def _wait_state(pid: int, states: tuple[str, ...], timeout: float = 5.0) -> None:
+    """Until /proc/PID/stat shows one of states (or the task is gone)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in states:
+                    return
+        except OSError:
+            return
+        time.sleep(0.002)
+    raise InjectError(errno.ETIMEDOUT, f"task {pid} did not reach state {'/'.join(states)}")
+

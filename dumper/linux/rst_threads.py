@@ -1,0 +1,212 @@
+"""A restored task's threads, registers and process state (restore.md §5.1 (h)-(p), §6).
+
+Threads are cloned by the leader (clone3 CLONE_THREAD with set_tid, §6.2); each sets its own
+clear-tid address, robust list, rseq, altstack and name by injection in itself. The task
+gets its mm fields and auxv (PR_SET_MM_MAP, §5.4, §5.10), signal actions (§5.7), cwd, root,
+umask, rlimits, credentials. Registers go in last, when nothing more is injected: the dumped
+general registers (already restart-fixed at dump, as compel_get_task_regs leaves them:
+§5.9), the XSAVE area (§5.5), the signal mask.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import struct
+
+from dumper.linux import libc, regs
+from dumper.linux.rst_inject import AT_FDCWD, RestoreInjector
+from dumper.linux.rst_tree import THREAD_FLAGS
+from dumper.state import Creds, Fpu, TaskState, ThreadState
+
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NAME = 1, 4, 15
+PR_SET_MM, PR_SET_MM_MAP, PR_SET_CHILD_SUBREAPER = 35, 14, 36
+SS_DISABLE = 2
+NO_SIGNALS = (signal.SIGKILL, signal.SIGSTOP)
+MM_FIELDS = ("mm_start_code", "mm_end_code", "mm_start_data", "mm_end_data", "mm_start_brk",
+             "mm_brk", "mm_start_stack", "mm_arg_start", "mm_arg_end", "mm_env_start",
+             "mm_env_end")  # struct prctl_mm_map's order (include/uapi/linux/prctl.h)
+SYS_prlimit64 = 302
+_syscall = ctypes.CDLL(None, use_errno=True).syscall
+_syscall.restype = ctypes.c_long
+
+
+class StateError(OSError):
+    """A piece of process state the kernel refused; the message names the task and what."""
+
+
+def create_threads(inj: RestoreInjector, st: TaskState) -> dict[int, RestoreInjector]:
+    """Every thread but the leader, by clone3 CLONE_THREAD set_tid=[tid] in the leader."""
+    out = {st.pid: inj}
+    for t in st.threads[1:]:
+        inj.clone3(THREAD_FLAGS, 0, t.tid)
+        out[t.tid] = RestoreInjector(st.pid, t.tid, inj.gate, inj.scratch_addr)
+    return out
+
+
+def thread_setup(inj: RestoreInjector, t: ThreadState) -> None:
+    """What each thread holds itself: clear-tid, robust list, rseq, altstack, name, creds."""
+    inj.check("set_tid_address", t.clear_tid)
+    if t.robust_list[0]:
+        inj.check("set_robust_list", t.robust_list[0], t.robust_list[1])
+    if t.rseq is not None:
+        ptr, size, sig = t.rseq
+        inj.check("rseq", ptr, size, 0, sig)
+    if not t.sas[2] & SS_DISABLE and t.sas[1]:
+        inj.check("sigaltstack", inj.put(struct.pack("<Qi4xQ", t.sas[0], t.sas[2], t.sas[1])), 0)
+    if t.comm:
+        inj.check("prctl", PR_SET_NAME, inj.put_str(t.comm[:15]))
+    if t.pdeath_sig:
+        inj.check("prctl", PR_SET_PDEATHSIG, t.pdeath_sig)
+    if t.creds is not None:
+        set_creds(inj, t.creds)
+
+
+def set_creds(inj: RestoreInjector, c: Creds) -> None:
+    """setgroups, setresgid, setresuid (gids first: after the uid change we may lack the
+    right). Capabilities stay the stub's (root's) for now."""
+    if (c.uids, c.gids) == ((0, 0, 0, 0), (0, 0, 0, 0)) and not c.groups:
+        return
+    groups = inj.put(struct.pack(f"<{len(c.groups)}I", *c.groups)) if c.groups else 0
+    inj.check("setgroups", len(c.groups), groups)
+    inj.check("setresgid", *c.gids[:3])
+    inj.check("setresuid", *c.uids[:3])
+
+
+def task_setup(inj: RestoreInjector, st: TaskState) -> list[str]:
+    """The task-wide state; returns notes on what the kernel would not take."""
+    notes = []
+    set_mm_map(inj, st)
+    sa = struct.Struct("<QQQQ")
+    sigs = [s for s in range(1, 65) if s not in NO_SIGNALS]
+    for sig, act in zip(sigs, st.sigactions, strict=False):
+        inj.check("rt_sigaction", sig, inj.put(sa.pack(*act)), 0, 8)
+    inj.check("umask", st.umask)
+    if st.root not in ("", "/"):
+        _path_call(inj, "chroot", st.root)
+    if st.cwd:
+        _path_call(inj, "chdir", st.cwd)
+    if st.dumpable is not None:
+        inj.check("prctl", PR_SET_DUMPABLE, st.dumpable)
+    if st.child_subreaper:
+        inj.check("prctl", PR_SET_CHILD_SUBREAPER, 1)
+    buf = (ctypes.c_uint64 * 2)()
+    for r, (cur, hi) in enumerate(st.rlimits):
+        buf[0], buf[1] = cur, hi
+        if _syscall(ctypes.c_long(SYS_prlimit64), ctypes.c_long(st.pid), ctypes.c_long(r),
+                    ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_void_p(0)) < 0:
+            err = ctypes.get_errno()
+            notes.append(f"task {st.pid}: rlimit {r} ({cur}, {hi}) not set: "
+                         f"{os.strerror(err)}")
+    return notes
+
+
+def _path_call(inj: RestoreInjector, name: str, path: str) -> None:
+    ret = inj.call(name, inj.put_str(path, 1024))
+    if ret < 0:
+        raise StateError(-ret, f"task {inj.pid}: {name} {path}: {os.strerror(-ret)}")
+
+
+def set_mm_map(inj: RestoreInjector, st: TaskState) -> None:
+    """prctl(PR_SET_MM, PR_SET_MM_MAP) (kernel/sys.c prctl_set_mm_map): code/data/brk/
+    stack/args/env bounds, auxv and the exe file, as the dumped mm had them."""
+    auxv = list(st.auxv) + [0, 0]  # AT_NULL
+    auxv_addr = inj.put(struct.pack(f"<{len(auxv)}Q", *auxv), 2048)
+    exe_fd = -1
+    if st.exe and not st.exe.endswith(" (deleted)"):
+        exe_fd = inj.call("openat", AT_FDCWD & ((1 << 64) - 1), inj.put_str(st.exe, 1024),
+                          os.O_RDONLY, 0)
+    rets = []
+    try:
+        for fd in (exe_fd, -1) if exe_fd >= 0 else (-1,):
+            m = struct.pack("<11QQII", *(st.mm.get(k, 0) for k in MM_FIELDS), auxv_addr,
+                            len(auxv) * 8, fd & 0xFFFFFFFF)
+            ret = inj.call("prctl", PR_SET_MM, PR_SET_MM_MAP, inj.put(m, 3072), len(m))
+            if ret == 0:
+                return
+            rets.append(f"exe_fd {fd}: {os.strerror(-ret)}")
+        raise StateError(-ret, f"task {st.pid}: PR_SET_MM_MAP (brk {st.mm.get('mm_brk', 0):#x}"
+                         f", exe {st.exe}): {'; '.join(rets)}")
+    finally:
+        if exe_fd >= 0:
+            inj.call("close", exe_fd)
+
+
+def xstate_area(tid: int, fpu: Fpu) -> bytes:
+    """The thread's XSAVE area with the dumped state in it: the kernel's own area (its size
+    and sw_reserved words: xstateregs_set wants exactly that size) with the legacy region,
+    XSTATE_BV and every dumped component written over."""
+    area = bytearray(regs.get_xstate(tid))
+    area[:464] = fpu.legacy[:464]
+    if fpu.xstate_bv or fpu.components:
+        area[512:520] = struct.pack("<Q", fpu.xstate_bv)
+        for feature, data in fpu.components.items():
+            off, size = regs.xfeature_layout(feature)
+            area[off : off + min(size, len(data))] = data[:size]
+    return bytes(area)
+
+
+# Syscalls that return -ERESTARTNOHAND when a signal interrupts them (kernel/signal.c
+# sigsuspend, sys_pause; fs/select.c): a handler makes them return EINTR, never restart.
+NOHAND_SYSCALLS = {7, 23, 34, 130, 270, 271}
+
+
+def unfix_restart(pid: int, r: dict[str, int]) -> dict[str, int]:
+    """The dump recorded an interrupted syscall as re-executed (compel's fix-up: ax = nr,
+    ip on the `syscall`). Resuming it that way, a signal that arrives before the thread
+    re-enters the call runs its handler and then the call again — sigsuspend sleeps on
+    though its signal came. Handing the kernel back the interrupted state instead (ip after
+    the instruction, ax = -ERESTARTNOHAND for the calls that use it, else -ERESTARTSYS, and
+    orig_ax = nr) lets its own restart logic decide at resume (restore.md §5.9 Fix B:
+    arch_do_signal_or_restart re-executes it; handle_signal makes it EINTR under a handler
+    as the kernel would have)."""
+    out = dict(r)
+    nr = r["orig_ax"]
+    if nr >= 1 << 63 or r["ax"] != nr:
+        out["orig_ax"] = (1 << 64) - 1  # not in a syscall, or its result is decided
+        return out
+    from dumper.linux.inject import read_mem
+
+    try:
+        at_syscall = read_mem(pid, r["ip"], 2) == b"\x0f\x05"
+    except OSError:
+        at_syscall = False
+    if not at_syscall:
+        out["orig_ax"] = (1 << 64) - 1
+        return out
+    code = regs.ERESTARTNOHAND if nr in NOHAND_SYSCALLS else regs.ERESTARTSYS
+    out.update(ip=r["ip"] + 2, ax=(-code) & ((1 << 64) - 1))
+    return out
+
+
+def set_registers(pid: int, tid: int, t: ThreadState) -> None:
+    """SETREGS (the syscall restart handed back to the kernel: unfix_restart), SETREGSET
+    NT_X86_XSTATE, SETSIGMASK."""
+    if t.regs is None:
+        raise StateError(errno.EINVAL, f"thread {tid}: the images hold no registers")
+    r = unfix_restart(pid, t.regs.gpregs)
+    buf = ctypes.create_string_buffer(regs._GPREGS.pack(*(r[k] for k in regs.GPREGS)))
+    libc.ptrace(regs.PTRACE_SETREGS, tid, 0, ctypes.addressof(buf))
+    data = xstate_area(tid, t.regs.fpu)
+    area = ctypes.create_string_buffer(data, len(data))
+    iov = libc.IoVec(ctypes.addressof(area), len(data))
+    libc.ptrace(regs.PTRACE_SETREGSET, tid, regs.NT_X86_XSTATE, ctypes.addressof(iov))
+    mask = ctypes.c_uint64(t.regs.sigmask)
+    libc.ptrace(0x420B, tid, 8, ctypes.addressof(mask))  # PTRACE_SETSIGMASK
+
+
+def exit_registers(inj: RestoreInjector, exit_code: int) -> None:
+    """A zombie's last registers: the gate with exit_group(status) or, if it was killed by a
+    signal, kill(self, sig) with that signal at SIG_DFL (the wait status as stat shows it)."""
+    r = regs.get_gpregs(inj.tid)
+    sig = exit_code & 0x7F
+    if sig:
+        inj.check("rt_sigaction", sig, inj.put(bytes(32)), 0, 8)
+        r.update(ax=62, di=inj.pid, si=sig)
+    else:
+        r.update(ax=231, di=(exit_code >> 8) & 0xFF)
+    r.update(orig_ax=(1 << 64) - 1, ip=inj.gate)
+    inj._setsigmask(0)
+    inj._setregs(r)

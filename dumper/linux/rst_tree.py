@@ -1,0 +1,76 @@
+"""The process tree of a restore: stub tasks with the dumped pids, ptrace-stopped and ours.
+
+The root stub is cloned by the restorer itself with clone3 set_tid (restore.md §4.1); it
+asks to be traced and stops (§1.1). Every other task is cloned by its restored parent, by
+an injected clone3 with set_tid once the parent's memory is in place, so the child's
+private pages are the parent's, shared copy-on-write as fork leaves them (§2.5, §4.3).
+Threads are injected clone3 CLONE_THREAD calls (§6.2). A pid that is taken fails before
+anything is created; a failed restore kills what it made (kill_all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+
+from dumper.linux import libc
+from dumper.linux.rst_inject import CLONE_ARGS, PTRACE_TRACEME, set_options, wait_stopped
+
+SYS_clone3 = 435
+CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
+CLONE_THREAD, CLONE_SYSVSEM = 0x10000, 0x40000
+THREAD_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
+_syscall = ctypes.CDLL(None, use_errno=True).syscall
+_syscall.restype = ctypes.c_long
+
+
+class PidTaken(OSError):
+    """A pid the set needs is in use on this machine."""
+
+
+def check_pids_free(ids: list[int]) -> None:
+    """Every pid and tid the tree needs must be free (clone3 set_tid would fail EEXIST)."""
+    for pid in ids:
+        if os.path.exists(f"/proc/{pid}"):
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    who = f.read().strip()
+            except OSError:
+                who = "?"
+            raise PidTaken(errno.EEXIST, f"pid {pid} is taken (by {who}): the restored task "
+                           "needs it; nothing was created")
+
+
+def spawn_root(pid: int) -> int:
+    """clone3(set_tid=[pid]) from the restorer: a child that traces itself and stops."""
+    tid = (ctypes.c_int * 1)(pid)
+    args = ctypes.create_string_buffer(
+        CLONE_ARGS.pack(0, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, ctypes.addressof(tid), 1, 0))
+    ret = _syscall(ctypes.c_long(SYS_clone3), ctypes.c_void_p(ctypes.addressof(args)),
+                   ctypes.c_long(CLONE_ARGS.size))
+    if ret == 0:  # the stub: it never runs Python again once it stops
+        libc.ptrace(PTRACE_TRACEME, 0, 0, 0)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        os._exit(127)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"clone3 of {pid}: {os.strerror(err)}")
+    wait_stopped(ret)
+    set_options(ret)
+    return ret
+
+
+def kill_all(pids: list[int]) -> None:
+    """SIGKILL every task made (children first) and reap those that are ours."""
+    for pid in reversed(pids):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in reversed(pids):
+        with contextlib.suppress(ChildProcessError, OSError):
+            while True:
+                got, status = os.waitpid(pid, libc.WALL)
+                if got == pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+                    break

@@ -1,0 +1,207 @@
+"""The non-memory state of an image set read back for a restore: core-TID, ids, fs, fdinfo,
+files, pipes-data and mm-PID's extras as dumper.state's TaskState — criustate's inverse, for
+dumper's sets and CRIU 4.2's alike (the same images, criu/cr-restore.c reads them).
+
+Portable: a restore target gets plain data, never a protobuf message.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+
+from dumper.images import codec
+from dumper.images import flags as F
+from dumper.images import magic as M
+from dumper.images.errors import ImageError
+from dumper.images.reader import ImageSet
+from dumper.linux.regs import GPREGS
+from dumper.state import (
+    ALIVE,
+    DEAD,
+    STOPPED,
+    Creds,
+    FdState,
+    Fpu,
+    TaskState,
+    ThreadRegs,
+    ThreadState,
+)
+
+STATES = {F.TASK_ALIVE: ALIVE, F.TASK_DEAD: DEAD, F.TASK_ZOMBIE: DEAD, F.TASK_STOPPED: STOPPED}
+XSAVE_FIELDS = {2: ("ymmh_space", "I"), 3: ("bndreg_state", "Q"), 4: ("bndcsr_state", "Q"),
+                5: ("opmask_reg", "Q"), 6: ("zmm_upper", "Q"), 7: ("hi16_zmm", "Q"),
+                9: ("pkru", "I")}
+FD_KINDS = {1: "reg", 2: "pipe"}  # FdTypes REG, PIPE (criu/include/image.h fd types)
+
+
+@dataclass
+class SetState:
+    """Every task's TaskState, plus what the set shares: pipe data by pipe inode, and the
+    size/mode recorded for each referenced regular file."""
+
+    tasks: dict[int, TaskState]
+    pipes: dict[int, tuple[bytes, int]] = field(default_factory=dict)
+    files: dict[str, tuple[int | None, int]] = field(default_factory=dict)
+
+
+def _legacy(fp) -> bytes:
+    """struct fxregs_state (512 bytes) from UserX86FpregsEntry."""
+    head = struct.pack("<HHHHQQII", fp.cwd, fp.swd, fp.twd, fp.fop, fp.rip, fp.rdp,
+                       fp.mxcsr, fp.mxcsr_mask)
+    st = struct.pack(f"<{len(fp.st_space)}I", *fp.st_space).ljust(128, b"\0")
+    xmm = struct.pack(f"<{len(fp.xmm_space)}I", *fp.xmm_space).ljust(256, b"\0")
+    return (head + st + xmm).ljust(512, b"\0")
+
+
+def fpu_of(fp) -> Fpu:
+    fpu = Fpu(legacy=_legacy(fp), xstate_bv=0, xcr0=0)
+    if fp.HasField("xsave"):
+        x = fp.xsave
+        fpu.xstate_bv = x.xstate_bv
+        for feature, (name, fmt) in XSAVE_FIELDS.items():
+            words = list(getattr(x, name))
+            if words:
+                fpu.components[feature] = struct.pack(f"<{len(words)}{fmt}", *words)
+    return fpu
+
+
+def _tls(d) -> bytes:
+    bits = (d.seg_32bit | d.contents_l << 1 | d.contents_h << 2 | d.read_exec_only << 3
+            | d.limit_in_pages << 4 | d.seg_not_present << 5 | d.usable << 6)
+    return struct.pack("<IIII", d.entry_number, d.base_addr, d.limit, bits)
+
+
+def _creds(c) -> Creds:
+    def cap(words) -> int:
+        w = list(words) + [0, 0]
+        return w[0] | w[1] << 32
+
+    return Creds(uids=(c.uid, c.euid, c.suid, c.fsuid), gids=(c.gid, c.egid, c.sgid, c.fsgid),
+                 groups=list(c.groups), cap_inh=cap(c.cap_inh), cap_prm=cap(c.cap_prm),
+                 cap_eff=cap(c.cap_eff), cap_bnd=cap(c.cap_bnd), cap_amb=cap(c.cap_amb),
+                 secbits=c.secbits, no_new_privs=c.no_new_privs)
+
+
+def thread_of(tid: int, core) -> ThreadState:
+    """One thread's core-TID.img entry (criu/cr-restore.c prepare_thread, restore_thread)."""
+    t = ThreadState(tid=tid, comm=core.tc.comm if core.HasField("tc") else "")
+    if core.HasField("thread_core"):
+        tc = core.thread_core
+        t.comm = tc.comm or t.comm
+        t.robust_list = (tc.futex_rla, tc.futex_rla_len)
+        if tc.HasField("sas"):
+            t.sas = (tc.sas.ss_sp, tc.sas.ss_size, tc.sas.ss_flags)
+        t.sched = (tc.sched_policy, tc.sched_prio, tc.sched_nice)
+        t.pdeath_sig = tc.pdeath_sig
+        if tc.HasField("creds"):
+            t.creds = _creds(tc.creds)
+        if tc.HasField("rseq_entry") and tc.rseq_entry.rseq_abi_pointer:
+            r = tc.rseq_entry
+            t.rseq = (r.rseq_abi_pointer, r.rseq_abi_size, r.signature)
+        t.pending = [s.siginfo for s in tc.signals_p.signals]
+    if core.HasField("thread_info"):
+        ti = core.thread_info
+        mask = core.thread_core.blk_sigset if core.HasField("thread_core") and \
+            core.thread_core.HasField("blk_sigset") else core.tc.blk_sigset
+        t.clear_tid = ti.clear_tid_addr
+        t.regs = ThreadRegs(gpregs={k: getattr(ti.gpregs, k) for k in GPREGS},
+                            fpu=fpu_of(ti.fpregs), tls=[_tls(d) for d in ti.tls],
+                            sigmask=mask)
+    return t
+
+
+def _load(images: ImageSet, name: str, kind: str, need: bool = True):
+    path = images.path / name
+    if not path.exists():
+        if need:
+            raise ImageError(str(path), "missing (a restore on Linux needs it)")
+        return None
+    return codec.load(path, codec.BY_NAME[kind])
+
+
+def read_state(images: ImageSet) -> SetState:
+    """The set's TaskStates, in pstree order; ImageError names a missing or bad image."""
+    files = {}
+    img = _load(images, M.FILES, "FILES", need=False)
+    for fe in img.entries if img else ():
+        files[fe.id] = fe
+    out = SetState(tasks={})
+    for fe in files.values():
+        if fe.HasField("reg"):
+            out.files[fe.reg.name] = (fe.reg.size if fe.reg.HasField("size") else None,
+                                      fe.reg.mode)
+    img = _load(images, "pipes-data.img", "PIPES_DATA", need=False)
+    for e, data in zip(img.entries, img.extras, strict=True) if img else ():
+        out.pipes[e.pipe_id] = (data, e.size)
+    for t in images.tasks.values():
+        lead = _single(images, _load(images, M.core(t.pid), "CORE"))
+        if lead.tc.task_state in (F.TASK_DEAD, F.TASK_ZOMBIE):
+            t.threads = (t.pid,)  # CRIU's pstree entry of a zombie lists no real threads
+        cores = {tid: lead if tid == t.pid else _single(images, _load(images, M.core(tid), "CORE"))
+                 for tid in t.threads}
+        st = TaskState(pid=t.pid, comm=lead.tc.comm, state=STATES.get(lead.tc.task_state, ALIVE),
+                       exit_code=lead.tc.exit_code, personality=lead.tc.personality,
+                       flags=lead.tc.flags, live=True)
+        st.threads = [thread_of(tid, cores[tid]) for tid in t.threads]
+        out.tasks[t.pid] = st
+        if st.state == DEAD:
+            continue
+        tc = lead.tc
+        st.sigactions = [(s.sigaction, s.flags, s.restorer, s.mask) for s in tc.sigactions]
+        st.rlimits = [(r.cur, r.max) for r in tc.rlimits.rlimits]
+        st.child_subreaper = tc.child_subreaper
+        st.shared_pending = [s.siginfo for s in tc.signals_s.signals]
+        mm = _single(images, _load(images, M.mm(t.pid), "MM"))
+        st.mm = {k: getattr(mm, k) for k in (
+            "mm_start_code", "mm_end_code", "mm_start_data", "mm_end_data", "mm_start_stack",
+            "mm_start_brk", "mm_brk", "mm_arg_start", "mm_arg_end", "mm_env_start",
+            "mm_env_end")}
+        st.auxv = list(mm.mm_saved_auxv)
+        st.exe = t.exe
+        if mm.HasField("dumpable"):
+            st.dumpable = mm.dumpable
+        fs = _load(images, M.fs(t.pid), "FS", need=False)
+        if fs is not None:
+            e = _single(images, fs)
+            st.cwd = _reg_name(files, e.cwd_id) or "/"
+            st.root = _reg_name(files, e.root_id) or "/"
+            st.umask = e.umask if e.HasField("umask") else 0o022
+        ids = _single(images, _load(images, M.ids(t.pid), "IDS"))
+        st.kobj = {"vm": ids.vm_id, "files": ids.files_id, "fs": ids.fs_id,
+                   "sighand": ids.sighand_id}
+        fdinfo = _load(images, M.fdinfo(ids.files_id), "FDINFO", need=False)
+        for off, e in zip(fdinfo.offsets, fdinfo.entries, strict=True) if fdinfo else ():
+            st.fds.append(_fd(fdinfo.path, off, e, files, out.pipes))
+    return out
+
+
+def _single(images: ImageSet, img):
+    if len(img.entries) != 1:
+        raise ImageError(img.path, f"holds {len(img.entries)} entries, expected one", 0)
+    return img.entries[0]
+
+
+def _reg_name(files: dict, fid: int) -> str:
+    fe = files.get(fid)
+    return fe.reg.name if fe is not None and fe.HasField("reg") else ""
+
+
+def _fd(path: str, off: int, e, files: dict, pipes: dict) -> FdState:
+    """One fdinfo entry with its files.img description."""
+    fe = files.get(e.id)
+    kind = FD_KINDS.get(e.type)
+    if fe is None or kind is None:
+        raise ImageError(path, f"fd {e.fd}: file {e.id} of type {e.type} is "
+                         "not one a restore on Linux knows (regular files and pipes)", off)
+    cloexec = bool(e.flags & 1)
+    if kind == "reg":
+        r = fe.reg
+        return FdState(fd=e.fd, kind="reg", cloexec=cloexec, flags=r.flags & ~os.O_CLOEXEC,
+                       pos=r.pos, path=r.name, size=r.size if r.HasField("size") else None,
+                       mode=r.mode)
+    p = fe.pipe
+    data, size = pipes.get(p.pipe_id, (b"", 0))
+    return FdState(fd=e.fd, kind="pipe", cloexec=cloexec, flags=p.flags & ~os.O_CLOEXEC,
+                   path=f"pipe:[{p.pipe_id}]", ino=p.pipe_id, data=data, pipe_size=size)

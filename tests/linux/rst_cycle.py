@@ -1,0 +1,169 @@
+"""One dump/kill/restore cycle of a self-checking program with dumper's restore, run as a
+process of its own (a child subreaper, so the restored tree becomes its children):
+
+    python rst_cycle.py CRIU PROGRAM WORKDIR {dumper|criu} [RESTORE-ARGS...]
+
+Like criu_cycle.py (whose helpers it uses), but the tree comes back by `dumper restore DIR
+-d` (plus RESTORE-ARGS); the dump is dumper's `dump --pid ROOT --tree` or CRIU 4.2's own.
+A PROGRAM ending in .py runs under this Python. Harness flags among RESTORE-ARGS:
+--no-detach restores without -d (the command waits for the root: its exit status is
+reported), --check-cow (with --leave-stopped) compares the PFNs of every page the images
+say a child shares with its parent. With --leave-stopped, `dumper verify DIR --pid ROOT`
+runs on the stopped tree before it is continued. Prints one JSON line; kills and reaps
+everything it started or restored.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from criu_cycle import TIMEOUT, _tail, kill_tree, reap_all, wait_line  # noqa: E402
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def dump_cmd(how: str, criu: str, root: int, images: Path) -> list[str]:
+    if how == "dumper":
+        return [sys.executable, "-m", "dumper.cli", "dump", "--pid", str(root), "--tree",
+                "--leave-out", "any", "-o", str(images)]
+    images.mkdir()
+    return [criu, "dump", "-t", str(root), "-D", str(images), "--shell-job", "-o",
+            "dump.log", "-v4"]
+
+
+def main() -> None:
+    criu, program, work, how, *restore_args = sys.argv[1:]
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    work_dir = Path(work)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    out, images = work_dir / "out.txt", work_dir / "images"
+    result: dict = {"stage": "start", "ok": False, "out": "", "log": ""}
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        argv = [sys.executable, program] if program.endswith(".py") else [program]
+        with open(out, "w") as f, open(os.devnull) as null:
+            p = subprocess.Popen(argv, stdin=null, stdout=f, stderr=f,
+                                 start_new_session=True, cwd=work_dir)
+        root = p.pid
+        if not wait_line(out, "READY", deadline):
+            result["stage"] = "ready"
+            return
+        result["stage"] = "dump"
+        r = subprocess.run(dump_cmd(how, criu, root, images), capture_output=True, text=True,
+                           timeout=TIMEOUT)
+        if r.returncode != 0:
+            result["log"] = (r.stderr + r.stdout)[-3000:] + _tail(images / "dump.log")
+            return
+        kill_tree(root)
+        reap_all(deadline)
+        result["stage"] = "restore"
+        detach = "--no-detach" not in restore_args
+        check_cow = "--check-cow" in restore_args
+        args = [a for a in restore_args if a not in ("--no-detach", "--check-cow")]
+        cmd = [sys.executable, "-m", "dumper.cli", "restore", str(images), *args]
+        if not detach:
+            waiter = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+            if not _wait_running(root, deadline):
+                result["log"] = "the restored root never ran"
+                return
+            os.kill(root, signal.SIGUSR1)
+            _, err = waiter.communicate(timeout=TIMEOUT)
+            result["rc"], result["log"] = waiter.returncode, err[-3000:]
+            text = out.read_text(errors="replace")
+            result["out"] = text[-3000:]
+            result["ok"] = "PASS" in text and "FAIL" not in text
+            result["stage"] = "done" if result["ok"] else "check"
+            return
+        t0 = time.monotonic()
+        r = subprocess.run([*cmd, "-d"], capture_output=True, text=True, timeout=TIMEOUT)
+        result["restore_s"] = time.monotonic() - t0
+        result["log"] = r.stderr[-3000:]
+        if r.returncode != 0:
+            result["rc"] = r.returncode
+            return
+        result["stage"] = "run"
+        if check_cow:
+            result["cow"] = cow_pfns(images)
+        if "--leave-stopped" in restore_args:
+            v = subprocess.run([sys.executable, "-m", "dumper.cli", "verify", str(images),
+                                "--pid", str(root)], capture_output=True, text=True,
+                               timeout=TIMEOUT)
+            result["verify"] = (v.returncode, v.stdout[-2000:] + v.stderr[-1000:])
+            os.kill(root, signal.SIGCONT)
+            for pid in _tree(root):
+                os.kill(pid, signal.SIGCONT)
+        os.kill(root, signal.SIGUSR1)
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == root:
+                result["status"] = status
+                break
+            if pid == 0:
+                time.sleep(0.05)
+        text = out.read_text(errors="replace")
+        result["out"] = text[-3000:]
+        result["ok"] = "PASS" in text and "FAIL" not in text
+        result["stage"] = "done" if result["ok"] else "check"
+    except Exception as e:  # noqa: BLE001 - reported to the test, which fails with it
+        result["log"] += f"{type(e).__name__}: {e}"
+    finally:
+        kill_tree(os.getpid(), itself=False)
+        reap_all(time.monotonic() + 10)
+        if not result["out"] and out.exists():
+            result["out"] = out.read_text(errors="replace")[-3000:]
+        print(json.dumps(result))
+
+
+def _wait_running(root: int, deadline: float) -> bool:
+    """Until root exists and is no stub of ours any more (not traced: TracerPid 0)."""
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{root}/status") as f:
+                if "TracerPid:\t0\n" in f.read():
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return False
+
+
+def cow_pfns(images: Path) -> list[int]:
+    """[pages the images say a child shares with its parent, of those sharing the same PFN
+    in /proc/PID/pagemap now] (we are root: PFNs are shown)."""
+    sys.path.insert(0, str(Path(__file__).parents[2]))
+    from dumper.images.reader import ImageSet
+
+    total = same = 0
+    with ImageSet.open(images) as s:
+        for t in s.tasks.values():
+            for c in t.cow:
+                for i in range(c.nr_pages):
+                    total += 1
+                    a = _pfn(c.pid, c.vaddr + i * 4096)
+                    same += a != 0 and a == _pfn(c.src_pid, c.src_vaddr + i * 4096)
+    return [total, same]
+
+
+def _pfn(pid: int, addr: int) -> int:
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek(addr // 4096 * 8)
+        word = int.from_bytes(f.read(8), "little")
+    return word & ((1 << 55) - 1) if word >> 63 else 0
+
+
+def _tree(root: int) -> list[int]:
+    from criu_cycle import tree_pids
+
+    return tree_pids(root)
+
+
+if __name__ == "__main__":
+    main()
