@@ -22,14 +22,15 @@ from dumper.select import lseek_extents
 from dumper.verify import verify
 
 
-def pipeline(total_gib: int, compress: str | None) -> dict:
+def pipeline(total_gib: int, compress: str | None, threads: int = 0) -> dict:
     t0 = time.perf_counter()
     m, pids, _, _ = build(total_gib)
     t1 = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="dumper-bench-", dir="/var/tmp")
     try:
         out = f"{tmp}/set"
-        s = dump(ModelHost(m), pids[0], out, "auto", profile="linux-6.18", compress=compress)
+        s = dump(ModelHost(m), pids[0], out, "auto", profile="linux-6.18", compress=compress,
+                 threads=threads)
         t2 = time.perf_counter()
         dump_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         del m  # the dumped tree is gone before the restore, as after a checkpoint-and-kill
@@ -45,7 +46,7 @@ def pipeline(total_gib: int, compress: str | None) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     assert report.ok, report.line()
     return {
-        "gib_mapped": total_gib, "compress": compress or "raw",
+        "gib_mapped": total_gib, "compress": compress or "raw", "zstd_threads": threads,
         "pages_dumped": s.private_pages + s.shared_pages, "cow_pages": s.cow_pages,
         "image_mib": round(s.bytes_written / 2**20), "build_s": round(t1 - t0, 2),
         "dump_s": round(t2 - t1, 2), "open_verify_checksums_s": round(t3 - t2, 2),
@@ -78,7 +79,8 @@ def lseek_cost(npages: int, extents: int) -> dict:
 
 def main() -> dict:
     gib = int(sys.argv[sys.argv.index("--gib") + 1]) if "--gib" in sys.argv else 64
-    res = pipeline(gib, "zstd")
+    threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else 0
+    res = pipeline(gib, "zstd", threads)
     res["lseek"] = [lseek_cost(p, e) for p, e in
                     ((1 << 16, 16), (1 << 20, 16), (1 << 24, 16), (1 << 20, 1024))]
     return res
