@@ -84,6 +84,19 @@ def task_setup(inj: RestoreInjector, st: TaskState) -> list[str]:
     for sig, act in zip(sigs, st.sigactions, strict=False):
         inj.check("rt_sigaction", sig, inj.put(sa.pack(*act)), 0, 8)
     inj.check("umask", st.umask)
+    if st.personality:
+        inj.check("personality", st.personality)
+    for which, timer in enumerate(st.itimers):
+        if any(timer):  # struct itimerval: it_interval then it_value (kernel/time/itimer.c)
+            inj.check("setitimer", which, inj.put(struct.pack("<4q", *timer)), 0)
+    if st.oom_score_adj is not None:
+        try:
+            with open(f"/proc/{st.pid}/oom_score_adj", "w") as f:
+                f.write(str(st.oom_score_adj))
+        except OSError as e:
+            notes.append(f"task {st.pid}: oom_score_adj {st.oom_score_adj}: {e.strerror}")
+    for t in st.threads:
+        notes += set_sched(t)
     if st.root not in ("", "/"):
         _path_call(inj, "chroot", st.root)
     if st.cwd:
@@ -101,6 +114,19 @@ def task_setup(inj: RestoreInjector, st: TaskState) -> list[str]:
             notes.append(f"task {st.pid}: rlimit {r} ({cur}, {hi}) not set: "
                          f"{os.strerror(err)}")
     return notes
+
+
+def set_sched(t: ThreadState) -> list[str]:
+    """The thread's policy, RT priority and nice (sched_setscheduler, setpriority), set from
+    the restorer: no injection needed."""
+    policy, prio, nice = t.sched
+    try:
+        if policy or prio:
+            os.sched_setscheduler(t.tid, policy, os.sched_param(prio))
+        os.setpriority(os.PRIO_PROCESS, t.tid, nice)
+    except OSError as e:
+        return [f"thread {t.tid}: scheduling ({policy}, {prio}, nice {nice}): {e.strerror}"]
+    return []
 
 
 def _path_call(inj: RestoreInjector, name: str, path: str) -> None:
