@@ -21,6 +21,7 @@ PTRACE_EVENT_FORK, PTRACE_EVENT_CLONE = 1, 3
 # arch/x86/entry/syscalls/syscall_64.tbl: the calls a restore makes.
 NR = {"read": 0, "close": 3, "lseek": 8, "mmap": 9, "mprotect": 10, "munmap": 11, "brk": 12,
       "rt_sigaction": 13, "mremap": 25, "madvise": 28, "shmat": 30, "dup2": 33,
+      "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
       "setitimer": 38, "getpid": 39, "kill": 62, "fcntl": 72, "chdir": 80, "umask": 95,
       "setpgid": 109, "setsid": 112, "setgroups": 116, "setresuid": 117, "setresgid": 119,
       "sigaltstack": 131, "personality": 135, "prctl": 157, "arch_prctl": 158,

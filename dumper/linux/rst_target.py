@@ -144,6 +144,7 @@ class LinuxTarget:
             rst_threads.thread_setup(threads[t.tid], t)
         self.notes += rst_threads.task_setup(inj, st)
         restore_fds(inj, st.fds, self.pipes, self.states.files)
+        rst_threads.queue_pending(threads, st)
         inj.check("munmap", self.scratch, rst_mm.SCRATCH_SIZE)
         inj.scratch_addr = 0
 

@@ -64,6 +64,21 @@ def thread_setup(inj: RestoreInjector, t: ThreadState) -> None:
         set_creds(inj, t.creds)
 
 
+def queue_pending(threads: dict[int, RestoreInjector], st: TaskState) -> None:
+    """The queued signals, private and shared, re-queued by each thread itself
+    (rt_tgsigqueueinfo/rt_sigqueueinfo: from another process a siginfo with si_code >= 0
+    is refused, kernel/signal.c do_rt_tgsigqueueinfo). Blocked while we inject, they are
+    delivered once the thread runs with its own mask."""
+    for t in st.threads:
+        inj = threads[t.tid]
+        for info in t.pending:
+            sig = struct.unpack_from("<i", info)[0]
+            inj.check("rt_tgsigqueueinfo", st.pid, t.tid, sig, inj.put(info, 3584))
+    for info in st.shared_pending:
+        sig = struct.unpack_from("<i", info)[0]
+        threads[st.pid].check("rt_sigqueueinfo", st.pid, sig, threads[st.pid].put(info, 3584))
+
+
 def set_creds(inj: RestoreInjector, c: Creds) -> None:
     """setgroups, setresgid, setresuid (gids first: after the uid change we may lack the
     right). Capabilities stay the stub's (root's) for now."""

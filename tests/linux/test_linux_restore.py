@@ -73,6 +73,8 @@ def test_dumper_restores_its_own_dump(name, built, tmp_path):
 OWN = {
     "rst_sysv": "a SysV segment attached by parent and child, holes in it; same id after "
                 "restore (kernel/shm_next_id), data and sharing kept",
+    "rst_pending": "signals blocked and queued at the dump (one standard, two real-time "
+                   "with values) are queued again, in order",
     "rst_holes_guard": "a memfd and a MAP_SHARED anonymous object report the same "
                        "SEEK_DATA extents after restore; a guard region still faults",
 }
