@@ -52,7 +52,7 @@ def main() -> None:
         with open(out, "w") as f, open(os.devnull) as null:
             p = subprocess.Popen(argv, stdin=null, stdout=f, stderr=f,
                                  start_new_session=True, cwd=work_dir)
-        root = p.pid
+        root = result["root"] = p.pid
         if not wait_line(out, "READY", deadline):
             result["stage"] = "ready"
             return

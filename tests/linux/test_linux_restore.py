@@ -115,6 +115,13 @@ def test_restore_verify_in_one_command(built, tmp_path):
     assert "nothing lost" in res["log"], res["log"]
 
 
+def test_pidfile_holds_the_root(built, tmp_path):
+    pidfile = tmp_path / "root.pid"
+    res = cycle(built / "cow_fork", tmp_path / "w", "dumper", "--pidfile", str(pidfile))
+    _passed(res)
+    assert pidfile.read_text() == f"{res['root']}\n"
+
+
 def test_without_detach_waits_and_passes_the_exit_status(built, tmp_path):
     res = cycle(built / "pipe_read", tmp_path, "dumper", "--no-detach")
     _passed(res)
