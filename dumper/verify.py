@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from dumper.images.flags import VMA_AREA_VSYSCALL
 from dumper.images.reader import ImageSet
 from dumper.kabi import PAGE_SHIFT, PAGE_SIZE
 
@@ -397,6 +398,8 @@ def verify_live(images: ImageSet, host: Any, pid_map: dict[int, int] | None = No
         live = Live(host.truth(hpid))
         rseq = host.rseq_areas(hpid)
         for v in t.vmas:
+            if v.status & VMA_AREA_VSYSCALL:
+                continue  # CRIU sets list [vsyscall]: the kernel's fixed page, no one's data
             n = (v.end - v.start) // PAGE_SIZE
             restored = view.vma(t.pid, v)
             found = live.find(v.start, n)

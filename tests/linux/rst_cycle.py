@@ -85,7 +85,7 @@ def main() -> None:
         t0 = time.monotonic()
         r = subprocess.run([*cmd, "-d"], capture_output=True, text=True, timeout=TIMEOUT)
         result["restore_s"] = time.monotonic() - t0
-        result["log"] = r.stderr[-3000:]
+        result["log"] = r.stderr[-3000:] + r.stdout[-2000:]
         if r.returncode != 0:
             result["rc"] = r.returncode
             return
