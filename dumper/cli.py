@@ -413,7 +413,7 @@ def restore(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
 
     from dumper.images.reader import ImageSet
 
-    with ImageSet.open(directory, verify=False) as probe:
+    with ImageSet.open(directory, verify=False) as probe:  # the set is verified once, below
         live = probe.meta is None or probe.meta.host_kind != "model"
     if live:
         _restore_live(directory, do_verify, detach, pidfile, leave_stopped, shell_job)

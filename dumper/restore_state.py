@@ -152,6 +152,11 @@ def read_state(images: ImageSet) -> SetState:
         st.sigactions = [(s.sigaction, s.flags, s.restorer, s.mask) for s in tc.sigactions]
         st.rlimits = [(r.cur, r.max) for r in tc.rlimits.rlimits]
         st.child_subreaper = tc.child_subreaper
+        if tc.HasField("timers"):
+            st.itimers = [(x.isec, x.iusec, x.vsec, x.vusec)
+                          for x in (tc.timers.real, tc.timers.virt, tc.timers.prof)]
+        if tc.HasField("oom_score_adj"):
+            st.oom_score_adj = tc.oom_score_adj
         st.shared_pending = [s.siginfo for s in tc.signals_s.signals]
         mm = _single(images, _load(images, M.mm(t.pid), "MM"))
         st.mm = {k: getattr(mm, k) for k in (

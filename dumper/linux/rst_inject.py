@@ -20,12 +20,14 @@ PTRACE_EVENT_FORK, PTRACE_EVENT_CLONE = 1, 3
 
 # arch/x86/entry/syscalls/syscall_64.tbl: the calls a restore makes.
 NR = {"read": 0, "close": 3, "lseek": 8, "mmap": 9, "mprotect": 10, "munmap": 11, "brk": 12,
-      "rt_sigaction": 13, "mremap": 25, "madvise": 28, "shmat": 30, "dup2": 33, "getpid": 39,
-      "kill": 62, "fcntl": 72, "chdir": 80, "umask": 95, "setpgid": 109, "setsid": 112,
-      "setgroups": 116, "setresuid": 117, "setresgid": 119, "sigaltstack": 131,
-      "prctl": 157, "setrlimit": 160, "chroot": 161, "arch_prctl": 158,
-      "set_thread_area": 205, "set_tid_address": 218, "exit_group": 231, "openat": 257,
-      "set_robust_list": 273, "dup3": 292, "rseq": 334, "clone3": 435, "close_range": 436}
+      "rt_sigaction": 13, "mremap": 25, "madvise": 28, "shmat": 30, "dup2": 33,
+      "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
+      "setitimer": 38, "getpid": 39, "kill": 62, "fcntl": 72, "chdir": 80, "umask": 95,
+      "setpgid": 109, "setsid": 112, "setgroups": 116, "setresuid": 117, "setresgid": 119,
+      "sigaltstack": 131, "personality": 135, "prctl": 157, "arch_prctl": 158,
+      "setrlimit": 160, "chroot": 161, "set_thread_area": 205, "set_tid_address": 218,
+      "exit_group": 231, "openat": 257, "set_robust_list": 273, "dup3": 292, "rseq": 334,
+      "clone3": 435, "close_range": 436}
 AT_FDCWD = -100
 FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
 CLONE_ARGS = struct.Struct("<11Q")  # struct clone_args (include/uapi/linux/sched.h), v2

@@ -9,6 +9,7 @@ any step kills them all (abort) and leaves nothing behind.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 
 from dumper.images import flags as F
@@ -18,7 +19,7 @@ from dumper.kabi import PAGE_SIZE
 from dumper.linux import libc, rst_mm, rst_threads, rst_tree
 from dumper.linux.inject import InjectError, read_mem
 from dumper.linux.rst_files import Pipes, restore_fds
-from dumper.linux.rst_inject import RestoreInjector, write_mem
+from dumper.linux.rst_inject import RestoreInjector
 from dumper.restore_state import SetState
 from dumper.state import DEAD, STOPPED, TaskState
 
@@ -35,6 +36,7 @@ class LinuxTarget:
         self.threads: dict[int, dict[int, RestoreInjector]] = {}
         self.special: dict[int, list[tuple[int, int]]] = {}  # pid -> vdso/vvar ranges
         self.pipes = Pipes()
+        self.mem: dict[int, int] = {}  # pid -> /proc/PID/mem, open while pages go in
         self.notes: list[str] = []
         self.scratch = rst_mm.pick_scratch(
             [[(v.start, v.end) for v in t.vmas] for t in images.tasks.values()])
@@ -100,7 +102,12 @@ class LinuxTarget:
                 if n < len(data):
                     self.write_memory(pid, addr + n, data[n:])
                 return
-        write_mem(pid, addr, data)
+        fd = self.mem.get(pid)
+        if fd is None:
+            fd = self.mem[pid] = os.open(f"/proc/{pid}/mem", os.O_WRONLY)
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], addr + done)
 
     def discard(self, pid: int, start: int, end: int) -> None:
         self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_DONTNEED)
@@ -117,6 +124,12 @@ class LinuxTarget:
     def release_objects(self, objs: list[rst_mm.LinuxObject]) -> None:
         for o in objs:
             o.release()
+        self._close_mem()
+
+    def _close_mem(self) -> None:
+        for fd in self.mem.values():
+            os.close(fd)
+        self.mem.clear()
 
     # -- state ------------------------------------------------------------------------------
     def set_state(self, pid: int, st: TaskState) -> None:
@@ -131,6 +144,7 @@ class LinuxTarget:
             rst_threads.thread_setup(threads[t.tid], t)
         self.notes += rst_threads.task_setup(inj, st)
         restore_fds(inj, st.fds, self.pipes, self.states.files)
+        rst_threads.queue_pending(threads, st)
         inj.check("munmap", self.scratch, rst_mm.SCRATCH_SIZE)
         inj.scratch_addr = 0
 
@@ -163,6 +177,7 @@ class LinuxTarget:
         self.created.clear()
 
     def abort(self) -> None:
+        self._close_mem()
         self.pipes.close()
         rst_tree.kill_all(self.created)
         self.created.clear()

@@ -64,6 +64,21 @@ def thread_setup(inj: RestoreInjector, t: ThreadState) -> None:
         set_creds(inj, t.creds)
 
 
+def queue_pending(threads: dict[int, RestoreInjector], st: TaskState) -> None:
+    """The queued signals, private and shared, re-queued by each thread itself
+    (rt_tgsigqueueinfo/rt_sigqueueinfo: from another process a siginfo with si_code >= 0
+    is refused, kernel/signal.c do_rt_tgsigqueueinfo). Blocked while we inject, they are
+    delivered once the thread runs with its own mask."""
+    for t in st.threads:
+        inj = threads[t.tid]
+        for info in t.pending:
+            sig = struct.unpack_from("<i", info)[0]
+            inj.check("rt_tgsigqueueinfo", st.pid, t.tid, sig, inj.put(info, 3584))
+    for info in st.shared_pending:
+        sig = struct.unpack_from("<i", info)[0]
+        threads[st.pid].check("rt_sigqueueinfo", st.pid, sig, threads[st.pid].put(info, 3584))
+
+
 def set_creds(inj: RestoreInjector, c: Creds) -> None:
     """setgroups, setresgid, setresuid (gids first: after the uid change we may lack the
     right). Capabilities stay the stub's (root's) for now."""
@@ -84,6 +99,19 @@ def task_setup(inj: RestoreInjector, st: TaskState) -> list[str]:
     for sig, act in zip(sigs, st.sigactions, strict=False):
         inj.check("rt_sigaction", sig, inj.put(sa.pack(*act)), 0, 8)
     inj.check("umask", st.umask)
+    if st.personality:
+        inj.check("personality", st.personality)
+    for which, timer in enumerate(st.itimers):
+        if any(timer):  # struct itimerval: it_interval then it_value (kernel/time/itimer.c)
+            inj.check("setitimer", which, inj.put(struct.pack("<4q", *timer)), 0)
+    if st.oom_score_adj is not None:
+        try:
+            with open(f"/proc/{st.pid}/oom_score_adj", "w") as f:
+                f.write(str(st.oom_score_adj))
+        except OSError as e:
+            notes.append(f"task {st.pid}: oom_score_adj {st.oom_score_adj}: {e.strerror}")
+    for t in st.threads:
+        notes += set_sched(t)
     if st.root not in ("", "/"):
         _path_call(inj, "chroot", st.root)
     if st.cwd:
@@ -101,6 +129,19 @@ def task_setup(inj: RestoreInjector, st: TaskState) -> list[str]:
             notes.append(f"task {st.pid}: rlimit {r} ({cur}, {hi}) not set: "
                          f"{os.strerror(err)}")
     return notes
+
+
+def set_sched(t: ThreadState) -> list[str]:
+    """The thread's policy, RT priority and nice (sched_setscheduler, setpriority), set from
+    the restorer: no injection needed."""
+    policy, prio, nice = t.sched
+    try:
+        if policy or prio:
+            os.sched_setscheduler(t.tid, policy, os.sched_param(prio))
+        os.setpriority(os.PRIO_PROCESS, t.tid, nice)
+    except OSError as e:
+        return [f"thread {t.tid}: scheduling ({policy}, {prio}, nice {nice}): {e.strerror}"]
+    return []
 
 
 def _path_call(inj: RestoreInjector, name: str, path: str) -> None:

@@ -52,7 +52,7 @@ def main() -> None:
         with open(out, "w") as f, open(os.devnull) as null:
             p = subprocess.Popen(argv, stdin=null, stdout=f, stderr=f,
                                  start_new_session=True, cwd=work_dir)
-        root = p.pid
+        root = result["root"] = p.pid
         if not wait_line(out, "READY", deadline):
             result["stage"] = "ready"
             return
@@ -85,7 +85,7 @@ def main() -> None:
         t0 = time.monotonic()
         r = subprocess.run([*cmd, "-d"], capture_output=True, text=True, timeout=TIMEOUT)
         result["restore_s"] = time.monotonic() - t0
-        result["log"] = r.stderr[-3000:]
+        result["log"] = r.stderr[-3000:] + r.stdout[-2000:]
         if r.returncode != 0:
             result["rc"] = r.returncode
             return
