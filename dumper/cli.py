@@ -236,8 +236,9 @@ def _emit_json(doc: Any) -> None:
 @click.option("--leave-running", is_flag=True,
               help="criu's option: the tree runs on after the dump (dumper's default).")
 @click.option("--shell-job", is_flag=True,
-              help="criu's option, accepted: dumper does not restore live trees, so a tree "
-              "on a terminal or in a shell's session needs nothing more.")
+              help="criu's option, accepted: a tree on a terminal or in a shell's session is "
+              "recorded as it is (its pty as a shell job's); `restore --shell-job` takes it "
+              "back into ours.")
 @click.option("--truth/--no-truth", default=None,
               help="Record every page's digest (truth-PID.img). Default: on for --scenario; "
               "off for --pid, whose sets `verify --pid` checks against the live tree.")
