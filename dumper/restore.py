@@ -85,7 +85,8 @@ def restore(images: ImageSet, target: RestoreTarget, states: SetState | None = N
     failure aborts the target: nothing it created stays."""
     from dumper.images.validate import check_for_restore
 
-    check_for_restore(images)  # the whole set, before anything is created
+    # The whole set, before anything is created; a live target maps regular files itself.
+    check_for_restore(images, maps_files=states is not None)
     tell = progress or Progress()
     tell.phase("restoring", sum(p.raw_size for p in images.pages.values()))
     try:

@@ -17,6 +17,9 @@ from dumper.linux import inject, libc, regs
 PTRACE_TRACEME, PTRACE_SETOPTIONS, PTRACE_GETEVENTMSG = 0, 0x4200, 0x4201
 PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, PTRACE_O_EXITKILL = 0x2, 0x8, 1 << 20
 PTRACE_EVENT_FORK, PTRACE_EVENT_CLONE = 1, 3
+PTRACE_SINGLESTEP = 9
+# Every signal blocked but SIGTRAP, the step's own trap (SIGKILL and SIGSTOP stay deliverable).
+ALL_BUT_SIGTRAP = inject.ALL_SIGNALS & ~(1 << (signal.SIGTRAP - 1))
 
 # arch/x86/entry/syscalls/syscall_64.tbl: the calls a restore makes.
 NR = {"read": 0, "close": 3, "lseek": 8, "mmap": 9, "mprotect": 10, "munmap": 11, "brk": 12,
@@ -51,7 +54,7 @@ class RestoreInjector(inject.Injector):
         for reg, val in zip(("di", "si", "dx", "r10", "r8", "r9"), padded, strict=True):
             r[reg] = val & ((1 << 64) - 1)
         self.event_pid = 0
-        self._setsigmask(inject.ALL_BUT_SIGTRAP)
+        self._setsigmask(ALL_BUT_SIGTRAP)
         try:
             self._setregs(r)
             self._step_events()
@@ -64,7 +67,7 @@ class RestoreInjector(inject.Injector):
     def _step_events(self) -> None:
         """PTRACE_SINGLESTEP until the step's own trap; a fork/clone event stop on the way
         records the new task (ptrace_event: status>>8 == SIGTRAP | event << 8)."""
-        libc.ptrace(inject.PTRACE_SINGLESTEP, self.tid, 0, 0)
+        libc.ptrace(PTRACE_SINGLESTEP, self.tid, 0, 0)
         while True:
             _, status = os.waitpid(self.tid, libc.WALL)
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
@@ -87,7 +90,7 @@ class RestoreInjector(inject.Injector):
                 raise inject.InjectError(errno.EFAULT, f"task {self.pid} thread {self.tid}: "
                                          f"signal {os.WSTOPSIG(status)} at {ip:#x} in an "
                                          "injected syscall")
-            libc.ptrace(inject.PTRACE_SINGLESTEP, self.tid, 0, 0)
+            libc.ptrace(PTRACE_SINGLESTEP, self.tid, 0, 0)
 
     def check(self, name: str, *args: int) -> int:  # type: ignore[override]
         ret = self.call(name, *args)
