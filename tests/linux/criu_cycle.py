@@ -89,6 +89,27 @@ def wait_ready(path: Path, deadline: float) -> bool:
     return wait_line(path, "READY", deadline)
 
 
+def signal_and_wait(root: int, deadline: float, result: dict) -> None:
+    """SIGUSR1 to the restored root (the programs check themselves on it), then wait for
+    it to exit (its status in result)."""
+    os.kill(root, signal.SIGUSR1)
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == root:
+            result["status"] = status
+            break
+        if pid == 0:
+            time.sleep(0.05)
+
+
+def collect(out: Path, result: dict) -> None:
+    """What the program wrote: PASS and no FAIL is success."""
+    text = out.read_text(errors="replace")
+    result["out"] = text[-3000:]
+    result["ok"] = "PASS" in text and "FAIL" not in text
+    result["stage"] = "done" if result["ok"] else "check"
+
+
 def wait_line(path: Path, word: str, deadline: float) -> bool:
     while time.monotonic() < deadline:
         if path.exists() and word in path.read_text(errors="replace"):
@@ -185,18 +206,8 @@ def main() -> None:
             result["ok"] = r.returncode == 0
             result["stage"] = "done" if result["ok"] else "check"
             return
-        os.kill(root, signal.SIGUSR1)
-        while time.monotonic() < deadline:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-            if pid == root:
-                result["status"] = status
-                break
-            if pid == 0:
-                time.sleep(0.05)
-        text = out.read_text(errors="replace")
-        result["out"] = text[-3000:]
-        result["ok"] = "PASS" in text and "FAIL" not in text
-        result["stage"] = "done" if result["ok"] else "check"
+        signal_and_wait(root, deadline, result)
+        collect(out, result)
     except Exception as e:  # noqa: BLE001 - reported to the test, which fails with it
         result["log"] += f"{type(e).__name__}: {e}"
     finally:

@@ -25,7 +25,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from criu_cycle import TIMEOUT, _tail, kill_tree, reap_all, wait_line  # noqa: E402
+from criu_cycle import (  # noqa: E402
+    TIMEOUT,
+    _tail,
+    collect,
+    kill_tree,
+    reap_all,
+    signal_and_wait,
+    wait_line,
+)
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -77,10 +85,7 @@ def main() -> None:
             os.kill(root, signal.SIGUSR1)
             _, err = waiter.communicate(timeout=TIMEOUT)
             result["rc"], result["log"] = waiter.returncode, err[-3000:]
-            text = out.read_text(errors="replace")
-            result["out"] = text[-3000:]
-            result["ok"] = "PASS" in text and "FAIL" not in text
-            result["stage"] = "done" if result["ok"] else "check"
+            collect(out, result)
             return
         t0 = time.monotonic()
         r = subprocess.run([*cmd, "-d"], capture_output=True, text=True, timeout=TIMEOUT)
@@ -100,18 +105,8 @@ def main() -> None:
             os.kill(root, signal.SIGCONT)
             for pid in _tree(root):
                 os.kill(pid, signal.SIGCONT)
-        os.kill(root, signal.SIGUSR1)
-        while time.monotonic() < deadline:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-            if pid == root:
-                result["status"] = status
-                break
-            if pid == 0:
-                time.sleep(0.05)
-        text = out.read_text(errors="replace")
-        result["out"] = text[-3000:]
-        result["ok"] = "PASS" in text and "FAIL" not in text
-        result["stage"] = "done" if result["ok"] else "check"
+        signal_and_wait(root, deadline, result)
+        collect(out, result)
     except Exception as e:  # noqa: BLE001 - reported to the test, which fails with it
         result["log"] += f"{type(e).__name__}: {e}"
     finally:
