@@ -44,6 +44,23 @@ def _pss_or_none(pid: int) -> int | None:
         return None
 
 
+def _no_client_backends(postmaster: int) -> None:
+    """Wait (polling /proc, with a deadline) until no backend of a client connection is
+    left under the postmaster: one still exiting would die in the middle of the test (its
+    cmdline says "[local]")."""
+    deadline = time.monotonic() + 30
+    while True:
+        busy = []
+        for pid in _tree(postmaster):
+            with contextlib.suppress(OSError):
+                if b"[local]" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    busy.append(pid)
+        if not busy:
+            return
+        assert time.monotonic() < deadline, f"client backends {busy} never exited"
+        time.sleep(0.05)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,6 +141,7 @@ def postgres():
 def test_postgresql_dumps_whole_and_runs_on(postgres, tmp_path):
     postmaster, psql = postgres
     before = psql("select count(*), sum(g) from t")
+    _no_client_backends(postmaster)  # psql's backend exits on its own after the query
     tree = _tree(postmaster)
     assert len(tree) >= 5  # checkpointer, bgwriter, walwriter, autovacuum, ...
     pss = {p: kb for p in tree if (kb := _pss_or_none(p)) is not None}
