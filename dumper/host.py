@@ -281,6 +281,11 @@ class LiveRestoreTarget(RestoreTarget, Protocol):
     """What a live tree needs besides memory (restore() calls these when the images hold the
     tree's state): registers, signal state, files, threads, then letting it run."""
 
+    def set_objects(self, objects: dict[int, NewObject]) -> None:
+        """The shared objects restore() created, by shmid, before any set_state: a
+        descriptor of one (a memfd held open) opens the same object."""
+        ...
+
     def set_state(self, pid: int, state: TaskState) -> None:
         """Everything but memory: threads (clone3 CLONE_THREAD with set_tid), registers,
         XSAVE, TLS, sigmask and actions, rseq, robust list, clear-tid, mm fields and auxv,

@@ -90,11 +90,13 @@ def restore(images: ImageSet, target: RestoreTarget, states: SetState | None = N
     tell = progress or Progress()
     tell.phase("restoring", sum(p.raw_size for p in images.pages.values()))
     try:
-        summary = _restore_memory(images, target, tell)
+        summary, objs = _restore_memory(images, target, tell)
         if states is not None:
             live: Any = target
+            live.set_objects(objs)
             for pid, st in states.tasks.items():
                 live.set_state(pid, st)
+        target.release_objects(list(objs.values()))  # every task holds what it maps now
     except BaseException:
         if hasattr(target, "abort"):
             target.abort()
@@ -103,7 +105,10 @@ def restore(images: ImageSet, target: RestoreTarget, states: SetState | None = N
     return summary
 
 
-def _restore_memory(images: ImageSet, target: RestoreTarget, tell: Progress) -> RestoreSummary:
+def _restore_memory(images: ImageSet, target: RestoreTarget, tell: Progress
+                    ) -> tuple[RestoreSummary, dict[int, Any]]:
+    """Objects, tasks in fork order, mappings and pages; returns the summary and the
+    objects created (by shmid), which the caller releases once the tasks hold them."""
     objs = {}
     for shmid, o in images.objects.items():
         h = target.create_object(o.kind, o.size, o.name, o.ino, o.seals, o.page_size)
@@ -163,8 +168,7 @@ def _restore_memory(images: ImageSet, target: RestoreTarget, tell: Progress) -> 
                 written += len(piece) // PAGE_SIZE
         _install_guards(target, t, inherited)
         restored[t.pid] = t
-    target.release_objects(list(objs.values()))
-    return RestoreSummary(len(restored), len(objs), written, shared, discarded)
+    return RestoreSummary(len(restored), len(objs), written, shared, discarded), objs
 
 
 def _inherited_guards(t: Task, parent: Task | None, kept: list[Vma]) -> set:

@@ -33,7 +33,7 @@ STATES = {F.TASK_ALIVE: ALIVE, F.TASK_DEAD: DEAD, F.TASK_ZOMBIE: DEAD, F.TASK_ST
 XSAVE_FIELDS = {2: ("ymmh_space", "I"), 3: ("bndreg_state", "Q"), 4: ("bndcsr_state", "Q"),
                 5: ("opmask_reg", "Q"), 6: ("zmm_upper", "Q"), 7: ("hi16_zmm", "Q"),
                 9: ("pkru", "I")}
-FD_KINDS = {1: "reg", 2: "pipe"}  # FdTypes REG, PIPE (criu/include/image.h fd types)
+FD_KINDS = {1: "reg", 2: "pipe", 18: "memfd"}  # FdTypes REG, PIPE, MEMFD (image.h fd types)
 
 
 @dataclass
@@ -178,7 +178,7 @@ def read_state(images: ImageSet) -> SetState:
                    "sighand": ids.sighand_id}
         fdinfo = _load(images, M.fdinfo(ids.files_id), "FDINFO", need=False)
         for off, e in zip(fdinfo.offsets, fdinfo.entries, strict=True) if fdinfo else ():
-            st.fds.append(_fd(fdinfo.path, off, e, files, out.pipes))
+            st.fds.append(_fd(fdinfo.path, off, e, files, out.pipes, images))
     return out
 
 
@@ -193,14 +193,22 @@ def _reg_name(files: dict, fid: int) -> str:
     return fe.reg.name if fe is not None and fe.HasField("reg") else ""
 
 
-def _fd(path: str, off: int, e, files: dict, pipes: dict) -> FdState:
+def _fd(path: str, off: int, e, files: dict, pipes: dict, images: ImageSet) -> FdState:
     """One fdinfo entry with its files.img description."""
     fe = files.get(e.id)
     kind = FD_KINDS.get(e.type)
     if fe is None or kind is None:
-        raise ImageError(path, f"fd {e.fd}: file {e.id} of type {e.type} is "
-                         "not one a restore on Linux knows (regular files and pipes)", off)
+        raise ImageError(path, f"fd {e.fd}: file {e.id} of type {e.type} is not one a "
+                         "restore on Linux knows (regular files, pipes, memfds)", off)
     cloexec = bool(e.flags & 1)
+    if kind == "memfd":  # the object the memory restore creates: its shmid
+        m = fe.memfd
+        inode = images._memfd_by_inode.get(m.inode_id)
+        if inode is None or inode.shmid not in images.objects:
+            raise ImageError(path, f"fd {e.fd}: memfd inode {m.inode_id} is not one the set "
+                             "holds", off)
+        return FdState(fd=e.fd, kind="memfd", cloexec=cloexec, flags=m.flags & ~os.O_CLOEXEC,
+                       pos=m.pos, path=f"/memfd:{inode.name}", ino=inode.shmid)
     if kind == "reg":
         r = fe.reg
         return FdState(fd=e.fd, kind="reg", cloexec=cloexec, flags=r.flags & ~os.O_CLOEXEC,

@@ -51,8 +51,11 @@ class Pipes:
 
 
 def restore_fds(inj: RestoreInjector, fds: list[FdState], pipes: Pipes,
-                files: dict[str, tuple[int | None, int]]) -> None:
-    """Open every descriptor in the task and put it at its number (the stub has none)."""
+                files: dict[str, tuple[int | None, int]], objects: dict | None = None
+                ) -> None:
+    """Open every descriptor in the task and put it at its number (the stub has none); a
+    memfd held open is the object the memory restore made (objects, by shmid), opened
+    through /proc/RESTORER/fd/N: the same file."""
     for fd in fds:
         where = f"task {inj.pid} fd {fd.fd}"
         if fd.kind == "reg":
@@ -65,6 +68,12 @@ def restore_fds(inj: RestoreInjector, fds: list[FdState], pipes: Pipes,
             r, w = pipes.get(fd)
             end = r if fd.flags & os.O_ACCMODE == os.O_RDONLY else w
             path = f"/proc/{os.getpid()}/fd/{end}"
+        elif fd.kind == "memfd":
+            obj = (objects or {}).get(fd.ino)
+            if obj is None or obj.fd < 0:
+                raise FileError(errno.ENOENT, f"{where}: {fd.path}: its object was not "
+                                "re-created")
+            path = obj.task_path
         else:
             raise FileError(errno.ENOTSUP, f"{where}: a {fd.kind} cannot be restored yet")
         got = inj.call("openat", AT_FDCWD & ((1 << 64) - 1), inj.put_str(path, 1024),
@@ -76,5 +85,5 @@ def restore_fds(inj: RestoreInjector, fds: list[FdState], pipes: Pipes,
             inj.check("close", got)
         elif fd.cloexec:
             inj.check("fcntl", fd.fd, F_SETFD, 1)
-        if fd.kind == "reg" and fd.pos:
+        if fd.kind in ("reg", "memfd") and fd.pos:
             inj.check("lseek", fd.fd, fd.pos, os.SEEK_SET)

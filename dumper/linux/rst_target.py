@@ -36,6 +36,7 @@ class LinuxTarget:
         self.threads: dict[int, dict[int, RestoreInjector]] = {}
         self.special: dict[int, list[tuple[int, int]]] = {}  # pid -> vdso/vvar ranges
         self.pipes = Pipes()
+        self.objects: dict[int, rst_mm.LinuxObject] = {}  # shmid -> object (set_objects)
         self.mem: dict[int, int] = {}  # pid -> /proc/PID/mem, open while pages go in
         self.notes: list[str] = []
         self.scratch = rst_mm.pick_scratch(
@@ -81,6 +82,9 @@ class LinuxTarget:
     def create_object(self, kind: str, size: int, name: str = "", key: int = 0,
                       seals: int = 0, page_size: int = PAGE_SIZE) -> rst_mm.LinuxObject:
         return rst_mm.LinuxObject(kind, size, name, key, seals, page_size)
+
+    def set_objects(self, objects: dict[int, rst_mm.LinuxObject]) -> None:
+        self.objects = dict(objects)
 
     def map(self, pid: int, vma: Vma, obj: rst_mm.LinuxObject | None) -> None:
         if vma.status & (F.VMA_AREA_VSYSCALL | F.VMA_AREA_VDSO | F.VMA_AREA_VVAR):
@@ -143,7 +147,7 @@ class LinuxTarget:
         for t in st.threads:
             rst_threads.thread_setup(threads[t.tid], t)
         self.notes += rst_threads.task_setup(inj, st)
-        restore_fds(inj, st.fds, self.pipes, self.states.files)
+        restore_fds(inj, st.fds, self.pipes, self.states.files, self.objects)
         rst_threads.queue_pending(threads, st)
         inj.check("munmap", self.scratch, rst_mm.SCRATCH_SIZE)
         inj.scratch_addr = 0

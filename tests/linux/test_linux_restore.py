@@ -63,19 +63,7 @@ def _passed(res: dict) -> None:
     assert res["ok"], f"{res['stage']}: {res['out']}\n{res['log']}"
 
 
-# A memfd held open as a descriptor: the dump records it (a MEMFD file entry, since the
-# process-state work's last commit), and a Linux restore refuses it in one line, killing
-# what it made; restoring it (opening the restorer's memfd in the task) is not built yet.
-MEMFD_FD = pytest.mark.xfail(reason="memfd descriptors are not restored on Linux yet (the "
-                             "restore fails atomically, naming the fd)", strict=True)
-
-
-def _programs(names) -> list:
-    return [pytest.param(n, marks=MEMFD_FD) if n in ("shared_mem", "rst_holes_guard") else n
-            for n in sorted(names)]
-
-
-@pytest.mark.parametrize("name", _programs(PROGRAMS))
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_dumper_restores_its_own_dump(name, built, tmp_path):
     _passed(cycle(built / name, tmp_path, "dumper"))
 
@@ -92,7 +80,7 @@ OWN = {
 }
 
 
-@pytest.mark.parametrize("name", _programs(OWN))
+@pytest.mark.parametrize("name", sorted(OWN))
 def test_own_programs(name, built, tmp_path):
     binary = built / name
     subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(binary),
@@ -118,7 +106,6 @@ def test_leave_stopped_then_verify_finds_nothing_lost(built, tmp_path):
     assert total > 2000 and same == total, res["cow"]
 
 
-@MEMFD_FD
 def test_leave_stopped_then_verify_shared_objects(built, tmp_path):
     """The same for MAP_SHARED anonymous memory and a memfd (whose descriptor the program
     keeps open)."""
@@ -146,7 +133,7 @@ def test_without_detach_waits_and_passes_the_exit_status(built, tmp_path):
     assert res["rc"] == 0, res
 
 
-@pytest.mark.parametrize("name", _programs(PROGRAMS))
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
 def test_dumper_restores_criu_dump(name, built, tmp_path):
     """The same programs dumped by CRIU 4.2 itself (its images, its conventions)."""
     if not CRIU.exists():
