@@ -411,7 +411,8 @@ def task_images(writer, st: TaskState, ns: NsIds, info, maps, vmas, gate=()) -> 
     to record last, as CRIU does. Returns notes."""
     notes = [f"pid {st.pid} tid {t.tid}: {t.regs.restarted}"
              for t in st.threads if t.regs is not None and t.regs.restarted]
-    common = dict(pgid=info.pgid or None, sid=info.sid or None, threads=st.tids,
+    # as /proc shows them: 0 is a session or group whose leader is outside the pid namespace
+    common = dict(pgid=info.pgid, sid=info.sid, threads=st.tids,
                   state=TASK_STATE[st.state], cores=core_entries(st, writer.mtype))
     if st.state == DEAD:
         writer.add_task(st.pid, info.ppid, st.comm, [], **common)

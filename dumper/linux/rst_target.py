@@ -50,9 +50,11 @@ class LinuxTarget:
         pids = set(self.images.tasks)
         for t in self.images.tasks.values():
             for what, v in (("session", t.sid), ("process group", t.pgid)):
-                if v and v not in pids and not self.shell_job:
-                    raise rst_mm.MmError(errno.EINVAL, f"task {t.pid}: its {what} {v} is "
-                                         "outside the tree; restore it with --shell-job")
+                if v not in pids and not self.shell_job:
+                    where = (f"{what} {v} is outside the tree" if v else
+                             f"{what}'s leader was outside its pid namespace ({what} 0)")
+                    raise rst_mm.MmError(errno.EINVAL, f"task {t.pid}: its {where}; "
+                                         "restore it with --shell-job")
 
     # -- the tree ---------------------------------------------------------------------------
     def create_task(self, pid: int, ppid: int, comm: str) -> None:
