@@ -118,9 +118,10 @@ def wait_line(path: Path, word: str, deadline: float) -> bool:
     return False
 
 
-def terminal(out: Path) -> tuple[int, Callable[[], None]]:
-    """A pty: its slave fd, and a preexec_fn making it the child's controlling terminal;
-    a thread copies what the master reads into out."""
+def terminal(out: Path) -> tuple[int, Callable[[], None], threading.Thread]:
+    """A pty: its slave fd, a preexec_fn making it the child's controlling terminal, and
+    the thread that copies what the master reads into out (it ends when the last slave
+    closes: join it before reading out, or the program's last words may be missed)."""
     master, slave = pty.openpty()
 
     def copy() -> None:
@@ -134,13 +135,14 @@ def terminal(out: Path) -> tuple[int, Callable[[], None]]:
                     return
                 f.write(data.replace(b"\r\n", b"\n"))
 
-    threading.Thread(target=copy, daemon=True).start()
+    copier = threading.Thread(target=copy, daemon=True)
+    copier.start()
 
     def ctty() -> None:
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    return slave, ctty
+    return slave, ctty, copier
 
 
 def main() -> None:
@@ -156,7 +158,7 @@ def main() -> None:
         use_pty = os.environ.get("CYCLE_PTY") == "1"
         if use_pty:
             out.write_bytes(b"")
-            slave, ctty = terminal(out)
+            slave, ctty, _ = terminal(out)
             p = subprocess.Popen([program, *args], stdin=slave, stdout=slave, stderr=slave,
                                  preexec_fn=ctty, cwd=work_dir)
             os.close(slave)
@@ -187,8 +189,9 @@ def main() -> None:
         result["stage"] = "restore"
         restore = [criu, "restore", "-D", str(images), "--shell-job", "-d", "-o",
                    "restore.log", "-v4"]
+        copier = None
         if use_pty:
-            slave, ctty = terminal(out)
+            slave, ctty, copier = terminal(out)
             r = subprocess.run(restore, stdin=slave, stdout=slave, stderr=slave,
                                preexec_fn=ctty, timeout=TIMEOUT)
             os.close(slave)
@@ -207,6 +210,8 @@ def main() -> None:
             result["stage"] = "done" if result["ok"] else "check"
             return
         signal_and_wait(root, deadline, result)
+        if copier is not None:
+            copier.join(max(0.0, deadline - time.monotonic()))
         collect(out, result)
     except Exception as e:  # noqa: BLE001 - reported to the test, which fails with it
         result["log"] += f"{type(e).__name__}: {e}"
