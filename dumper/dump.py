@@ -182,21 +182,42 @@ def marker_runs(pid: int, vma: MapEntry, words: np.ndarray, show_pfn: bool) -> l
     return sorted(out, key=lambda g: g.vaddr)
 
 
-def _cow_runs(pid: int, a: np.ndarray, sp: np.ndarray, sa: np.ndarray) -> list[CowRun]:
-    """COW records of pages at addresses a (sorted) held by (src pid, src address)."""
+def _cow_runs(pid: int, a: np.ndarray, sp: np.ndarray, sa: np.ndarray, owner: np.ndarray
+              ) -> list[CowRun]:
+    """COW records of pages at addresses a (sorted) held by (src pid, src address); a record
+    stays inside one VMA (owner: the VMA of each page)."""
     brk = np.flatnonzero((np.diff(a) != U64(PAGE_SIZE)) | (np.diff(sp) != 0)
-                         | (np.diff(sa) != U64(PAGE_SIZE))) + 1
+                         | (np.diff(sa) != U64(PAGE_SIZE)) | (np.diff(owner) != 0)) + 1
     starts = np.concatenate([[0], brk])
     ends = np.concatenate([brk, [len(a)]])
     return [CowRun(pid, int(a[x]), int(y - x), int(sp[x]), int(sa[x]))
             for x, y in zip(starts, ends, strict=True)]
 
 
-def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int:
+COW_BATCH = 1 << 20  # selected pages per step of find_cow: small VMAs are taken together
+
+
+def _batches(private: list[PrivateVma], size: int) -> Iterator[list[PrivateVma]]:
+    """The VMAs in address order, grouped until a group holds size keys or more."""
+    group: list[PrivateVma] = []
+    n = 0
+    for pv in private:
+        group.append(pv)
+        n += pv.keys.shape[1]
+        if n >= size:
+            yield group
+            group, n = [], 0
+    if group:
+        yield group
+
+
+def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None,
+             batch: int = COW_BATCH) -> int:
     """Mark which selected private pages are copies of an earlier task's (same key): those
-    become COW runs pointing at the first holder, which stores the page. Streamed VMA by VMA
-    in fork and address order against the sorted keys of the pages stored so far (one entry
-    per distinct physical page, with its holder), so no array of every key is built."""
+    become COW runs pointing at the first holder, which stores the page. Streamed in fork
+    and address order, a batch of VMAs at a time (one VMA, or many small ones), against
+    the sorted keys of the pages stored so far (one entry per distinct physical page, with
+    its holder), so no array of every key is built."""
     del show_pfn, zero_pfn  # the keys were taken when the pagemap was read
     seen = np.zeros(0, dtype=U64)  # sorted keys of the pages stored so far
     seen_pid = np.zeros(0, dtype=np.int64)
@@ -205,30 +226,36 @@ def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int
     for t in tasks:
         pid = t.info.pid
         runs: list[CowRun] = []
-        for pv in t.private:
-            pv.stored = pv.selected.copy()
-            idx, k = pv.keys
-            sel = pv.selected[idx.astype(np.int64)]
-            idx, k = idx[sel], k[sel]
+        for group in _batches(t.private, batch):
+            ks, addrs, owners = [], [], []
+            for i, pv in enumerate(group):
+                pv.stored = pv.selected.copy()
+                idx, k = pv.keys
+                sel = pv.selected[idx.astype(np.int64)]
+                ks.append(k[sel])
+                addrs.append(U64(pv.vma.start) + (idx[sel] << U64(PAGE_SHIFT)))
+                owners.append(np.full(int(sel.sum()), i, dtype=np.int64))
+            k = np.concatenate(ks) if len(ks) > 1 else ks[0]
             if not len(k):
                 continue
-            addr = U64(pv.vma.start) + (idx << U64(PAGE_SHIFT))
-            del idx
+            addr = np.concatenate(addrs) if len(addrs) > 1 else addrs[0]  # sorted: VMA order
+            owner = np.concatenate(owners) if len(owners) > 1 else owners[0]
+            del ks, addrs, owners
             if len(seen):
                 pos = np.minimum(np.searchsorted(seen, k), len(seen) - 1)
                 hit = seen[pos] == k
             else:
                 pos, hit = np.zeros(len(k), dtype=np.int64), np.zeros(len(k), dtype=bool)
-            # Among this VMA's new keys, the lowest address holds (a stable sort by key).
+            # Among this batch's new keys, the lowest address holds (a stable sort by key).
             new = np.flatnonzero(~hit)
             order = new[np.argsort(k[new], kind="stable")]
             del new
-            ks = k[order]
-            first = np.ones(len(ks), dtype=bool)
-            first[1:] = ks[1:] != ks[:-1]
-            del ks
+            ks_ = k[order]
+            first = np.ones(len(ks_), dtype=bool)
+            first[1:] = ks_[1:] != ks_[:-1]
+            del ks_
             fresh = order[first]  # sorted by key: merged into seen below
-            inner = order[~first]  # a second page of this VMA on a frame it holds already
+            inner = order[~first]  # a second page of this batch on a frame it holds already
             if len(inner) or hit.any():
                 holder = order[np.maximum.accumulate(np.where(first, np.arange(len(order)),
                                                               0))][~first]
@@ -237,9 +264,14 @@ def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int
                 sa = np.concatenate([seen_addr[pos[hit]], addr[holder]])
                 srt = np.argsort(dup, kind="stable")
                 dup, sp, sa = dup[srt], sp[srt], sa[srt]
-                pv.stored[((addr[dup] - U64(pv.vma.start)) >> U64(PAGE_SHIFT)).astype(np.int64)
-                          ] = False
-                runs += _cow_runs(pid, addr[dup], sp, sa)
+                od = owner[dup]  # non-decreasing: dup is in address order
+                vstart = np.array([pv.vma.start for pv in group], dtype=U64)
+                page = ((addr[dup] - vstart[od]) >> U64(PAGE_SHIFT)).astype(np.int64)
+                cuts = np.concatenate([[0], np.flatnonzero(np.diff(od)) + 1, [len(od)]])
+                for x, y in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True):
+                    group[int(od[x])].stored[page[x:y]] = False
+                runs += _cow_runs(pid, addr[dup], sp, sa, od)
+                del od, vstart, page, cuts
                 total += len(dup)
                 del dup, sp, sa, srt, holder
             del pos, hit, order, first, inner
@@ -502,7 +534,7 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
             return host.read_memory(p, a, b)
 
         pages_id = writer.add_private_pages(
-            pid, runs, (tell or Progress()).counted(read_runs(read, runs)))
+            pid, runs, (tell or Progress()).counted(read_runs(read, _adjacent_joined(runs, vdso))))
         total += writer.pages_stored(pages_id)
         cow = t.cow if vdso is None else _cow_outside(t.cow, vdso[0], vdso[0] + len(vdso[1]))
         if cow:
@@ -517,6 +549,23 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
         criustate.write_sk_queues(writer, ns)
         criustate.write_tty_info(writer, ns)
     return total, cow_total
+
+
+def _adjacent_joined(runs: list[tuple[int, int]], vdso: tuple[int, bytes] | None
+                     ) -> list[tuple[int, int]]:
+    """The (address, pages) runs to read, runs that touch joined: the pagemap keeps one
+    run per VMA, but one read may cross VMAs (access_remote_vm walks them), and 30,000
+    one-page VMAs read one by one cost a syscall round each. The vdso stays on its own
+    (read from the copy taken while frozen)."""
+    out: list[tuple[int, int]] = []
+    lo, hi = (vdso[0], vdso[0] + len(vdso[1])) if vdso is not None else (0, 0)
+    for a, n in runs:
+        if (out and out[-1][0] + (out[-1][1] << PAGE_SHIFT) == a
+                and not lo <= a < hi and not lo <= out[-1][0] < hi):
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((a, n))
+    return out
 
 
 def _cow_outside(runs: list[CowRun], lo: int, hi: int) -> list[CowRun]:

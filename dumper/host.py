@@ -9,6 +9,7 @@ reads a host's internals.
 
 from __future__ import annotations
 
+import functools
 import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -115,7 +116,13 @@ def parse_maps_line(line: str) -> MapEntry:
 
 def parse_maps(text: str) -> list[MapEntry]:
     """Parse the whole of /proc/PID/maps."""
-    return [parse_maps_line(line) for line in text.splitlines() if line.strip()]
+    return list(_parse_maps(text))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_maps(text: str) -> tuple[MapEntry, ...]:
+    # a frozen tree's maps are read by several steps of one dump (30,000 VMAs: 0.1 s each)
+    return tuple(parse_maps_line(line) for line in text.splitlines() if line.strip())
 
 
 @dataclass(frozen=True)

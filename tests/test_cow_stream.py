@@ -45,8 +45,10 @@ def _reference(tasks: list[TaskDump]) -> tuple[dict[int, int], dict[tuple[int, i
     return stored, copies
 
 
+@pytest.mark.parametrize("batch", [1, 25, 1 << 20])
 @pytest.mark.parametrize("seed", range(20))
-def test_find_cow_matches_a_sort_of_every_key(seed):
+def test_find_cow_matches_a_sort_of_every_key(seed, batch):
+    """Whatever the batch (one VMA at a time, a few, all): VMAs apart or touching."""
     rng = np.random.default_rng(seed)
     tasks = []
     for ti in range(rng.integers(1, 5)):
@@ -62,12 +64,12 @@ def test_find_cow_matches_a_sort_of_every_key(seed):
                                                << U64(5))
             words[kind == 3] = U64(PM_PRESENT) | U64(7)  # the zero page: never shared
             vma = _vma(base, n)
-            base += (n + 3) * PAGE_SIZE
+            base += (n + int(rng.integers(0, 2)) * 3) * PAGE_SIZE  # touching or not
             sel = rng.random(n) < 0.8
             t.private.append(PrivateVma(vma, cow_keys(words, True, 7), sel))
         tasks.append(t)
     stored, copies = _reference(tasks)
-    assert find_cow(tasks, True, 7) == len(copies)
+    assert find_cow(tasks, True, 7, batch) == len(copies)
     for t in tasks:
         got = {}
         for r in t.cow:
@@ -75,6 +77,9 @@ def test_find_cow_matches_a_sort_of_every_key(seed):
                 got[(t.info.pid, r.vaddr + j * PAGE_SIZE)] = (r.src_pid,
                                                               r.src_vaddr + j * PAGE_SIZE)
         assert got == {a: s for a, s in copies.items() if a[0] == t.info.pid}
+        for r in t.cow:  # a record stays inside one VMA
+            assert any(pv.vma.start <= r.vaddr and r.vaddr + r.nr_pages * PAGE_SIZE
+                       <= pv.vma.end for pv in t.private)
         mine = sum(1 for a in copies if a[0] == t.info.pid)
         assert sum(int(pv.stored.sum()) for pv in t.private) == stored[t.info.pid] - mine
 
@@ -96,3 +101,21 @@ def test_marker_runs_finds_guard_and_poison_runs():
     runs = marker_runs(1, _vma(0x1000000, 10), words, True)
     assert [(r.vaddr, r.nr_pages, r.kind) for r in runs] == [
         (0x1000000 + 2 * PAGE_SIZE, 2, "guard"), (0x1000000 + 6 * PAGE_SIZE, 1, "poison")]
+
+
+@pytest.mark.parametrize("batch", [1, 1 << 20])
+def test_cow_records_stay_inside_their_vma(batch):
+    """A child forked with two touching VMAs (mprotect split one): its copies of the
+    parent's pages are one record per VMA, though their addresses and sources run on."""
+    words = U64(PM_PRESENT) | np.arange(1, 9, dtype=U64)
+    tasks = []
+    for pid in (100, 101):
+        t = TaskDump(TaskInfo(pid, 0 if pid == 100 else 100, "t", 100, 100), [])
+        for half in (0, 1):
+            w = words[half * 4:(half + 1) * 4]
+            t.private.append(PrivateVma(_vma(0x10000000 + half * 4 * PAGE_SIZE, 4),
+                                        cow_keys(w, True, None), np.ones(4, dtype=bool)))
+        tasks.append(t)
+    assert find_cow(tasks, True, None, batch) == 8
+    assert [(r.vaddr, r.nr_pages, r.src_vaddr) for r in tasks[1].cow] == [
+        (0x10000000, 4, 0x10000000), (0x10000000 + 4 * PAGE_SIZE, 4, 0x10000000 + 4 * PAGE_SIZE)]

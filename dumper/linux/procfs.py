@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 from dataclasses import dataclass, field
 
 from dumper.host import MapEntry, TaskInfo, parse_maps_line
@@ -206,6 +208,23 @@ def read_vmas(pid: int) -> list[tuple[MapEntry, Smaps, str]]:
 def read_smaps(pid: int) -> list[Smaps]:
     """Every VMA of /proc/PID/smaps, with Rss, Swap, SwapPss, ... in kB."""
     return parse_smaps(read_text(pid, "smaps"))
+
+
+_SMAPS_START = re.compile(r"^([0-9a-f]+)-[0-9a-f]+ ", re.M)
+_SMAPS_VMFLAGS = re.compile(r"^VmFlags:(.*)$", re.M)
+
+
+def read_vmflags(pid: int) -> dict[int, list[str]]:
+    """VMA start -> its smaps VmFlags mnemonics, sorted (show_smap_vma_flags prints one
+    VmFlags line per VMA, after its header): two scans of the text in C, not a parse of
+    every counter line (30,000 VMAs: 0.75 million lines)."""
+    path = proc_path(pid, "smaps")
+    text = read_text(pid, "smaps")
+    starts, flags = _SMAPS_START.findall(text), _SMAPS_VMFLAGS.findall(text)
+    if len(starts) != len(flags):
+        raise ProcError(pid, path, errno.EBADMSG,
+                        f"{len(starts)} VMAs but {len(flags)} VmFlags lines")
+    return {int(a, 16): sorted(f.split()) for a, f in zip(starts, flags, strict=True)}
 
 
 def smaps_of(pid: int, addr: int) -> Smaps:

@@ -236,7 +236,7 @@ def task_state(pid: int, tids: list[int], leave_out: Collection[str] = (),
     st.ns = ns_inodes(pid)
     st.fds = files.collect_fds(pid, leave_out)
     st.shared_pending = pending_signals(pid, shared=True)
-    st.vmflags = {s.start: sorted(s.vmflags) for s in procfs.read_smaps(pid)}
+    st.vmflags = procfs.read_vmflags(pid)
     st.vdso = vdso_image(pid)
     for path in {st.exe, *(e.path for e in _file_maps(pid))}:
         real = f"/proc/{pid}/root{path}"  # through the task's root: its mount namespace
