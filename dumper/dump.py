@@ -42,7 +42,7 @@ from dumper.select import (
     STRATEGIES,
     Owner,
     private_selection,
-    read_pagemap,
+    read_pagemap_range,
     runs_of,
     shared_selection,
 )
@@ -342,11 +342,7 @@ def collect(host: Host, infos: list[TaskInfo], strategy: str, warn: Callable[[st
     objects: dict[tuple[int, int], SharedInfo] = {}
     referenced: dict[str, set[str]] = {}  # regular file -> how the tree maps it
     for t in tasks:
-        for e in t.maps:
-            # Every VMA's pagemap is read once: guard/poison markers live in any VMA, and
-            # private selection and the pagemap/mincore strategies' owner views need it.
-            words = read_pagemap(host, t.info.pid, e)
-            t.guards += marker_runs(t.info.pid, e, words, show_pfn)
+        for e, words, keys, sel in _judged(host, t, strategy, show_pfn, zero_pfn):
             if e.ino != 0 or e.shared:
                 handle = host.open_object(t.info.pid, e.start, e.end)
                 st = handle.stat()
@@ -377,16 +373,57 @@ def collect(host: Host, infos: list[TaskInfo], strategy: str, warn: Callable[[st
                             else None
                         info.owners.append(Owner(t.info.pid, e, keep))
             if not e.shared:  # a file's own pages come from the object, or the file itself
-                backed = e.start in t.objects or e.ino != 0
-                t.private.append(PrivateVma(e, cow_keys(words, show_pfn, zero_pfn),
-                                            private_selection(strategy, words, show_pfn,
-                                                              zero_pfn, backed)))
+                if e.start in t.objects or e.ino != 0:
+                    sel = private_selection(strategy, words, show_pfn, zero_pfn, True)
+                t.private.append(PrivateVma(e, keys, sel))
     for path, how in referenced.items():
         warn(f"{path}: mapped {' and '.join(sorted(how))}, referenced, not copied: a restore "
              "needs this file at this path, unchanged")
     for info in objects.values():
         info.selected = shared_selection(strategy, host, info.owners, info.handle, info.size)
     return tasks, objects
+
+
+SPAN_PAGES = 1 << 18  # VMAs that touch are read and judged together, up to 1 GiB of them
+
+
+def _spans(maps: list[MapEntry]) -> Iterator[list[MapEntry]]:
+    """The VMAs in address order, grouped while each starts where the last one ends."""
+    span: list[MapEntry] = []
+    n = 0
+    for e in maps:
+        if span and (span[-1].end != e.start or n + e.npages > SPAN_PAGES):
+            yield span
+            span, n = [], 0
+        span.append(e)
+        n += e.npages
+    if span:
+        yield span
+
+
+def _judged(host: Host, t: TaskDump, strategy: str, show_pfn: bool, zero_pfn: int | None
+            ) -> Iterator[tuple[MapEntry, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each VMA with its pagemap words, COW keys and private selection (as if not backed by
+    a file); its guard and poison markers added to t.guards. Every VMA's pagemap is read
+    once (markers live in any VMA; private selection and the pagemap/mincore strategies'
+    owner views need it), and VMAs that touch are read and judged as one span: 30,000
+    one-page VMAs cost a syscall and five numpy calls each otherwise."""
+    pid = t.info.pid
+    for span in _spans(t.maps):
+        words = read_pagemap_range(host, pid, span[0].start, span[-1].end)
+        idx, keys = cow_keys(words, show_pfn, zero_pfn)
+        sel = private_selection(strategy, words, show_pfn, zero_pfn, False)
+        markers = bool((words & U64(PM_SWAP | PM_GUARD_REGION)).any())
+        first = np.cumsum([0] + [e.npages for e in span], dtype=np.int64).astype(U64)
+        cut = np.searchsorted(idx, first).tolist()  # each VMA's keys: one search for all
+        # page indices made relative to each VMA's first page, in one pass
+        rel = np.stack([idx - np.repeat(first[:-1], np.diff(cut)), keys])
+        for i, e in enumerate(span):
+            o = int(first[i])
+            w = words[o:o + e.npages]
+            if markers:
+                t.guards += marker_runs(pid, e, w, show_pfn)
+            yield e, w, rel[:, cut[i]:cut[i + 1]], sel[o:o + e.npages]
 
 
 def _object_name(e: MapEntry) -> str:

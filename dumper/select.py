@@ -51,9 +51,14 @@ class Owner:
 
 def read_pagemap(host: Host, pid: int, vma: MapEntry) -> np.ndarray:
     """The pagemap words of one VMA, read in windows."""
+    return read_pagemap_range(host, pid, vma.start, vma.end)
+
+
+def read_pagemap_range(host: Host, pid: int, start: int, end: int) -> np.ndarray:
+    """The pagemap words of [start, end) (mapped throughout), read in windows."""
     parts = []
-    for a in range(vma.start, vma.end, PAGEMAP_WINDOW * PAGE_SIZE):
-        b = min(vma.end, a + PAGEMAP_WINDOW * PAGE_SIZE)
+    for a in range(start, end, PAGEMAP_WINDOW * PAGE_SIZE):
+        b = min(end, a + PAGEMAP_WINDOW * PAGE_SIZE)
         parts.append(np.frombuffer(host.pagemap(pid, a, b), dtype="<u8"))
     return np.concatenate(parts) if parts else np.zeros(0, dtype="<u8")
 
