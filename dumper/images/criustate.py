@@ -334,7 +334,8 @@ def criu_vmas(maps, vmas, vmflags: dict[int, list[str]]):
         extra = _SPECIAL_STATUS.get(e.path)
         if extra is not None:
             status = F.VMA_AREA_REGULAR | F.VMA_ANON_PRIVATE | extra
-        v = replace(v, flags=flags, madv=madv, status=status)
+        if (flags, madv, status) != (v.flags, v.madv, v.status):  # replace() is slow
+            v = replace(v, flags=flags, madv=madv, status=status)
         if e.path == "[vvar_vclock]" and out and out[-1].status & F.VMA_AREA_VVAR \
                 and out[-1].end == v.start:
             out[-1] = replace(out[-1], end=v.end)

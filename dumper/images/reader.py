@@ -434,7 +434,7 @@ class ImageSet:
                     self._f(M.mm(task.pid)),
                     f"VMA {v.start:#x} maps shared object {obj}, which the set does not describe",
                 )
-        return replace(v, obj=obj)
+        return v if obj == v.obj else replace(v, obj=obj)  # replace() is slow: 30,000 VMAs
 
     def _guess_objects(self) -> dict[int, SharedObject]:
         """A CRIU set's shared objects, from VMAs and memfd.img."""
