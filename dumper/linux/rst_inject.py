@@ -108,7 +108,8 @@ class RestoreInjector(inject.Injector):
         return self.put(os.fsencode(text) + b"\0", offset)
 
     def clone3(self, flags: int, exit_signal: int, tid: int) -> int:
-        """clone3 with set_tid=[tid]; the new task, stopped (SIGSTOP) and traced by us."""
+        """clone3 with set_tid=[tid]; the new task, stopped (SIGSTOP) and traced by us: its
+        pid as we see it (the event message; tid is its pid in its own namespace)."""
         tids = self.put(struct.pack("<i", tid), 512)
         args = self.put(CLONE_ARGS.pack(flags, 0, 0, 0, exit_signal, 0, 0, 0, tids, 1, 0), 256)
         got = self.call("clone3", args, CLONE_ARGS.size)
@@ -116,11 +117,11 @@ class RestoreInjector(inject.Injector):
             raise inject.InjectError(-got, f"clone3 of {tid} in task {self.pid}: "
                                      f"{os.strerror(-got)}" + (
                                          " (the pid is taken)" if got == -errno.EEXIST else ""))
-        if got != tid or self.event_pid != tid:
+        if got != tid or not self.event_pid:
             raise inject.InjectError(errno.EINVAL, f"clone3 in task {self.pid} made {got}, "
                                      f"wanted {tid}")
-        wait_stopped(tid)
-        return tid
+        wait_stopped(self.event_pid)
+        return self.event_pid
 
 
 def write_mem(pid: int, addr: int, data: bytes) -> None:
