@@ -27,6 +27,7 @@ NR = {"read": 0, "close": 3, "lseek": 8, "mmap": 9, "mprotect": 10, "munmap": 11
       "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
       "setitimer": 38, "getpid": 39, "kill": 62, "fcntl": 72, "chdir": 80, "umask": 95,
       "setpgid": 109, "setsid": 112, "setgroups": 116, "setresuid": 117, "setresgid": 119,
+      "setfsuid": 122, "setfsgid": 123, "capset": 126,
       "sigaltstack": 131, "personality": 135, "prctl": 157, "arch_prctl": 158,
       "setrlimit": 160, "chroot": 161, "set_thread_area": 205, "set_tid_address": 218,
       "exit_group": 231, "openat": 257, "set_robust_list": 273, "dup3": 292, "rseq": 334,

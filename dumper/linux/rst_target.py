@@ -16,7 +16,7 @@ from dumper.images import flags as F
 from dumper.images.reader import ImageSet
 from dumper.images.records import Vma
 from dumper.kabi import PAGE_SIZE
-from dumper.linux import libc, rst_mm, rst_pidns, rst_threads, rst_tree
+from dumper.linux import libc, rst_creds, rst_mm, rst_pidns, rst_threads, rst_tree
 from dumper.linux.inject import InjectError, read_mem
 from dumper.linux.rst_files import Pipes, restore_fds
 from dumper.linux.rst_inject import RestoreInjector
@@ -45,6 +45,7 @@ class LinuxTarget:
         self.scratch = rst_mm.pick_scratch(
             [[(v.start, v.end) for v in t.vmas] for t in images.tasks.values()])
         self._check_sessions()
+        rst_creds.check_creds(states)
         ids = [tid for t in images.tasks.values() for tid in t.threads]
         if pidns:
             rst_pidns.check_pids_free(ids, images.root)
@@ -164,8 +165,15 @@ class LinuxTarget:
         self.notes += rst_threads.task_setup(inj, st, self.host)
         restore_fds(inj, st.fds, self.pipes, self.states.files, self.objects)
         rst_threads.queue_pending(threads, st)
+        for t in st.threads:  # last: what needs root's privilege is done (rst_creds)
+            if t.creds is not None:
+                rst_creds.restore_creds(threads[t.tid], t.creds)
+        if st.dumpable is not None:  # a change of ids reset it (commit_creds)
+            inj.check("prctl", rst_threads.PR_SET_DUMPABLE, st.dumpable)
         inj.check("munmap", self.scratch, rst_mm.SCRATCH_SIZE)
         inj.scratch_addr = 0
+        for t in st.threads:
+            rst_creds.restore_last(threads[t.tid], t)
 
     def finish(self, stopped: bool) -> None:
         """Registers in, zombies let exit, then every thread detached (with SIGSTOP for a

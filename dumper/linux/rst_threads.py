@@ -3,9 +3,9 @@
 Threads are cloned by the leader (clone3 CLONE_THREAD with set_tid, §6.2); each sets its own
 clear-tid address, robust list, rseq, altstack and name by injection in itself. The task
 gets its mm fields and auxv (PR_SET_MM_MAP, §5.4, §5.10), signal actions (§5.7), cwd, root,
-umask, rlimits, credentials. Registers go in last, when nothing more is injected: the dumped
-general registers (already restart-fixed at dump, as compel_get_task_regs leaves them:
-§5.9), the XSAVE area (§5.5), the signal mask.
+umask, rlimits (credentials after all that: rst_creds). Registers go in last, when
+nothing more is injected: the dumped general registers (already restart-fixed at dump, as
+compel_get_task_regs leaves them: §5.9), the XSAVE area (§5.5), the signal mask.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import struct
 from dumper.linux import libc, regs
 from dumper.linux.rst_inject import AT_FDCWD, RestoreInjector
 from dumper.linux.rst_tree import THREAD_FLAGS
-from dumper.state import Creds, Fpu, TaskState, ThreadState
+from dumper.state import Fpu, TaskState, ThreadState
 
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NAME = 1, 4, 15
+PR_SET_DUMPABLE, PR_SET_NAME = 4, 15
 PR_SET_MM, PR_SET_MM_MAP, PR_SET_CHILD_SUBREAPER = 35, 14, 36
 SS_DISABLE = 2
 NO_SIGNALS = (signal.SIGKILL, signal.SIGSTOP)
@@ -47,7 +47,8 @@ def create_threads(inj: RestoreInjector, st: TaskState) -> dict[int, RestoreInje
 
 
 def thread_setup(inj: RestoreInjector, t: ThreadState) -> None:
-    """What each thread holds itself: clear-tid, robust list, rseq, altstack, name, creds."""
+    """What each thread holds itself: clear-tid, robust list, rseq, altstack, name (its
+    credentials, parent-death signal, no_new_privs and seccomp come last: rst_creds)."""
     inj.check("set_tid_address", t.clear_tid)
     if t.robust_list[0]:
         inj.check("set_robust_list", t.robust_list[0], t.robust_list[1])
@@ -58,10 +59,6 @@ def thread_setup(inj: RestoreInjector, t: ThreadState) -> None:
         inj.check("sigaltstack", inj.put(struct.pack("<Qi4xQ", t.sas[0], t.sas[2], t.sas[1])), 0)
     if t.comm:
         inj.check("prctl", PR_SET_NAME, inj.put_str(t.comm[:15]))
-    if t.pdeath_sig:
-        inj.check("prctl", PR_SET_PDEATHSIG, t.pdeath_sig)
-    if t.creds is not None:
-        set_creds(inj, t.creds)
 
 
 def queue_pending(threads: dict[int, RestoreInjector], st: TaskState) -> None:
@@ -77,17 +74,6 @@ def queue_pending(threads: dict[int, RestoreInjector], st: TaskState) -> None:
     for info in st.shared_pending:
         sig = struct.unpack_from("<i", info)[0]
         threads[st.pid].check("rt_sigqueueinfo", st.pid, sig, threads[st.pid].put(info, 3584))
-
-
-def set_creds(inj: RestoreInjector, c: Creds) -> None:
-    """setgroups, setresgid, setresuid (gids first: after the uid change we may lack the
-    right). Capabilities stay the stub's (root's) for now."""
-    if (c.uids, c.gids) == ((0, 0, 0, 0), (0, 0, 0, 0)) and not c.groups:
-        return
-    groups = inj.put(struct.pack(f"<{len(c.groups)}I", *c.groups)) if c.groups else 0
-    inj.check("setgroups", len(c.groups), groups)
-    inj.check("setresgid", *c.gids[:3])
-    inj.check("setresuid", *c.uids[:3])
 
 
 def task_setup(inj: RestoreInjector, st: TaskState, host: dict[int, int]) -> list[str]:
