@@ -68,8 +68,9 @@ def check_creds(states: SetState) -> None:
         for t in st.threads:
             if t.seccomp == SECCOMP_MODE_FILTER:
                 raise CredsError(errno.ENOTSUP, f"task {st.pid} thread {t.tid}: seccomp "
-                                 "filters (mode 2) are not restored (the images hold the "
-                                 "mode only, not the filters); nothing was created")
+                                 "filters (mode 2) are not restored (dumper's images "
+                                 "record the mode only; CRIU's seccomp.img is not read); "
+                                 "nothing was created")
             c = t.creds
             if c is None:
                 continue

@@ -29,7 +29,8 @@ NR = {"read": 0, "close": 3, "lseek": 8, "mmap": 9, "mprotect": 10, "munmap": 11
       "setpgid": 109, "setsid": 112, "setgroups": 116, "setresuid": 117, "setresgid": 119,
       "setfsuid": 122, "setfsgid": 123, "capset": 126,
       "sigaltstack": 131, "personality": 135, "prctl": 157, "arch_prctl": 158,
-      "setrlimit": 160, "chroot": 161, "set_thread_area": 205, "set_tid_address": 218,
+      "setrlimit": 160, "chroot": 161, "mount": 165, "set_thread_area": 205,
+      "set_tid_address": 218, "unshare": 272,
       "exit_group": 231, "openat": 257, "set_robust_list": 273, "dup3": 292, "rseq": 334,
       "clone3": 435, "close_range": 436}
 AT_FDCWD = -100

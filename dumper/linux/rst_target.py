@@ -32,7 +32,7 @@ class LinuxTarget:
     def __init__(self, images: ImageSet, states: SetState, shell_job: bool = False,
                  pidns: bool = False) -> None:
         self.images, self.states, self.shell_job = images, states, shell_job
-        self.pidns, self.init = pidns, 0  # --pidns: the new namespace's init (rst_pidns)
+        self.ns = rst_pidns.PidNamespace() if pidns else None  # --pidns
         self.host: dict[int, int] = {}  # the tree's pid -> the task's pid as we see it
         self.created: list[int] = []  # every task and thread, in creation order
         self.inj: dict[int, RestoreInjector] = {}  # pid -> the leader's injector
@@ -48,7 +48,7 @@ class LinuxTarget:
         rst_creds.check_creds(states)
         ids = [tid for t in images.tasks.values() for tid in t.threads]
         if pidns:
-            rst_pidns.check_pids_free(ids, images.root)
+            rst_pidns.check_pids_free(ids)
         else:
             rst_tree.check_pids_free(ids)
 
@@ -67,8 +67,8 @@ class LinuxTarget:
     # -- the tree ---------------------------------------------------------------------------
     def create_task(self, pid: int, ppid: int, comm: str) -> None:
         t = self.images.tasks[pid]
-        if not ppid and self.pidns:
-            self.init, host, inj = rst_pidns.spawn_in_ns(pid, self.scratch)
+        if not ppid and self.ns:
+            host, inj = self.ns.spawn(pid, self.scratch)
             self.created.append(host)
             rst_mm.place_vdso(inj, t.vmas, self.scratch)
         elif not ppid:
@@ -179,6 +179,8 @@ class LinuxTarget:
         """Registers in, zombies let exit, then every thread detached (with SIGSTOP for a
         stopped tree or a task dumped stopped)."""
         self.pipes.close()
+        if self.ns:
+            self.ns.start()
         for st in self.states.tasks.values():
             if st.state == DEAD:
                 continue
@@ -208,13 +210,13 @@ class LinuxTarget:
         self.pipes.close()
         rst_tree.kill_all(self.created)
         self.created.clear()
-        rst_pidns.kill_init(self.init)
-        self.init = 0
+        if self.ns:
+            self.ns.kill()
 
     def waited(self) -> int:
         """The task whose exit status is the root's: the root, or the init it is the child
         of in a new pid namespace (init exits with the root's status)."""
-        return self.init or self.host[self.images.root]
+        return self.ns.pid if self.ns else self.host[self.images.root]
 
 
 def _wait_state(pid: int, states: tuple[str, ...], timeout: float = 5.0) -> None:

@@ -13,7 +13,8 @@ runs on the stopped tree before it is continued. --pidns: the root's host pid co
 --pidfile, its NSpid lines are reported ("nspid": host pid -> [host, inside]), and the
 init the root is the child of is what exits; --hold-pids first takes the tree's pids on
 the host (sleepers made by clone3 set_tid, killed at the end). Prints one JSON line; kills
-and reaps everything it started or restored.
+and reaps everything it started or restored. --signal-init sends the SIGUSR1 to that init
+(it forwards it).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main() -> None:
         if "--hold-pids" in restore_args:
             result["held"] = hold_pids(images)
         args = [a for a in restore_args if a not in ("--no-detach", "--check-cow",
-                                                     "--hold-pids")]
+                                                     "--hold-pids", "--signal-init")]
         pidfile = work_dir / "pidfile"
         if pidns:
             args += ["--pidfile", str(pidfile)]
@@ -111,8 +112,16 @@ def main() -> None:
             host_root = int(pidfile.read_text())
             result["nspid"] = {tid: nspid(pid, tid) for pid in _tree(host_root)
                                for tid in map(int, os.listdir(f"/proc/{pid}/task"))}
-            init = nspid_parent(host_root)
-            os.kill(host_root, signal.SIGUSR1)
+            init = nspid_parent(host_root)  # the namespace's pid 1: dumper's init
+            # the /proc the tree sees (its mount namespace's, through its root)
+            result["proc_inside"] = sorted(int(d) for d in os.listdir(
+                f"/proc/{host_root}/root/proc") if d.isdigit())
+            result["init_comm"] = Path(f"/proc/{init}/comm").read_text().strip()
+            if "--leave-stopped" in restore_args:
+                result["stopped"] = {pid: _state(pid) for pid in _tree(host_root)}
+                for pid in _tree(host_root):
+                    os.kill(pid, signal.SIGCONT)
+            os.kill(init if "--signal-init" in restore_args else host_root, signal.SIGUSR1)
             _wait_exit(init, deadline, result)
             collect(out, result)
             return
@@ -141,13 +150,15 @@ def main() -> None:
 def hold_pids(images: Path) -> list[int]:
     """Take every pid of the dumped tree on the host: a sleeper each, by clone3 set_tid."""
     sys.path.insert(0, str(Path(__file__).parents[2]))
+    from dumper.images import flags as F
     from dumper.images.reader import ImageSet
     from dumper.linux.rst_tree import spawn_root
 
     held = []
     with ImageSet.open(images) as s:
         for t in s.tasks.values():
-            for tid in t.threads:
+            # a zombie is its pid alone (CRIU's pstree lists garbage threads for one)
+            for tid in t.threads if t.state not in (F.TASK_DEAD, F.TASK_ZOMBIE) else [t.pid]:
                 pid = spawn_root(tid, then=["/bin/sleep", "600"])
                 os.kill(pid, signal.SIGCONT)
                 ctypes.CDLL(None).ptrace(17, pid, 0, 0)  # PTRACE_DETACH: it execs sleep
@@ -165,6 +176,11 @@ def nspid(pid: int, tid: int) -> list[int]:
 def nspid_parent(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def _wait_exit(pid: int, deadline: float, result: dict) -> None:
