@@ -38,6 +38,7 @@ import errno
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
 
 from dumper.linux import libc
@@ -134,6 +135,21 @@ class PidNamespace:
                   MS_NOSUID | MS_NODEV | MS_NOEXEC, 0)
         inj.check("munmap", inj.scratch_addr, SCRATCH_SIZE)
         libc.ptrace(libc.PTRACE_DETACH, inj.pid, 0, 0)
+        _wait_handlers(inj.pid)
+
+
+def _wait_handlers(pid: int, timeout: float = 10.0) -> None:
+    """Until init catches every signal it forwards (SigCgt): before that a signal from us
+    finds SIG_DFL, which pid 1 ignores (sig_task_ignored: SIGNAL_UNKILLABLE), and is lost."""
+    want = sum(1 << (s - 1) for s in FORWARD)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with open(f"/proc/{pid}/status") as f:
+            cgt = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+        if cgt & want == want:
+            return
+        time.sleep(0.002)
+    raise OSError(errno.ETIMEDOUT, f"the new pid namespace's init ({pid}) did not start")
 
     def kill(self) -> None:
         """The namespace's end: init killed and reaped (the kernel kills the rest,

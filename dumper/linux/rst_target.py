@@ -67,14 +67,14 @@ class LinuxTarget:
     # -- the tree ---------------------------------------------------------------------------
     def create_task(self, pid: int, ppid: int, comm: str) -> None:
         t = self.images.tasks[pid]
-        if not ppid and self.ns:
-            host, inj = self.ns.spawn(pid, self.scratch)
-            self.created.append(host)
-            rst_mm.place_vdso(inj, t.vmas, self.scratch)
-        elif not ppid:
-            host = rst_tree.spawn_root(pid)
-            self.created.append(host)
-            inj = rst_mm.teardown(host, self.scratch)
+        if not ppid:
+            if self.ns:  # the root is made inside a new pid namespace (rst_pidns)
+                host, inj = self.ns.spawn(pid, self.scratch)  # cleans up after itself
+                self.created.append(host)
+            else:
+                host = rst_tree.spawn_root(pid)
+                self.created.append(host)
+                inj = rst_mm.teardown(host, self.scratch)
             rst_mm.place_vdso(inj, t.vmas, self.scratch)
         else:
             parent = self.inj[ppid]
