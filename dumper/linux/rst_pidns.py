@@ -137,6 +137,18 @@ class PidNamespace:
         libc.ptrace(libc.PTRACE_DETACH, inj.pid, 0, 0)
         _wait_handlers(inj.pid)
 
+    def kill(self) -> None:
+        """The namespace's end: init killed and reaped (the kernel kills the rest,
+        zap_pid_ns_processes; call it after the tasks we trace are reaped: a traced zombie
+        waits for its tracer, and init's exit for it)."""
+        if self.init is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.init.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.init.pid, 0)
+        self.init = None
+
 
 def _wait_handlers(pid: int, timeout: float = 10.0) -> None:
     """Until init catches every signal it forwards (SigCgt): before that a signal from us
@@ -150,15 +162,3 @@ def _wait_handlers(pid: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.002)
     raise OSError(errno.ETIMEDOUT, f"the new pid namespace's init ({pid}) did not start")
-
-    def kill(self) -> None:
-        """The namespace's end: init killed and reaped (the kernel kills the rest,
-        zap_pid_ns_processes; call it after the tasks we trace are reaped: a traced zombie
-        waits for its tracer, and init's exit for it)."""
-        if self.init is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.init.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.init.pid, 0)
-        self.init = None
