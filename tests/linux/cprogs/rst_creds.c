@@ -16,15 +16,19 @@
 #define BIT(n) (1ull << (n))
 #define EFF BIT(CAP_NET_BIND_SERVICE)
 #define PRM (BIT(CAP_NET_BIND_SERVICE) | BIT(CAP_KILL) | BIT(CAP_CHOWN))
-#define INH (BIT(CAP_NET_BIND_SERVICE) | BIT(CAP_SYS_BOOT))
 #define AMB BIT(CAP_NET_BIND_SERVICE)
-#define DROPPED (BIT(CAP_SYS_BOOT) | BIT(CAP_MKNOD))
 #define SECBITS 0x13 /* SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_KEEP_CAPS */
 
 static const char *keys[] = { "Uid:", "Gid:", "Groups:", "CapInh:", "CapPrm:", "CapEff:",
 			      "CapBnd:", "CapAmb:", "NoNewPrivs:", "Seccomp:" };
 static volatile int t2_ready, stop;
 static pid_t t2_tid;
+/* Two bounding bits to drop, the first also inheritable (outside the bounding set then):
+ * the first two of these we hold (a container may lack some). */
+static const int droppable[] = { CAP_SYS_BOOT, CAP_MKNOD, CAP_SYS_TTY_CONFIG, CAP_LEASE,
+				 CAP_AUDIT_CONTROL, CAP_WAKE_ALARM };
+static int drop1 = -1, drop2 = -1;
+static uint64_t INH;
 
 static int capset3(uint64_t eff, uint64_t prm, uint64_t inh)
 {
@@ -74,10 +78,21 @@ int main(void)
 	char before1[2048], before2[2048], after1[2048], after2[2048];
 	pid_t me = getpid();
 	creds_of(me, before1, sizeof(before1));
-	uint64_t bnd = field(before1, "CapBnd:") & ~DROPPED;
+	uint64_t bnd = field(before1, "CapBnd:");
 	uint64_t all = field(before1, "CapPrm:");
+	for (size_t i = 0; i < sizeof(droppable) / sizeof(*droppable); i++) {
+		if (!(bnd & BIT(droppable[i])))
+			continue;
+		if (drop1 < 0)
+			drop1 = droppable[i];
+		else if (drop2 < 0)
+			drop2 = droppable[i];
+	}
+	CHECK(drop1 >= 0 && drop2 >= 0, "no two bounding capabilities to drop");
+	INH = BIT(CAP_NET_BIND_SERVICE) | BIT(drop1);
+	bnd &= ~(BIT(drop1) | BIT(drop2));
 	CHECK(capset3(all, all, INH) == 0, "capset inheritable: %s", strerror(errno));
-	CHECK(prctl(PR_CAPBSET_DROP, CAP_SYS_BOOT) == 0 && prctl(PR_CAPBSET_DROP, CAP_MKNOD) == 0,
+	CHECK(prctl(PR_CAPBSET_DROP, drop1) == 0 && prctl(PR_CAPBSET_DROP, drop2) == 0,
 	      "PR_CAPBSET_DROP: %s", strerror(errno));
 	CHECK(prctl(PR_SET_SECUREBITS, SECBITS) == 0, "PR_SET_SECUREBITS: %s", strerror(errno));
 	gid_t groups[] = { 3000, 3001 };
@@ -115,7 +130,7 @@ int main(void)
 	CHECK(prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1, "no_new_privs lost");
 	CHECK(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, CAP_NET_BIND_SERVICE, 0, 0) == 1,
 	      "ambient CAP_NET_BIND_SERVICE lost");
-	CHECK(prctl(PR_CAPBSET_READ, CAP_SYS_BOOT) == 0 && prctl(PR_CAPBSET_READ, CAP_MKNOD) == 0,
+	CHECK(prctl(PR_CAPBSET_READ, drop1) == 0 && prctl(PR_CAPBSET_READ, drop2) == 0,
 	      "a dropped bounding capability is back");
 	uid_t r, e, s;
 	gid_t rg, eg, sg;
