@@ -11,7 +11,7 @@ only when the images say the tree had one, and then the dumped pid 1 is the tree
 root (criu/pstree.c, cr-restore.c). That case (a container's init) is refused here: our
 init holds pid 1, and dumper's dump refuses a namespace's init anyway.
 
-The init (init_main, a fresh Python exec'd once the root exists, so it keeps none of the
+The init (INIT_CODE, a fresh Python exec'd once the root exists, so it keeps none of the
 restorer's memory, fds or shared objects) reaps every task reparented to it and forwards
 the usual termination and user signals to the root; when the root exits, init exits with
 the root's status (128+N for a signal: pid 1 cannot die of its own signal), so the caller
@@ -108,9 +108,9 @@ class PidNamespace:
         its injector)."""
         pid = spawn_root(0, CLONE_NEWPID, [sys.executable, "-I", "-S", "-c", INIT_CODE,
                                            str(root)])
-        self.init = inj = map_scratch(pid, scratch)
         host = 0
         try:
+            self.init = inj = map_scratch(pid, scratch)
             inj.check("unshare", CLONE_NEWNS)
             # MS_SLAVE: our mounts still reach the tree, its /proc never reaches us
             inj.check("mount", 0, inj.put_str("/"), 0, MS_REC | MS_SLAVE, 0)
@@ -121,6 +121,8 @@ class PidNamespace:
         except BaseException:
             if host:
                 kill_all([host])
+            if self.init is None:
+                kill_all([pid])
             self.kill()
             raise
 
