@@ -392,7 +392,11 @@ def _restore_model(path: str, quiet: bool = True):
                    "stopped, checked, and let run only if nothing is lost, else killed).")
 @click.option("-d", "--detach", is_flag=True,
               help="Linux: return once the whole tree runs (exit 0).")
-@click.option("--pidfile", metavar="FILE", help="Linux: write the restored root's pid here.")
+@click.option("--pidfile", metavar="FILE", help="Linux: write the restored root's pid here "
+              "(with --pidns: its pid on the host, not inside).")
+@click.option("--pidns", is_flag=True,
+              help="Linux: restore into a fresh pid namespace (the tree's pids inside it, "
+                   "its root the child of a minimal init that exits with the root's status).")
 @click.option("--leave-stopped", is_flag=True, help="Linux: leave the tree stopped (SIGSTOP).")
 @click.option("--shell-job", is_flag=True,
               help="Linux: the tree's session/group outside it becomes ours (as criu's).")
@@ -402,7 +406,7 @@ def _restore_model(path: str, quiet: bool = True):
 @quiet_option
 @user_errors
 def restore(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
-            leave_stopped: bool, shell_job: bool, show: int, as_json: bool,
+            pidns: bool, leave_stopped: bool, shell_job: bool, show: int, as_json: bool,
             quiet: bool) -> None:
     """Restore an image set: a model set into a fresh model of the kernel it was dumped
     from; a live set (dumper's or CRIU 4.2's) as the process tree itself, with its pids.
@@ -417,8 +421,10 @@ def restore(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
     with ImageSet.open(directory, verify=False) as probe:  # the set is verified once, below
         live = probe.meta is None or probe.meta.host_kind != "model"
     if live:
-        _restore_live(directory, do_verify, detach, pidfile, leave_stopped, shell_job)
+        _restore_live(directory, do_verify, detach, pidfile, leave_stopped, shell_job, pidns)
         return
+    if pidns:
+        fail(f"{directory}: --pidns restores a live set; a model set has no pid namespace")
     images, target, summary = _restore_model(directory, quiet)
     with images:
         doc = {"restore": {"summary": summary.line(), **dataclasses.asdict(summary)}}
@@ -431,7 +437,7 @@ def restore(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
 
 
 def _restore_live(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
-                  leave_stopped: bool, shell_job: bool) -> None:
+                  leave_stopped: bool, shell_job: bool, pidns: bool = False) -> None:
     """restore() into LinuxTarget; --verify checks the stopped tree before it runs."""
     from dumper.images.reader import ImageSet
     from dumper.linux.host import LinuxHost
@@ -442,13 +448,13 @@ def _restore_live(directory: str, do_verify: bool, detach: bool, pidfile: str | 
 
     with ImageSet.open(directory) as images:
         states = read_state(images)
-        target = LinuxTarget(images, states, shell_job)
+        target = LinuxTarget(images, states, shell_job, pidns)
         summary = do_restore(images, target, states)
         for note in target.notes:
             progress(f"dumper: warning: {note}")
         if do_verify:
             try:
-                report = verify_live(images, LinuxHost())
+                report = verify_live(images, LinuxHost(), pid_map=target.host)
             except BaseException:
                 target.abort()
                 raise
@@ -462,13 +468,13 @@ def _restore_live(directory: str, do_verify: bool, detach: bool, pidfile: str | 
         if pidfile:
             try:
                 with open(pidfile, "w") as f:
-                    f.write(f"{images.root}\n")
+                    f.write(f"{target.host[images.root]}\n")
             except OSError:
                 target.abort()
                 raise
         target.finish(stopped=leave_stopped)
         progress(summary.line())
-        root = images.root
+        root = target.waited()
     if detach:
         return
     _, status = os.waitpid(root, 0)

@@ -101,6 +101,8 @@ def thread_of(tid: int, core) -> ThreadState:
             r = tc.rseq_entry
             t.rseq = (r.rseq_abi_pointer, r.rseq_abi_size, r.signature)
         t.pending = [s.siginfo for s in tc.signals_p.signals]
+        t.seccomp = tc.seccomp_mode if tc.HasField("seccomp_mode") else (
+            core.tc.old_seccomp_mode if core.HasField("tc") else 0)
     if core.HasField("thread_info"):
         ti = core.thread_info
         mask = core.thread_core.blk_sigset if core.HasField("thread_core") and \

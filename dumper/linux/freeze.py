@@ -36,6 +36,7 @@ from dumper.linux import libc, procfs
 from dumper.linux.errors import GONE, ProcError
 
 log = logging.getLogger(__name__)
+PTRACE_O_SUSPEND_SECCOMP = 1 << 21  # include/uapi/linux/ptrace.h (CONFIG_CHECKPOINT_RESTORE)
 _STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 # These are held while we seize and while we thaw, so a Ctrl-C cannot cut either half-way;
 # SIGTERM and SIGHUP also get a handler that unwinds through the thaw.
@@ -65,7 +66,9 @@ class Freezer:
     def _seize_thread(self, pid: int, tid: int) -> None:
         t = Tracee(pid, tid)
         try:
-            libc.ptrace(libc.PTRACE_SEIZE, tid)
+            # PTRACE_O_SUSPEND_SECCOMP: the dump's injected calls pass a seccomp task's
+            # filter or strict mode (seccomp strict SIGKILLed a task at the first call).
+            libc.ptrace(libc.PTRACE_SEIZE, tid, 0, PTRACE_O_SUSPEND_SECCOMP)
         except OSError as e:
             if _exiting(pid, tid):
                 return  # exited, or in do_exit (ptrace_attach refuses PF_EXITING: EPERM)

@@ -27,8 +27,10 @@ NR = {"read": 0, "close": 3, "lseek": 8, "mmap": 9, "mprotect": 10, "munmap": 11
       "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
       "setitimer": 38, "getpid": 39, "kill": 62, "fcntl": 72, "chdir": 80, "umask": 95,
       "setpgid": 109, "setsid": 112, "setgroups": 116, "setresuid": 117, "setresgid": 119,
+      "setfsuid": 122, "setfsgid": 123, "capset": 126,
       "sigaltstack": 131, "personality": 135, "prctl": 157, "arch_prctl": 158,
-      "setrlimit": 160, "chroot": 161, "set_thread_area": 205, "set_tid_address": 218,
+      "setrlimit": 160, "chroot": 161, "mount": 165, "set_thread_area": 205,
+      "set_tid_address": 218, "unshare": 272,
       "exit_group": 231, "openat": 257, "set_robust_list": 273, "dup3": 292, "rseq": 334,
       "clone3": 435, "close_range": 436}
 AT_FDCWD = -100
@@ -108,7 +110,8 @@ class RestoreInjector(inject.Injector):
         return self.put(os.fsencode(text) + b"\0", offset)
 
     def clone3(self, flags: int, exit_signal: int, tid: int) -> int:
-        """clone3 with set_tid=[tid]; the new task, stopped (SIGSTOP) and traced by us."""
+        """clone3 with set_tid=[tid]; the new task, stopped (SIGSTOP) and traced by us: its
+        pid as we see it (the event message; tid is its pid in its own namespace)."""
         tids = self.put(struct.pack("<i", tid), 512)
         args = self.put(CLONE_ARGS.pack(flags, 0, 0, 0, exit_signal, 0, 0, 0, tids, 1, 0), 256)
         got = self.call("clone3", args, CLONE_ARGS.size)
@@ -116,11 +119,11 @@ class RestoreInjector(inject.Injector):
             raise inject.InjectError(-got, f"clone3 of {tid} in task {self.pid}: "
                                      f"{os.strerror(-got)}" + (
                                          " (the pid is taken)" if got == -errno.EEXIST else ""))
-        if got != tid or self.event_pid != tid:
+        if got != tid or not self.event_pid:
             raise inject.InjectError(errno.EINVAL, f"clone3 in task {self.pid} made {got}, "
                                      f"wanted {tid}")
-        wait_stopped(tid)
-        return tid
+        wait_stopped(self.event_pid)
+        return self.event_pid
 
 
 def write_mem(pid: int, addr: int, data: bytes) -> None:

@@ -56,12 +56,7 @@ def pick_scratch(layouts: list[list[tuple[int, int]]]) -> int:
 def teardown(pid: int, scratch: int) -> RestoreInjector:
     """Empty a fresh stub: map the scratch page, unregister rseq, close every fd, unmap all
     but the vdso group, [vsyscall] and the scratch page. Returns the stub's injector."""
-    inj = RestoreInjector(pid, pid, gate=_find_gate(pid))
-    got = inj.check("mmap", scratch, SCRATCH_SIZE, pymmap.PROT_READ | pymmap.PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | 0x100000, -1, 0)  # MAP_FIXED_NOREPLACE
-    if got != scratch:
-        raise MmError(errno.EEXIST, f"task {pid}: scratch page landed at {got:#x}")
-    inj.scratch_addr = scratch
+    inj = map_scratch(pid, scratch)
     conf = rseq_config(pid)
     if conf is not None:
         inj.check("rseq", conf[0], conf[1], RSEQ_FLAG_UNREGISTER, conf[2])
@@ -78,6 +73,17 @@ def teardown(pid: int, scratch: int) -> RestoreInjector:
         pos = max(pos, b)
     if pos < (1 << 47) - PAGE_SIZE:
         inj.check("munmap", pos, (1 << 47) - PAGE_SIZE - pos)
+    return inj
+
+
+def map_scratch(pid: int, scratch: int) -> RestoreInjector:
+    """An injector in a fresh stub, with our scratch page mapped RW at scratch."""
+    inj = RestoreInjector(pid, pid, gate=_find_gate(pid))
+    got = inj.check("mmap", scratch, SCRATCH_SIZE, pymmap.PROT_READ | pymmap.PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | 0x100000, -1, 0)  # MAP_FIXED_NOREPLACE
+    if got != scratch:
+        raise MmError(errno.EEXIST, f"task {pid}: scratch page landed at {got:#x}")
+    inj.scratch_addr = scratch
     return inj
 
 

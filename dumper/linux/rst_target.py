@@ -16,7 +16,7 @@ from dumper.images import flags as F
 from dumper.images.reader import ImageSet
 from dumper.images.records import Vma
 from dumper.kabi import PAGE_SIZE
-from dumper.linux import libc, rst_mm, rst_threads, rst_tree
+from dumper.linux import libc, rst_creds, rst_mm, rst_pidns, rst_threads, rst_tree
 from dumper.linux.inject import InjectError, read_mem
 from dumper.linux.rst_files import Pipes, restore_fds
 from dumper.linux.rst_inject import RestoreInjector
@@ -29,8 +29,11 @@ class LinuxTarget:
 
     kind = "linux"
 
-    def __init__(self, images: ImageSet, states: SetState, shell_job: bool = False) -> None:
+    def __init__(self, images: ImageSet, states: SetState, shell_job: bool = False,
+                 pidns: bool = False) -> None:
         self.images, self.states, self.shell_job = images, states, shell_job
+        self.ns = rst_pidns.PidNamespace() if pidns else None  # --pidns
+        self.host: dict[int, int] = {}  # the tree's pid -> the task's pid as we see it
         self.created: list[int] = []  # every task and thread, in creation order
         self.inj: dict[int, RestoreInjector] = {}  # pid -> the leader's injector
         self.threads: dict[int, dict[int, RestoreInjector]] = {}
@@ -42,7 +45,12 @@ class LinuxTarget:
         self.scratch = rst_mm.pick_scratch(
             [[(v.start, v.end) for v in t.vmas] for t in images.tasks.values()])
         self._check_sessions()
-        rst_tree.check_pids_free([tid for t in images.tasks.values() for tid in t.threads])
+        rst_creds.check_creds(states)
+        ids = [tid for t in images.tasks.values() for tid in t.threads]
+        if pidns:
+            rst_pidns.check_pids_free(ids)
+        else:
+            rst_tree.check_pids_free(ids)
 
     def _check_sessions(self) -> None:
         """A session or group outside the tree is the restorer's only with --shell-job
@@ -60,15 +68,20 @@ class LinuxTarget:
     def create_task(self, pid: int, ppid: int, comm: str) -> None:
         t = self.images.tasks[pid]
         if not ppid:
-            rst_tree.spawn_root(pid)
-            self.created.append(pid)
-            inj = rst_mm.teardown(pid, self.scratch)
+            if self.ns:  # the root is made inside a new pid namespace (rst_pidns)
+                host, inj = self.ns.spawn(pid, self.scratch)  # cleans up after itself
+                self.created.append(host)
+            else:
+                host = rst_tree.spawn_root(pid)
+                self.created.append(host)
+                inj = rst_mm.teardown(host, self.scratch)
             rst_mm.place_vdso(inj, t.vmas, self.scratch)
         else:
             parent = self.inj[ppid]
-            parent.clone3(0, signal.SIGCHLD, pid)
-            self.created.append(pid)
-            inj = RestoreInjector(pid, pid, parent.gate, self.scratch)
+            host = parent.clone3(0, signal.SIGCHLD, pid)
+            self.created.append(host)
+            inj = RestoreInjector(host, host, parent.gate, self.scratch)
+        self.host[pid] = host
         self.inj[pid] = inj
         self.special[pid] = [(v.start, v.end) for v in t.vmas
                              if v.status & (F.VMA_AREA_VDSO | F.VMA_AREA_VVAR)]
@@ -102,7 +115,7 @@ class LinuxTarget:
                 # The vdso is this kernel's image: the dump stored it whole (CRIU parses
                 # it); it must be the same bytes, and is not written.
                 n = min(len(data), b - addr)
-                if read_mem(pid, addr, n) != data[:n] and b - a == PAGE_SIZE * 2:
+                if read_mem(self.host[pid], addr, n) != data[:n] and b - a == PAGE_SIZE * 2:
                     raise rst_mm.MmError(errno.EINVAL, f"task {pid}: the dumped [vdso] "
                                          "differs from this kernel's (another kernel)")
                 if n < len(data):
@@ -110,7 +123,7 @@ class LinuxTarget:
                 return
         fd = self.mem.get(pid)
         if fd is None:
-            fd = self.mem[pid] = os.open(f"/proc/{pid}/mem", os.O_WRONLY)
+            fd = self.mem[pid] = os.open(f"/proc/{self.host[pid]}/mem", os.O_WRONLY)
         done = 0
         while done < len(data):
             done += os.pwrite(fd, data[done:], addr + done)
@@ -144,42 +157,52 @@ class LinuxTarget:
             self.threads[pid] = {pid: inj}
             return
         threads = rst_threads.create_threads(inj, st)
-        self.created += [t for t in threads if t != pid]
+        self.created += [i.tid for t, i in threads.items() if t != pid]
         self.threads[pid] = threads
+        self.host.update((t, i.tid) for t, i in threads.items())
         for t in st.threads:
             rst_threads.thread_setup(threads[t.tid], t)
-        self.notes += rst_threads.task_setup(inj, st)
+        self.notes += rst_threads.task_setup(inj, st, self.host)
         restore_fds(inj, st.fds, self.pipes, self.states.files, self.objects)
         rst_threads.queue_pending(threads, st)
+        for t in st.threads:  # last: what needs root's privilege is done (rst_creds)
+            if t.creds is not None:
+                rst_creds.restore_creds(threads[t.tid], t.creds)
+        if st.dumpable is not None:  # a change of ids reset it (commit_creds)
+            inj.check("prctl", rst_threads.PR_SET_DUMPABLE, st.dumpable)
         inj.check("munmap", self.scratch, rst_mm.SCRATCH_SIZE)
         inj.scratch_addr = 0
+        for t in st.threads:
+            rst_creds.restore_last(threads[t.tid], t)
 
     def finish(self, stopped: bool) -> None:
         """Registers in, zombies let exit, then every thread detached (with SIGSTOP for a
         stopped tree or a task dumped stopped)."""
         self.pipes.close()
+        if self.ns:
+            self.ns.start()
         for st in self.states.tasks.values():
             if st.state == DEAD:
                 continue
             for t in st.threads:
-                rst_threads.set_registers(st.pid, t.tid, t)
+                rst_threads.set_registers(self.host[st.pid], self.host[t.tid], t)
         for pid, st in self.states.tasks.items():
             if st.state == DEAD:
                 inj = self.inj[pid]
                 inj.scratch_addr = self.scratch
-                rst_threads.exit_registers(inj, st.exit_code)
-                libc.ptrace(libc.PTRACE_DETACH, pid, 0, 0)
-                _wait_state(pid, ("Z", "X"))  # exited; its parent stub has not reaped it
+                rst_threads.exit_registers(inj, st.exit_code, pid)
+                libc.ptrace(libc.PTRACE_DETACH, inj.pid, 0, 0)
+                _wait_state(inj.pid, ("Z", "X"))  # exited; its parent stub has not reaped it
         for st in self.states.tasks.values():
             if st.state == DEAD:
                 continue
             sig = signal.SIGSTOP if stopped or st.state == STOPPED else 0
             for t in st.threads:
-                libc.ptrace(libc.PTRACE_DETACH, t.tid, 0, sig)
+                libc.ptrace(libc.PTRACE_DETACH, self.host[t.tid], 0, sig)
         if stopped:  # returned only once stopped: a SIGCONT sent next must find them so
             for st in self.states.tasks.values():
                 if st.state != DEAD:
-                    _wait_state(st.pid, ("T",))
+                    _wait_state(self.host[st.pid], ("T",))
         self.created.clear()
 
     def abort(self) -> None:
@@ -187,6 +210,13 @@ class LinuxTarget:
         self.pipes.close()
         rst_tree.kill_all(self.created)
         self.created.clear()
+        if self.ns:
+            self.ns.kill()
+
+    def waited(self) -> int:
+        """The task whose exit status is the root's: the root, or the init it is the child
+        of in a new pid namespace (init exits with the root's status)."""
+        return self.ns.pid if self.ns else self.host[self.images.root]
 
 
 def _wait_state(pid: int, states: tuple[str, ...], timeout: float = 5.0) -> None:

@@ -3,9 +3,9 @@
 Threads are cloned by the leader (clone3 CLONE_THREAD with set_tid, §6.2); each sets its own
 clear-tid address, robust list, rseq, altstack and name by injection in itself. The task
 gets its mm fields and auxv (PR_SET_MM_MAP, §5.4, §5.10), signal actions (§5.7), cwd, root,
-umask, rlimits, credentials. Registers go in last, when nothing more is injected: the dumped
-general registers (already restart-fixed at dump, as compel_get_task_regs leaves them:
-§5.9), the XSAVE area (§5.5), the signal mask.
+umask, rlimits (credentials after all that: rst_creds). Registers go in last, when
+nothing more is injected: the dumped general registers (already restart-fixed at dump, as
+compel_get_task_regs leaves them: §5.9), the XSAVE area (§5.5), the signal mask.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import struct
 from dumper.linux import libc, regs
 from dumper.linux.rst_inject import AT_FDCWD, RestoreInjector
 from dumper.linux.rst_tree import THREAD_FLAGS
-from dumper.state import Creds, Fpu, TaskState, ThreadState
+from dumper.state import Fpu, TaskState, ThreadState
 
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NAME = 1, 4, 15
+PR_SET_DUMPABLE, PR_SET_NAME = 4, 15
 PR_SET_MM, PR_SET_MM_MAP, PR_SET_CHILD_SUBREAPER = 35, 14, 36
 SS_DISABLE = 2
 NO_SIGNALS = (signal.SIGKILL, signal.SIGSTOP)
@@ -41,13 +41,14 @@ def create_threads(inj: RestoreInjector, st: TaskState) -> dict[int, RestoreInje
     """Every thread but the leader, by clone3 CLONE_THREAD set_tid=[tid] in the leader."""
     out = {st.pid: inj}
     for t in st.threads[1:]:
-        inj.clone3(THREAD_FLAGS, 0, t.tid)
-        out[t.tid] = RestoreInjector(st.pid, t.tid, inj.gate, inj.scratch_addr)
+        tid = inj.clone3(THREAD_FLAGS, 0, t.tid)
+        out[t.tid] = RestoreInjector(inj.pid, tid, inj.gate, inj.scratch_addr)
     return out
 
 
 def thread_setup(inj: RestoreInjector, t: ThreadState) -> None:
-    """What each thread holds itself: clear-tid, robust list, rseq, altstack, name, creds."""
+    """What each thread holds itself: clear-tid, robust list, rseq, altstack, name (its
+    credentials, parent-death signal, no_new_privs and seccomp come last: rst_creds)."""
     inj.check("set_tid_address", t.clear_tid)
     if t.robust_list[0]:
         inj.check("set_robust_list", t.robust_list[0], t.robust_list[1])
@@ -58,10 +59,6 @@ def thread_setup(inj: RestoreInjector, t: ThreadState) -> None:
         inj.check("sigaltstack", inj.put(struct.pack("<Qi4xQ", t.sas[0], t.sas[2], t.sas[1])), 0)
     if t.comm:
         inj.check("prctl", PR_SET_NAME, inj.put_str(t.comm[:15]))
-    if t.pdeath_sig:
-        inj.check("prctl", PR_SET_PDEATHSIG, t.pdeath_sig)
-    if t.creds is not None:
-        set_creds(inj, t.creds)
 
 
 def queue_pending(threads: dict[int, RestoreInjector], st: TaskState) -> None:
@@ -79,19 +76,9 @@ def queue_pending(threads: dict[int, RestoreInjector], st: TaskState) -> None:
         threads[st.pid].check("rt_sigqueueinfo", st.pid, sig, threads[st.pid].put(info, 3584))
 
 
-def set_creds(inj: RestoreInjector, c: Creds) -> None:
-    """setgroups, setresgid, setresuid (gids first: after the uid change we may lack the
-    right). Capabilities stay the stub's (root's) for now."""
-    if (c.uids, c.gids) == ((0, 0, 0, 0), (0, 0, 0, 0)) and not c.groups:
-        return
-    groups = inj.put(struct.pack(f"<{len(c.groups)}I", *c.groups)) if c.groups else 0
-    inj.check("setgroups", len(c.groups), groups)
-    inj.check("setresgid", *c.gids[:3])
-    inj.check("setresuid", *c.uids[:3])
-
-
-def task_setup(inj: RestoreInjector, st: TaskState) -> list[str]:
-    """The task-wide state; returns notes on what the kernel would not take."""
+def task_setup(inj: RestoreInjector, st: TaskState, host: dict[int, int]) -> list[str]:
+    """The task-wide state; returns notes on what the kernel would not take. host: each
+    thread's tid as we see it (another pid namespace's tids are not ours)."""
     notes = []
     set_mm_map(inj, st)
     sa = struct.Struct("<QQQQ")
@@ -106,12 +93,12 @@ def task_setup(inj: RestoreInjector, st: TaskState) -> list[str]:
             inj.check("setitimer", which, inj.put(struct.pack("<4q", *timer)), 0)
     if st.oom_score_adj is not None:
         try:
-            with open(f"/proc/{st.pid}/oom_score_adj", "w") as f:
+            with open(f"/proc/{inj.pid}/oom_score_adj", "w") as f:
                 f.write(str(st.oom_score_adj))
         except OSError as e:
             notes.append(f"task {st.pid}: oom_score_adj {st.oom_score_adj}: {e.strerror}")
     for t in st.threads:
-        notes += set_sched(t)
+        notes += set_sched(t, host.get(t.tid, t.tid))
     if st.root not in ("", "/"):
         _path_call(inj, "chroot", st.root)
     if st.cwd:
@@ -123,7 +110,7 @@ def task_setup(inj: RestoreInjector, st: TaskState) -> list[str]:
     buf = (ctypes.c_uint64 * 2)()
     for r, (cur, hi) in enumerate(st.rlimits):
         buf[0], buf[1] = cur, hi
-        if _syscall(ctypes.c_long(SYS_prlimit64), ctypes.c_long(st.pid), ctypes.c_long(r),
+        if _syscall(ctypes.c_long(SYS_prlimit64), ctypes.c_long(inj.pid), ctypes.c_long(r),
                     ctypes.c_void_p(ctypes.addressof(buf)), ctypes.c_void_p(0)) < 0:
             err = ctypes.get_errno()
             notes.append(f"task {st.pid}: rlimit {r} ({cur}, {hi}) not set: "
@@ -131,14 +118,14 @@ def task_setup(inj: RestoreInjector, st: TaskState) -> list[str]:
     return notes
 
 
-def set_sched(t: ThreadState) -> list[str]:
+def set_sched(t: ThreadState, tid: int) -> list[str]:
     """The thread's policy, RT priority and nice (sched_setscheduler, setpriority), set from
-    the restorer: no injection needed."""
+    the restorer (tid: ours for it): no injection needed."""
     policy, prio, nice = t.sched
     try:
         if policy or prio:
-            os.sched_setscheduler(t.tid, policy, os.sched_param(prio))
-        os.setpriority(os.PRIO_PROCESS, t.tid, nice)
+            os.sched_setscheduler(tid, policy, os.sched_param(prio))
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
     except OSError as e:
         return [f"thread {t.tid}: scheduling ({policy}, {prio}, nice {nice}): {e.strerror}"]
     return []
@@ -238,14 +225,15 @@ def set_registers(pid: int, tid: int, t: ThreadState) -> None:
     libc.ptrace(0x420B, tid, 8, ctypes.addressof(mask))  # PTRACE_SETSIGMASK
 
 
-def exit_registers(inj: RestoreInjector, exit_code: int) -> None:
+def exit_registers(inj: RestoreInjector, exit_code: int, pid: int) -> None:
     """A zombie's last registers: the gate with exit_group(status) or, if it was killed by a
-    signal, kill(self, sig) with that signal at SIG_DFL (the wait status as stat shows it)."""
+    signal, kill(pid, sig) (pid: its own, as it sees it) with that signal at SIG_DFL (the
+    wait status as stat shows it)."""
     r = regs.get_gpregs(inj.tid)
     sig = exit_code & 0x7F
     if sig:
         inj.check("rt_sigaction", sig, inj.put(bytes(32)), 0, 8)
-        r.update(ax=62, di=inj.pid, si=sig)
+        r.update(ax=62, di=pid, si=sig)
     else:
         r.update(ax=231, di=(exit_code >> 8) & 0xFF)
     r.update(orig_ax=(1 << 64) - 1, ip=inj.gate)

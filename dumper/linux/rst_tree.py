@@ -21,7 +21,7 @@ from dumper.linux.rst_inject import CLONE_ARGS, PTRACE_TRACEME, set_options, wai
 
 SYS_clone3 = 435
 CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
-CLONE_THREAD, CLONE_SYSVSEM = 0x10000, 0x40000
+CLONE_THREAD, CLONE_SYSVSEM, CLONE_NEWPID = 0x10000, 0x40000, 0x20000000
 THREAD_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
 _syscall = ctypes.CDLL(None, use_errno=True).syscall
 _syscall.restype = ctypes.c_long
@@ -44,20 +44,28 @@ def check_pids_free(ids: list[int]) -> None:
                            "needs it; nothing was created")
 
 
-def spawn_root(pid: int) -> int:
-    """clone3(set_tid=[pid]) from the restorer: a child that traces itself and stops."""
+def spawn_root(pid: int, flags: int = 0, then: list[str] | None = None) -> int:
+    """clone3(set_tid=[pid]) from the restorer (pid 0: any pid, flags: CLONE_NEWPID for a
+    new namespace): a child that traces itself and stops; returns its pid as we see it.
+    Detached, it execs then (the init of rst_pidns); a stub never runs Python again."""
     tid = (ctypes.c_int * 1)(pid)
-    args = ctypes.create_string_buffer(
-        CLONE_ARGS.pack(0, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, ctypes.addressof(tid), 1, 0))
+    args = ctypes.create_string_buffer(CLONE_ARGS.pack(
+        flags, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, ctypes.addressof(tid) if pid else 0,
+        1 if pid else 0, 0))
     ret = _syscall(ctypes.c_long(SYS_clone3), ctypes.c_void_p(ctypes.addressof(args)),
                    ctypes.c_long(CLONE_ARGS.size))
-    if ret == 0:  # the stub: it never runs Python again once it stops
-        libc.ptrace(PTRACE_TRACEME, 0, 0, 0)
-        os.kill(os.getpid(), signal.SIGSTOP)
-        os._exit(127)
+    if ret == 0:
+        try:
+            libc.ptrace(PTRACE_TRACEME, 0, 0, 0)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            if then:
+                os.execv(then[0], then)
+        finally:
+            os._exit(127)
     if ret < 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"clone3 of {pid}: {os.strerror(err)}")
+        what = f"of {pid}" if pid else "of a new pid namespace's init"
+        raise OSError(err, f"clone3 {what}: {os.strerror(err)}")
     wait_stopped(ret)
     set_options(ret)
     return ret

@@ -9,8 +9,12 @@ A PROGRAM ending in .py runs under this Python. Harness flags among RESTORE-ARGS
 --no-detach restores without -d (the command waits for the root: its exit status is
 reported), --check-cow (with --leave-stopped) compares the PFNs of every page the images
 say a child shares with its parent. With --leave-stopped, `dumper verify DIR --pid ROOT`
-runs on the stopped tree before it is continued. Prints one JSON line; kills and reaps
-everything it started or restored.
+runs on the stopped tree before it is continued. --pidns: the root's host pid comes from
+--pidfile, its NSpid lines are reported ("nspid": host pid -> [host, inside]), and the
+init the root is the child of is what exits; --hold-pids first takes the tree's pids on
+the host (sleepers made by clone3 set_tid, killed at the end). Prints one JSON line; kills
+and reaps everything it started or restored. --signal-init sends the SIGUSR1 to that init
+(it forwards it).
 """
 
 from __future__ import annotations
@@ -75,10 +79,19 @@ def main() -> None:
         result["stage"] = "restore"
         detach = "--no-detach" not in restore_args
         check_cow = "--check-cow" in restore_args
-        args = [a for a in restore_args if a not in ("--no-detach", "--check-cow")]
+        pidns = "--pidns" in restore_args
+        if "--hold-pids" in restore_args:
+            result["held"] = hold_pids(images)
+        args = [a for a in restore_args if a not in ("--no-detach", "--check-cow",
+                                                     "--hold-pids", "--signal-init")]
+        pidfile = work_dir / "pidfile"
+        if pidns:
+            args += ["--pidfile", str(pidfile)]
         cmd = [sys.executable, "-m", "dumper.cli", "restore", str(images), *args]
         if not detach:
             waiter = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+            if pidns and wait_line(pidfile, "\n", deadline):
+                root = int(pidfile.read_text())
             if not _wait_running(root, deadline):
                 result["log"] = "the restored root never ran"
                 return
@@ -95,6 +108,23 @@ def main() -> None:
             result["rc"] = r.returncode
             return
         result["stage"] = "run"
+        if pidns:
+            host_root = int(pidfile.read_text())
+            result["nspid"] = {tid: nspid(pid, tid) for pid in _tree(host_root)
+                               for tid in map(int, os.listdir(f"/proc/{pid}/task"))}
+            init = nspid_parent(host_root)  # the namespace's pid 1: dumper's init
+            # the /proc the tree sees (its mount namespace's, through its root)
+            result["proc_inside"] = sorted(int(d) for d in os.listdir(
+                f"/proc/{host_root}/root/proc") if d.isdigit())
+            result["init_comm"] = Path(f"/proc/{init}/comm").read_text().strip()
+            if "--leave-stopped" in restore_args:
+                result["stopped"] = {pid: _state(pid) for pid in _tree(host_root)}
+                for pid in _tree(host_root):
+                    os.kill(pid, signal.SIGCONT)
+            os.kill(init if "--signal-init" in restore_args else host_root, signal.SIGUSR1)
+            _wait_exit(init, deadline, result)
+            collect(out, result)
+            return
         if check_cow:
             result["cow"] = cow_pfns(images)
         if "--leave-stopped" in restore_args:
@@ -115,6 +145,51 @@ def main() -> None:
         if not result["out"] and out.exists():
             result["out"] = out.read_text(errors="replace")[-3000:]
         print(json.dumps(result))
+
+
+def hold_pids(images: Path) -> list[int]:
+    """Take every pid of the dumped tree on the host: a sleeper each, by clone3 set_tid."""
+    sys.path.insert(0, str(Path(__file__).parents[2]))
+    from dumper.images import flags as F
+    from dumper.images.reader import ImageSet
+    from dumper.linux.rst_tree import spawn_root
+
+    held = []
+    with ImageSet.open(images) as s:
+        for t in s.tasks.values():
+            # a zombie is its pid alone (CRIU's pstree lists garbage threads for one)
+            for tid in t.threads if t.state not in (F.TASK_DEAD, F.TASK_ZOMBIE) else [t.pid]:
+                pid = spawn_root(tid, then=["/bin/sleep", "600"])
+                os.kill(pid, signal.SIGCONT)
+                ctypes.CDLL(None).ptrace(17, pid, 0, 0)  # PTRACE_DETACH: it execs sleep
+                held.append(pid)
+    return held
+
+
+def nspid(pid: int, tid: int) -> list[int]:
+    """NSpid of a thread's status: its id in each pid namespace, outermost first."""
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        return next([int(x) for x in line.split()[1:]] for line in f
+                    if line.startswith("NSpid:"))
+
+
+def nspid_parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_exit(pid: int, deadline: float, result: dict) -> None:
+    while time.monotonic() < deadline:
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got == pid:
+            result["status"] = status
+            return
+        time.sleep(0.05)
 
 
 def _wait_running(root: int, deadline: float) -> bool:
