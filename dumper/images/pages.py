@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
 import queue
 import threading
@@ -338,6 +339,7 @@ class PagesReader:
         self.raw_size = meta.raw_size if meta is not None else self.file_size
         self._starts: list[int] = []
         self._cache: tuple[int, bytes] | None = None
+        self._map: mmap.mmap | None = None  # a raw image mapped for iter_views
         if self.zstd:
             self._index()
 
@@ -362,28 +364,37 @@ class PagesReader:
             )
 
     def close(self) -> None:
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a view still held: the GC unmaps it
+                self._map.close()
+            self._map = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
-    def verify(self, advance: Callable[[int], None] | None = None) -> None:
+    def verify(self, advance: Callable[[int], None] | None = None,
+               stop: threading.Event | None = None) -> None:
         """Hash the stored bytes and compare with dumper.img (no-op without a checksum);
-        advance hears the bytes hashed (a progress bar)."""
+        advance hears the bytes hashed (a progress bar); stop set: give up, quietly."""
         if self.meta is None:
             return
         algo = self.meta.checksum_algo
         if algo not in STORED_ALGOS:
             raise ImageError(self.path, f"unknown checksum algorithm {algo!r}")
         h = stored_hash(algo)
+        buf = bytearray(_READ_BLOCK)  # one buffer: fresh ones meet host-faulted memory here
+        view = memoryview(buf)
         off = 0
         while off < self.file_size:
-            block = os.pread(self._fd, _READ_BLOCK, off)
-            if not block:
+            if stop is not None and stop.is_set():
+                return
+            n = os.preadv(self._fd, [buf], off)
+            if not n:
                 break
-            h.update(block)
-            off += len(block)
+            h.update(view[:n])
+            off += n
             if advance is not None:
-                advance(len(block))
+                advance(n)
         if h.digest() != self.meta.checksum:
             raise ImageError(
                 self.path,
@@ -458,6 +469,34 @@ class PagesReader:
             pos += hi - lo
         return bytes(out)
 
+    def iter_views(self, offset: int, length: int, chunk: int) -> Iterator[memoryview]:
+        """As iter_range, without copies: a raw image's pieces are views of the file mapped
+        read-only (its page cache), a zstd image's are views of each decompressed frame.
+        Each view is valid until the next is asked for; a reader of them must be done by then.
+        """
+        if self.zstd or not length:
+            for data in self.iter_range(offset, length, chunk):
+                yield memoryview(data)
+            return
+        if offset < 0 or offset + length > self.raw_size:
+            self.read(offset, length)  # raises the ImageError
+        if self._map is None:
+            self._map = mmap.mmap(self._fd, 0, mmap.MAP_SHARED, mmap.PROT_READ)
+            self._map.madvise(mmap.MADV_SEQUENTIAL)
+        whole = memoryview(self._map)
+        try:
+            end = offset + length
+            while offset < end:
+                n = min(chunk, end - offset)
+                piece = whole[offset : offset + n]
+                try:
+                    yield piece
+                finally:
+                    piece.release()
+                offset += n
+        finally:
+            whole.release()
+
     def iter_range(self, offset: int, length: int, chunk: int) -> Iterator[bytes]:
         """Raw bytes [offset, offset + length) in pieces of at most chunk bytes."""
         end = offset + length
@@ -465,3 +504,34 @@ class PagesReader:
             n = min(chunk, end - offset)
             yield self.read(offset, n)
             offset += n
+
+
+class PagesChecker:
+    """Every pages image's checksum (PagesReader.verify), one image after the other, in a
+    thread of its own: while a restore reads the same bytes through the page cache to write
+    them. result() waits and raises the first mismatch; stop() gives up (a failed restore).
+    pread(2) into a reused buffer rather than a mapping: a file cut short under us is an
+    ImageError, not a SIGBUS."""
+
+    def __init__(self, readers: list[PagesReader]) -> None:
+        self._readers = readers
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="pages-check", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for r in self._readers:
+                r.verify(stop=self._stop)
+        except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by result()
+            self._error = e
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

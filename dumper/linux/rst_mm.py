@@ -22,7 +22,7 @@ from dumper.host import parse_maps
 from dumper.images import flags as F
 from dumper.images.records import Vma
 from dumper.kabi import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, PROT_WRITE
-from dumper.linux import procfs
+from dumper.linux import procfs, rst_write
 from dumper.linux.rst_inject import AT_FDCWD, RestoreInjector
 from dumper.linux.taskstate import rseq_config
 
@@ -206,20 +206,27 @@ class LinuxObject:
             raise MmError(errno.ENOTSUP, f"{kind} object {name}: not restored on Linux yet")
 
     def write(self, offset: int, data: bytes) -> None:
+        """The dumped pages at offset: pwrite to the memfd or to the shmem inode (opened
+        through our map_files entry), or copied into our SysV attachment (whose file takes
+        no write(2))."""
+        if self.kind == "shmem-anon" and self.fd < 0:
+            self.fd = os.open(self.task_path, os.O_RDWR | os.O_CLOEXEC)
         if self.fd >= 0:
-            n = min(len(data), max(self.size - offset, 0))  # the last page's tail is past EOF
-            os.pwrite(self.fd, data[:n], offset)
+            size = self.size if self.kind == "memfd" else self.length
+            n = min(len(data), max(size - offset, 0))  # the last page's tail is past EOF
+            rst_write.write_fd(self.fd, offset, memoryview(data)[:n])
         else:
             n = min(len(data), self.length - offset)
-            ctypes.memmove(self.addr + offset, data, n)
+            rst_write.write_self(self.addr + offset, memoryview(data)[:n])
 
     def release(self) -> None:
         if self.fd >= 0:
-            if self.seals:
+            if self.seals and self.kind == "memfd":
                 import fcntl
 
                 fcntl.fcntl(self.fd, F_ADD_SEALS, self.seals)
             os.close(self.fd)
+            self.fd = -1
         if self.map is not None:
             del self.addr
             self.map.close()

@@ -16,7 +16,7 @@ from dumper.images import flags as F
 from dumper.images.reader import ImageSet
 from dumper.images.records import Vma
 from dumper.kabi import PAGE_SIZE
-from dumper.linux import libc, rst_mm, rst_threads, rst_tree
+from dumper.linux import libc, rst_mm, rst_threads, rst_tree, rst_write
 from dumper.linux.inject import InjectError, read_mem
 from dumper.linux.rst_files import Pipes, restore_fds
 from dumper.linux.rst_inject import RestoreInjector
@@ -28,6 +28,7 @@ class LinuxTarget:
     """Restore into stub tasks with the dumped pids; see the module docstring."""
 
     kind = "linux"
+    page_views = True  # write_memory and object writes are done with the bytes on return
 
     def __init__(self, images: ImageSet, states: SetState, shell_job: bool = False) -> None:
         self.images, self.states, self.shell_job = images, states, shell_job
@@ -108,12 +109,13 @@ class LinuxTarget:
                 if n < len(data):
                     self.write_memory(pid, addr + n, data[n:])
                 return
+        rst_write.write_task(pid, addr, data, lambda: self._mem(pid), self.images.tasks[pid].vmas)
+
+    def _mem(self, pid: int) -> int:
         fd = self.mem.get(pid)
         if fd is None:
             fd = self.mem[pid] = os.open(f"/proc/{pid}/mem", os.O_WRONLY)
-        done = 0
-        while done < len(data):
-            done += os.pwrite(fd, data[done:], addr + done)
+        return fd
 
     def discard(self, pid: int, start: int, end: int) -> None:
         self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_DONTNEED)

@@ -23,8 +23,12 @@ SYS_clone3 = 435
 CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
 CLONE_THREAD, CLONE_SYSVSEM = 0x10000, 0x40000
 THREAD_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
-_syscall = ctypes.CDLL(None, use_errno=True).syscall
-_syscall.restype = ctypes.c_long
+# clone3 and the child's first calls keep the GIL (PyDLL does not release it): the restorer
+# has threads (the pages checksum, the page writers), and a child cloned while one of them
+# held the GIL would wait for it forever, or die, before its first stop.
+_held = ctypes.PyDLL(None, use_errno=True)
+_held.syscall.restype = ctypes.c_long
+_held.ptrace.restype = ctypes.c_long
 
 
 class PidTaken(OSError):
@@ -49,11 +53,11 @@ def spawn_root(pid: int) -> int:
     tid = (ctypes.c_int * 1)(pid)
     args = ctypes.create_string_buffer(
         CLONE_ARGS.pack(0, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, ctypes.addressof(tid), 1, 0))
-    ret = _syscall(ctypes.c_long(SYS_clone3), ctypes.c_void_p(ctypes.addressof(args)),
-                   ctypes.c_long(CLONE_ARGS.size))
+    ret = _held.syscall(ctypes.c_long(SYS_clone3), ctypes.c_void_p(ctypes.addressof(args)),
+                        ctypes.c_long(CLONE_ARGS.size))
     if ret == 0:  # the stub: it never runs Python again once it stops
-        libc.ptrace(PTRACE_TRACEME, 0, 0, 0)
-        os.kill(os.getpid(), signal.SIGSTOP)
+        _held.ptrace(PTRACE_TRACEME, 0, 0, 0)
+        _held.kill(os.getpid(), signal.SIGSTOP)
         os._exit(127)
     if ret < 0:
         err = ctypes.get_errno()
