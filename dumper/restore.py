@@ -177,11 +177,20 @@ def _restore_memory(images: ImageSet, target: RestoreTarget, tell: Progress
 
 
 def _inherited_guards(t: Task, parent: Task | None, kept: list[Vma]) -> set:
-    """The parent's guard runs a kept VMA brought along (copy_pte_marker copies them)."""
+    """The parent's marker runs a kept VMA brought along. fork copies a VMA's ptes, and its
+    markers with them (copy_pte_marker: guard and poison), only where vma_needs_copy says
+    so: a private VMA holding a marker has an anon_vma (UFFDIO_POISON and guard install
+    prepare one); a shared one only once a guard was installed in it
+    (madvise_guard_install's anon_vma_prepare, 6.13-6.18). A poison marker alone in a
+    shared VMA stays the parent's (measured on 6.18; the model's dup_mmap agrees)."""
     if parent is None:
         return set()
-    return {(g.vaddr, g.nr_pages, g.kind) for g in parent.guards
-            if any(k.start <= g.vaddr < k.end for k in kept)}
+    out = set()
+    for k in kept:
+        runs = [g for g in parent.guards if k.start <= g.vaddr < k.end]
+        if k.private or any(g.kind == "guard" for g in runs):
+            out |= {(g.vaddr, g.nr_pages, g.kind) for g in runs}
+    return out
 
 
 def _drop_stale_guards(target: Any, t: Task, inherited: set) -> None:

@@ -17,6 +17,7 @@ import ctypes
 import errno
 import mmap as pymmap
 import os
+import struct
 
 from dumper.host import parse_maps
 from dumper.images import flags as F
@@ -48,6 +49,9 @@ HUGEPAGES = "/sys/kernel/mm/hugepages"
 MADV_DONTNEED, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE = 4, 102, 103
 SPECIAL = ("[vvar]", "[vvar_vclock]", "[vdso]")
 MFD_ALLOW_SEALING, F_ADD_SEALS = 2, 1033
+# include/uapi/linux/userfaultfd.h: _IOWR(0xAA, nr, struct) of 24, 32 and 32 bytes
+UFFDIO_API, UFFDIO_REGISTER, UFFDIO_POISON = 0xC018AA3F, 0xC020AA00, 0xC020AA08
+UFFD_API, UFFD_FEATURE_POISON, UFFDIO_REGISTER_MODE_MISSING = 0xAA, 1 << 14, 1
 
 
 class MmError(OSError):
@@ -170,6 +174,34 @@ def map_vma(inj: RestoreInjector, vma: Vma, obj, files: dict[str, tuple[int | No
                       f"{os.strerror(-fd)}")
     try:
         inj.check("mmap", vma.start, length, vma.prot, flags, fd, vma.pgoff)
+    finally:
+        inj.call("close", fd)
+
+
+def install_poison(inj: RestoreInjector, vma: Vma | None, start: int, end: int) -> None:
+    """Poison markers (PTE_MARKER_POISONED: a read or write there is SIGBUS) by UFFDIO_POISON
+    (mm/userfaultfd.c mfill_atomic_poison, 6.6+): the task makes a userfaultfd of its own,
+    registers the range for missing faults, poisons it and closes the fd; the markers stay,
+    the registration goes with the fd (measured here, 6.18). Only where userfaultfd can
+    register (vma_can_userfault: anonymous, shmem, hugetlb memory), into none ptes."""
+    where = f"task {inj.pid}: poison marker at {start:#x}"
+    if vma is None or (vma.path and vma.obj is None):
+        raise MmError(errno.ENOTSUP, f"{where}: in a mapping of {vma.path if vma else '?'}, "
+                      "where the kernel cannot re-create it (userfaultfd registers "
+                      "anonymous, shmem and hugetlb memory only)")
+    fd = inj.call("userfaultfd", os.O_CLOEXEC)
+    if fd < 0:
+        raise MmError(-fd, f"{where}: userfaultfd: {os.strerror(-fd)}")
+    try:
+        steps = (("UFFDIO_API with UFFD_FEATURE_POISON", UFFDIO_API,
+                  struct.pack("<3Q", UFFD_API, UFFD_FEATURE_POISON, 0)),
+                 ("UFFDIO_REGISTER", UFFDIO_REGISTER,
+                  struct.pack("<4Q", start, end - start, UFFDIO_REGISTER_MODE_MISSING, 0)),
+                 ("UFFDIO_POISON", UFFDIO_POISON, struct.pack("<4Q", start, end - start, 0, 0)))
+        for what, request, arg in steps:
+            got = inj.call("ioctl", fd, request, inj.put(arg))
+            if got < 0:
+                raise MmError(-got, f"{where}: {what}: {os.strerror(-got)}")
     finally:
         inj.call("close", fd)
 

@@ -121,12 +121,20 @@ class LinuxTarget:
         self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_DONTNEED)
 
     def install_marker(self, pid: int, start: int, end: int, kind: str) -> None:
+        if kind == "poison":
+            vma = next((v for v in self.images.tasks[pid].vmas if v.start <= start < v.end), None)
+            rst_mm.install_poison(self.inj[pid], vma, start, end)
+            return
         if kind != "guard":
             raise rst_mm.MmError(errno.ENOTSUP, f"task {pid}: {kind} markers at {start:#x} "
                                  "are not restored on Linux yet")
         self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_GUARD_INSTALL)
 
     def remove_marker(self, pid: int, start: int, end: int, kind: str) -> None:
+        if kind == "poison":  # MADV_DONTNEED keeps them (measured); UFFDIO_COPY is not tried
+            raise rst_mm.MmError(errno.ENOTSUP, f"task {pid}: the poison marker at {start:#x} "
+                                 "inherited from its parent is not in its images, and cannot "
+                                 "be removed by this restore")
         self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_GUARD_REMOVE)
 
     def release_objects(self, objs: list[rst_mm.LinuxObject]) -> None:
