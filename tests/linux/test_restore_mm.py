@@ -83,7 +83,7 @@ def test_hugetlb_objects_come_back_in_huge_pages_with_data_and_holes(huge_pool, 
     _passed(cycle(exe, tmp_path / "run", "dumper"))
 
 
-def _dump_and_kill(exe: Path, work: Path) -> tuple[int, Path]:
+def _dump_and_kill(exe: Path, work: Path, *dump_args: str) -> tuple[int, Path]:
     """Start exe (its own session), dump its tree, kill it (group) and wait until every pid
     of it is free; (root pid, images)."""
     out = work / "out.txt"
@@ -97,7 +97,7 @@ def _dump_and_kill(exe: Path, work: Path) -> tuple[int, Path]:
             time.sleep(0.05)
         assert "READY" in out.read_text(), out.read_text()
         r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(p.pid),
-                            "--tree", "--leave-out", "any", "-o", str(images)],
+                            "--tree", "--leave-out", "any", "-o", str(images), *dump_args],
                            capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 0, r.stderr
         with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
@@ -112,9 +112,9 @@ def _dump_and_kill(exe: Path, work: Path) -> tuple[int, Path]:
     return p.pid, images
 
 
-def _restore(images: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dumper.cli", "restore", str(images), "-d"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+def _restore(images: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dumper.cli", "restore", str(images), "-d",
+                           *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
 def test_no_huge_pages_left_is_one_line_naming_the_object(huge_pool, tmp_path):
@@ -158,3 +158,20 @@ def test_poison_markers_come_back(tmp_path):
     restore, the pagemap word a poison marker again, the neighbours' data and holes kept."""
     exe = _build("rst_poison", tmp_path)
     _passed(cycle(exe, tmp_path / "run", "dumper"))
+
+
+def test_a_zstd_set_restores_and_verifies(tmp_path):
+    """A compressed set goes in through the same views (each decompressed frame's) and
+    its checksums are checked the same way: restore --verify finds nothing lost."""
+    exe = _build("mem_fp", tmp_path)
+    root, images = _dump_and_kill(exe, tmp_path, "--compress", "zstd")
+    r = _restore(images, "--verify")
+    try:
+        assert r.returncode == 0, r.stderr
+        assert "nothing lost" in r.stderr + r.stdout, r.stderr
+    finally:
+        if os.path.exists(f"/proc/{root}"):
+            os.kill(root, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{root}") and time.monotonic() < deadline:
+            time.sleep(0.02)
