@@ -39,6 +39,7 @@ class LinuxTarget:
         self.pipes = Pipes()
         self.objects: dict[int, rst_mm.LinuxObject] = {}  # shmid -> object (set_objects)
         self.mem: dict[int, int] = {}  # pid -> /proc/PID/mem, open while pages go in
+        self.uffd: dict[int, int] = {}  # pid -> its userfaultfd, held by us (-1: none)
         self.notes: list[str] = []
         self.scratch = rst_mm.pick_scratch(
             [[(v.start, v.end) for v in t.vmas] for t in images.tasks.values()])
@@ -109,7 +110,14 @@ class LinuxTarget:
                 if n < len(data):
                     self.write_memory(pid, addr + n, data[n:])
                 return
-        rst_write.write_task(pid, addr, data, lambda: self._mem(pid), self.images.tasks[pid].vmas)
+        rst_write.write_task(pid, addr, data, lambda: self._mem(pid), self.images.tasks[pid].vmas,
+                             lambda: self._uffd(pid))
+
+    def _uffd(self, pid: int) -> int:
+        fd = self.uffd.get(pid)
+        if fd is None:
+            fd = self.uffd[pid] = rst_write.open_uffd(self.inj[pid])
+        return fd
 
     def _mem(self, pid: int) -> int:
         fd = self.mem.get(pid)
@@ -143,9 +151,11 @@ class LinuxTarget:
         self._close_mem()
 
     def _close_mem(self) -> None:
-        for fd in self.mem.values():
-            os.close(fd)
+        for fd in [*self.mem.values(), *self.uffd.values()]:
+            if fd >= 0:
+                os.close(fd)
         self.mem.clear()
+        self.uffd.clear()
 
     # -- state ------------------------------------------------------------------------------
     def set_state(self, pid: int, st: TaskState) -> None:

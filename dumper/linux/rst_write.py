@@ -23,12 +23,14 @@ import bisect
 import ctypes
 import errno
 import os
+import struct
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from dumper.buffers import address
 from dumper.images.records import Vma
-from dumper.kabi import PAGE_SIZE, PROT_WRITE
+from dumper.kabi import MAP_HUGETLB, PAGE_SIZE, PROT_WRITE
+from dumper.linux.rst_inject import RestoreInjector
 
 SPLIT = 4 << 20  # below this, one thread: the hand-off costs more than it saves
 
@@ -78,10 +80,12 @@ def process_vm_writev(pid: int, addr: int, src: int, length: int) -> int:
     return n if n >= 0 else -ctypes.get_errno()
 
 
-def write_task(pid: int, addr: int, data, mem_fd: Callable[[], int], vmas: list[Vma]) -> None:
-    """Write data at addr in task pid (vmas: its VMAs, sorted): process_vm_writev where the
-    VMA is writable, the rest (and all of a VMA without PROT_WRITE) through /proc/PID/mem
-    (mem_fd opens it)."""
+def write_task(pid: int, addr: int, data, mem_fd: Callable[[], int], vmas: list[Vma],
+               uffd: Callable[[], int] | None = None) -> None:
+    """Write data at addr in task pid (vmas: its VMAs, sorted): UFFDIO_COPY where the VMA is
+    private anonymous and writable (uffd opens the task's userfaultfd, -1 if none), else
+    process_vm_writev where it is writable, and through /proc/PID/mem the rest (and all of
+    a VMA without PROT_WRITE; mem_fd opens it)."""
     view = memoryview(data).cast("B")
     end = addr + len(view)
     i = bisect.bisect_right([v.start for v in vmas], addr) - 1
@@ -91,27 +95,43 @@ def write_task(pid: int, addr: int, data, mem_fd: Callable[[], int], vmas: list[
             break
         if v.end <= pos:
             continue
-        cut = min(v.end, end) if v.start <= pos else min(v.start, end)
-        writable = v.start <= pos and bool(v.prot & PROT_WRITE)
-        _write_span(pid, pos, view[pos - addr : cut - addr], mem_fd, writable)
+        inside = v.start <= pos
+        cut = min(v.end, end) if inside else min(v.start, end)
+        writable = inside and bool(v.prot & PROT_WRITE)
+        ufd = uffd() if uffd is not None and writable and _copyable(v) else -1
+        _write_span(pid, pos, view[pos - addr : cut - addr], mem_fd, writable, ufd, v)
         pos = cut
     if pos < end:
         _write_span(pid, pos, view[pos - addr :], mem_fd, False)
 
 
+def _copyable(v: Vma) -> bool:
+    """Private anonymous memory in small pages: what UFFDIO_COPY fills (hugetlb wants whole
+    huge pages, a file's private pages are not anonymous for userfaultfd)."""
+    return v.private and v.obj is None and not v.path and not v.flags & MAP_HUGETLB
+
+
 def _write_span(pid: int, addr: int, view: memoryview, mem_fd: Callable[[], int],
-                writable: bool) -> None:
+                writable: bool, ufd: int = -1, vma: Vma | None = None) -> None:
     base = address(view)
+    if ufd >= 0 and vma is not None and not _uffd_call(ufd, UFFDIO_REGISTER, struct.pack(
+            "<4Q", vma.start, vma.end - vma.start, UFFDIO_REGISTER_MODE_MISSING, 0)):
+        ufd = -1
 
     def piece(off: int, length: int) -> None:
         done = 0
+        while ufd >= 0 and done < length:
+            n = uffdio_copy(ufd, addr + off + done, base + off + done, length - done)
+            if n <= 0:
+                break  # a page already there (inherited copy-on-write): the rest below
+            done += n
         if writable:
             while done < length:
                 n = process_vm_writev(pid, addr + off + done, base + off + done, length - done)
                 if n <= 0:
                     break
                 done += n
-        fd = mem_fd()
+        fd = mem_fd() if done < length else -1
         while done < length:
             n = os.pwrite(fd, view[off + done : off + length], addr + off + done)
             if n <= 0:
@@ -119,7 +139,66 @@ def _write_span(pid: int, addr: int, view: memoryview, mem_fd: Callable[[], int]
                               "through /proc/PID/mem wrote nothing")
             done += n
 
-    in_parallel(piece, len(view))
+    try:
+        in_parallel(piece, len(view))
+    finally:
+        if ufd >= 0 and vma is not None:  # registered for the copy only: VMAs as they were
+            _uffd_call(ufd, UFFDIO_UNREGISTER, struct.pack("<2Q", vma.start,
+                                                           vma.end - vma.start))
+
+
+# include/uapi/linux/userfaultfd.h: _IOWR/_IOR(0xAA, nr, struct of 24/32/40/16 bytes)
+UFFDIO_API, UFFDIO_REGISTER, UFFDIO_COPY = 0xC018AA3F, 0xC020AA00, 0xC028AA03
+UFFDIO_UNREGISTER = 0x8010AA01
+UFFD_API, UFFDIO_REGISTER_MODE_MISSING, UFFDIO_COPY_MODE_DONTWAKE = 0xAA, 1, 1
+SYS_pidfd_getfd = 438
+_libc.ioctl.restype = ctypes.c_int
+_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+_libc.syscall.restype = ctypes.c_long
+
+
+def _uffd_call(fd: int, request: int, arg: bytes) -> bool:
+    buf = ctypes.create_string_buffer(arg, len(arg))
+    return _libc.ioctl(fd, request, buf) == 0
+
+
+def uffdio_copy(fd: int, dst: int, src: int, length: int) -> int:
+    """UFFDIO_COPY (mm/userfaultfd.c mfill_atomic_copy): bytes copied into none ptes, or
+    -errno where none were (EEXIST: a page is there already)."""
+    buf = ctypes.create_string_buffer(struct.pack("<4Qq", dst, src, length,
+                                                  UFFDIO_COPY_MODE_DONTWAKE, 0), 40)
+    ret = _libc.ioctl(fd, UFFDIO_COPY, buf)
+    err = ctypes.get_errno()
+    copied = struct.unpack_from("<q", buf.raw, 32)[0]
+    if copied > 0:
+        return copied
+    return -(err or errno.EIO) if ret < 0 else -errno.EIO
+
+
+def open_uffd(inj: RestoreInjector) -> int:
+    """A userfaultfd of the stub's mm, held by us: the stub makes it (userfaultfd binds the
+    calling mm), we take it (pidfd_getfd, kernel/pid.c: we trace it) and the stub closes
+    its own. Its UFFDIO_COPY fills a fresh page with the bytes without zeroing it first
+    (mfill_atomic_pte_copy): 1 GiB into a new process 0.30-0.31 s here against
+    process_vm_writev's 0.41-0.47 (measured side by side, one and two threads). -1 where
+    the kernel refuses any step: the writes then go by process_vm_writev."""
+    tfd = inj.call("userfaultfd", os.O_CLOEXEC)
+    if tfd < 0:
+        return -1
+    try:
+        pidfd = os.pidfd_open(inj.pid)
+        try:
+            fd = _libc.syscall(ctypes.c_long(SYS_pidfd_getfd), pidfd, tfd, 0)
+        finally:
+            os.close(pidfd)
+    finally:
+        inj.call("close", tfd)
+    if fd < 0:
+        return -1
+    if not _uffd_call(fd, UFFDIO_API, struct.pack("<3Q", UFFD_API, 0, 0)):
+        os.close(fd)
+        return -1
+    return fd
 
 
 def write_fd(fd: int, offset: int, data) -> None:
