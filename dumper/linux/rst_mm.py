@@ -253,7 +253,7 @@ class LinuxObject:
                 flags = (MFD_ALLOW_SEALING if seals else 0) | (MFD_HUGETLB | huge)
                 self.fd = os.memfd_create(name, flags if self.huge else flags & ~MFD_HUGETLB)
                 os.ftruncate(self.fd, size)
-                if self.huge:
+                if self.huge or (size and size % PAGE_SIZE == 0):  # for copy_self
                     self._map(pymmap.mmap(self.fd, self.length, pymmap.MAP_SHARED))
                 self.task_path = f"/proc/{os.getpid()}/fd/{self.fd}"
             elif kind == "sysv":
@@ -275,9 +275,14 @@ class LinuxObject:
         self.addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
 
     def write(self, offset: int, data: bytes) -> None:
-        """The dumped pages at offset: into our mapping for hugetlb and SysV (whose files take
-        no write(2)), else pwrite to the memfd or to the shmem inode (opened through our
+        """The dumped pages at offset: UFFDIO_COPY into our mapping of a shmem object (no
+        zeroing first); else copied into our mapping for hugetlb and SysV (whose files take
+        no write(2)), or pwrite to the memfd or to the shmem inode (opened through our
         map_files entry)."""
+        if self.addr and not self.huge:
+            n = min(len(data), self.length - offset)
+            if rst_write.copy_self(self.addr, self.length, offset, memoryview(data)[:n]):
+                return
         if self.huge or self.kind == "sysv":
             n = min(len(data), self.length - offset)
             rst_write.write_self(self.addr + offset, memoryview(data)[:n])

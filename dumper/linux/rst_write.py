@@ -151,7 +151,7 @@ def _write_span(pid: int, addr: int, view: memoryview, mem_fd: Callable[[], int]
 UFFDIO_API, UFFDIO_REGISTER, UFFDIO_COPY = 0xC018AA3F, 0xC020AA00, 0xC028AA03
 UFFDIO_UNREGISTER = 0x8010AA01
 UFFD_API, UFFDIO_REGISTER_MODE_MISSING, UFFDIO_COPY_MODE_DONTWAKE = 0xAA, 1, 1
-SYS_pidfd_getfd = 438
+SYS_pidfd_getfd, SYS_userfaultfd = 438, 323
 _libc.ioctl.restype = ctypes.c_int
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _libc.syscall.restype = ctypes.c_long
@@ -213,21 +213,59 @@ def write_fd(fd: int, offset: int, data) -> None:
     in_parallel(piece, len(view))
 
 
+def _pvw_self(addr: int, src: int, length: int) -> None:
+    """process_vm_writev on ourselves until all is copied; a fault is an OSError."""
+    done = 0
+    while done < length:
+        n = process_vm_writev(os.getpid(), addr + done, src + done, length - done)
+        if n <= 0:
+            err = -n if n < 0 else errno.EFAULT
+            raise OSError(err, f"copy into {addr + done:#x}: {os.strerror(err)}")
+        done += n
+
+
 def write_self(addr: int, data) -> None:
     """Copy data to our own mapping at addr (a SysV segment or hugetlb object attached
     here, whose files take no write(2)): process_vm_writev on ourselves, so the kernel
     faults the pages in for the copy and a fault is an error, not a SIGSEGV."""
     view = memoryview(data).cast("B")
     base = address(view)
-    me = os.getpid()
+    in_parallel(lambda off, length: _pvw_self(addr + off, base + off, length), len(view))
 
-    def piece(off: int, length: int) -> None:
+
+_own_uffd: int | None = None
+
+
+def copy_self(region: int, length: int, offset: int, data) -> bool:
+    """Copy data to offset of our own shmem mapping at region (length bytes) by UFFDIO_COPY
+    from a userfaultfd of ours (shmem_mfill_atomic_pte: no zeroing first), the region
+    registered for the copy only; a piece it cannot fill goes by process_vm_writev. False
+    (nothing written) where userfaultfd is not to be had."""
+    global _own_uffd
+    if _own_uffd is None:
+        fd = _libc.syscall(ctypes.c_long(SYS_userfaultfd), os.O_CLOEXEC)
+        if fd >= 0 and not _uffd_call(fd, UFFDIO_API, struct.pack("<3Q", UFFD_API, 0, 0)):
+            os.close(fd)
+            fd = -1
+        _own_uffd = fd
+    fd = _own_uffd
+    if fd < 0 or not _uffd_call(fd, UFFDIO_REGISTER, struct.pack(
+            "<4Q", region, length, UFFDIO_REGISTER_MODE_MISSING, 0)):
+        return False
+    view = memoryview(data).cast("B")
+    base, dst = address(view), region + offset
+
+    def piece(off: int, n: int) -> None:
         done = 0
-        while done < length:
-            n = process_vm_writev(me, addr + off + done, base + off + done, length - done)
-            if n <= 0:
-                err = -n if n < 0 else errno.EFAULT
-                raise OSError(err, f"copy into {addr + off + done:#x}: {os.strerror(err)}")
-            done += n
+        while done < n:
+            got = uffdio_copy(fd, dst + off + done, base + off + done, n - done)
+            if got <= 0:  # not in_parallel again: this may be its worker thread
+                _pvw_self(dst + off + done, base + off + done, n - done)
+                return
+            done += got
 
-    in_parallel(piece, len(view))
+    try:
+        in_parallel(piece, len(view))
+    finally:
+        _uffd_call(fd, UFFDIO_UNREGISTER, struct.pack("<2Q", region, length))
+    return True
