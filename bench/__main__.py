@@ -20,6 +20,7 @@ BENCHES = [
     ("pipeline", "bench.pipeline", 1),
     ("live", "bench.live", 1),  # real processes: needs root
     ("startup", "bench.startup", 1),  # interleaved rounds inside; dumps need root and CRIU
+    ("restore_live", "bench.restore_live", 1),  # interleaved repeats inside; root, CRIU
 ]
 
 
@@ -42,6 +43,12 @@ def main() -> None:
 
             print(f"### {name}\n")
             print(markdown(runs[0]["blocks"], runs[0]["skipped"]), end="\n\n")
+            continue
+        if "restore" in runs[0]:  # bench.restore_live: seconds, median / best, and ratios
+            from bench.restore_live import markdown as restore_table
+
+            print(f"### {name}\n")
+            print(restore_table(runs[0]["restore"]), end="\n\n")
             continue
         print(f"### {name} ({repeats} runs; median, [min–max])\n")
         print("| metric | median | range |")

@@ -440,19 +440,20 @@ def _restore_live(directory: str, do_verify: bool, detach: bool, pidfile: str | 
                   leave_stopped: bool, shell_job: bool, pidns: bool = False) -> None:
     """restore() into LinuxTarget; --verify checks the stopped tree before it runs."""
     from dumper.images.reader import ImageSet
-    from dumper.linux.host import LinuxHost
     from dumper.linux.rst_target import LinuxTarget
     from dumper.restore import restore as do_restore
     from dumper.restore_state import read_state
-    from dumper.verify import verify_live
 
-    with ImageSet.open(directory) as images:
+    with ImageSet.open(directory, check_later=True) as images:
         states = read_state(images)
         target = LinuxTarget(images, states, shell_job, pidns)
         summary = do_restore(images, target, states)
         for note in target.notes:
             progress(f"dumper: warning: {note}")
         if do_verify:
+            from dumper.linux.host import LinuxHost
+            from dumper.verify import verify_live
+
             try:
                 report = verify_live(images, LinuxHost(), pid_map=target.host)
             except BaseException:

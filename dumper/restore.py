@@ -91,6 +91,7 @@ def restore(images: ImageSet, target: RestoreTarget, states: SetState | None = N
     tell.phase("restoring", sum(p.raw_size for p in images.pages.values()))
     try:
         summary, objs = _restore_memory(images, target, tell)
+        images.pages_checked()  # ImageSet.open(check_later=True): before anything runs
         if states is not None:
             live: Any = target
             live.set_objects(objs)
@@ -109,10 +110,14 @@ def _restore_memory(images: ImageSet, target: RestoreTarget, tell: Progress
                     ) -> tuple[RestoreSummary, dict[int, Any]]:
     """Objects, tasks in fork order, mappings and pages; returns the summary and the
     objects created (by shmid), which the caller releases once the tasks hold them."""
+    # A target that is done with each chunk when its write returns takes views of the
+    # image files' page cache, in large pieces (no copy, no fresh buffer per chunk).
+    views = getattr(target, "page_views", False)
+    chunk = 16384 if views else 256
     objs = {}
     for shmid, o in images.objects.items():
         h = target.create_object(o.kind, o.size, o.name, o.ino, o.seals, o.page_size)
-        for off, data in images.iter_object_pages(shmid):
+        for off, data in images.iter_object_pages(shmid, chunk, views):
             h.write(off, data)
             tell.advance(len(data))
         objs[shmid] = h
@@ -161,7 +166,7 @@ def _restore_memory(images: ImageSet, target: RestoreTarget, tell: Progress
                     page = images.read_page(int(spid[x]), int(saddr[x])).data
                     target.write_memory(t.pid, v.start + (x << PAGE_SHIFT), page)
                 written += n
-        for vaddr, data in images.iter_pages(t.pid):  # the task's own pages, streamed
+        for vaddr, data in images.iter_pages(t.pid, chunk, views):  # own pages, streamed
             tell.advance(len(data))
             for a, piece in _outside_markers(t, vaddr, data):
                 target.write_memory(t.pid, a, piece)
@@ -172,11 +177,20 @@ def _restore_memory(images: ImageSet, target: RestoreTarget, tell: Progress
 
 
 def _inherited_guards(t: Task, parent: Task | None, kept: list[Vma]) -> set:
-    """The parent's guard runs a kept VMA brought along (copy_pte_marker copies them)."""
+    """The parent's marker runs a kept VMA brought along. fork copies a VMA's ptes, and its
+    markers with them (copy_pte_marker: guard and poison), only where vma_needs_copy says
+    so: a private VMA holding a marker has an anon_vma (UFFDIO_POISON and guard install
+    prepare one); a shared one only once a guard was installed in it
+    (madvise_guard_install's anon_vma_prepare, 6.13-6.18). A poison marker alone in a
+    shared VMA stays the parent's (measured on 6.18; the model's dup_mmap agrees)."""
     if parent is None:
         return set()
-    return {(g.vaddr, g.nr_pages, g.kind) for g in parent.guards
-            if any(k.start <= g.vaddr < k.end for k in kept)}
+    out = set()
+    for k in kept:
+        runs = [g for g in parent.guards if k.start <= g.vaddr < k.end]
+        if k.private or any(g.kind == "guard" for g in runs):
+            out |= {(g.vaddr, g.nr_pages, g.kind) for g in runs}
+    return out
 
 
 def _drop_stale_guards(target: Any, t: Task, inherited: set) -> None:

@@ -38,7 +38,7 @@ from dumper.images import flags as F
 from dumper.images import magic as M
 from dumper.images.checksums import TaskDigest
 from dumper.images.errors import ImageError
-from dumper.images.pages import PagesReader
+from dumper.images.pages import Chunk, PagesChecker, PagesReader
 from dumper.images.proto import criu_images_pb2 as criu
 from dumper.images.proto import dumper_images_pb2 as own
 from dumper.images.records import (
@@ -115,19 +115,25 @@ class ImageSet:
         self._cow_offsets: dict[int, list[int]] = {}
         self._run_starts: dict[int, list[int]] = {}
         self._progress: Any = None
+        self._check_later = False
+        self._checker: PagesChecker | None = None
 
     # -- opening ----------------------------------------------------------------------------
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], verify: bool = True,
-             progress: Any = None) -> ImageSet:
+             progress: Any = None, check_later: bool = False) -> ImageSet:
         """Open and validate a set; with verify, every pages file's checksum is checked
-        (progress, a dumper.progress.Progress, hears the bytes hashed)."""
+        (progress, a dumper.progress.Progress, hears the bytes hashed). check_later: the
+        checksums are checked by a thread of their own while the caller goes on (a restore
+        writing the pages meanwhile: the page cache is read once, by both); pages_checked()
+        waits for it and raises what it found."""
         p = Path(path)
         if not p.is_dir():
             raise ImageError(p, "not a directory" if p.exists() else "no such directory")
         s = cls(p)
         s._progress = progress
+        s._check_later = check_later
         try:
             s._load(verify)
         except BaseException:
@@ -478,17 +484,24 @@ class ImageSet:
         for pid in self._pages_meta:
             if pid not in self.pages:
                 raise ImageError(self._f(M.DUMPER), f"records {M.pages(pid)}, no pagemap uses it")
+        readers = [self.reader(pages_id) for pages_id, info in self.pages.items()
+                   if info.raw_size or os.path.lexists(self.path / M.pages(pages_id))]
+        if verify and self._check_later:
+            self._checker = PagesChecker(readers)
+            return
         tell = self._progress
         if verify and tell is not None:
             tell.phase("checking pages", sum(i.stored_size for i in self.pages.values()))
-        for pages_id, info in self.pages.items():
-            if info.raw_size == 0 and not os.path.lexists(self.path / M.pages(pages_id)):
-                continue
-            r = self.reader(pages_id)
-            if verify:
-                r.verify(tell.advance if tell is not None else None)
+        for r in readers if verify else ():
+            r.verify(tell.advance if tell is not None else None)
         if verify and tell is not None:
             tell.done()
+
+    def pages_checked(self) -> None:
+        """Wait for the checksums of open(check_later=True) (no-op otherwise); raises the
+        ImageError of the first pages image that does not match."""
+        if self._checker is not None:
+            self._checker.result()
 
     def _load_cow(self, t: Task) -> None:
         img = self._load_opt(M.cow(t.pid), codec.BY_NAME["COW"])
@@ -616,28 +629,31 @@ class ImageSet:
         return r
 
     def _iter_runs(
-        self, pages_id: int, runs: list[PageRun] | tuple[PageRun, ...], chunk_pages: int
-    ) -> Iterator[tuple[int, bytes]]:
+        self, pages_id: int, runs: list[PageRun] | tuple[PageRun, ...], chunk_pages: int,
+        views: bool = False,
+    ) -> Iterator[tuple[int, Chunk]]:
         for run in runs:
             if not run.present:
                 continue
             rd = self.reader(pages_id)
             vaddr = run.vaddr
-            for data in rd.iter_range(
-                run.offset, run.nr_pages * PAGE_SIZE, chunk_pages * PAGE_SIZE
-            ):
+            pieces = rd.iter_views if views else rd.iter_range
+            for data in pieces(run.offset, run.nr_pages * PAGE_SIZE, chunk_pages * PAGE_SIZE):
                 yield vaddr, data
                 vaddr += len(data)
 
-    def iter_pages(self, pid: int, chunk_pages: int = 256) -> Iterator[tuple[int, bytes]]:
-        """(vaddr, bytes) of a task's own present pages, pagemap order, chunk_pages at most."""
+    def iter_pages(self, pid: int, chunk_pages: int = 256, views: bool = False
+                   ) -> Iterator[tuple[int, Chunk]]:
+        """(vaddr, bytes) of a task's own present pages, pagemap order, chunk_pages at most;
+        views: memoryviews instead (PagesReader.iter_views), valid until the next one."""
         t = self.tasks[pid]
-        return self._iter_runs(t.pages_id, t.pagemap, chunk_pages)
+        return self._iter_runs(t.pages_id, t.pagemap, chunk_pages, views)
 
-    def iter_object_pages(self, shmid: int, chunk_pages: int = 256) -> Iterator[tuple[int, bytes]]:
-        """(offset, bytes) of a shared object's dumped pages."""
+    def iter_object_pages(self, shmid: int, chunk_pages: int = 256, views: bool = False
+                          ) -> Iterator[tuple[int, Chunk]]:
+        """(offset, bytes) of a shared object's dumped pages (views: as iter_pages)."""
         o = self.objects[shmid]
-        return self._iter_runs(o.pages_id, o.pagemap, chunk_pages)
+        return self._iter_runs(o.pages_id, o.pagemap, chunk_pages, views)
 
     def iter_task_pages(self, pid: int) -> Iterator[tuple[int, bytes, str]]:
         """Every page the set holds for a task's private memory, one page at a time in address
@@ -715,6 +731,9 @@ class ImageSet:
                     yield run.vaddr, np.array(run.digests, dtype=np.uint64)
 
     def close(self) -> None:
+        if self._checker is not None:
+            self._checker.stop()
+            self._checker = None
         for r in self._readers.values():
             r.close()
         self._readers.clear()

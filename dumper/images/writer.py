@@ -325,11 +325,14 @@ class ImageSetWriter:
                              self.threads, self.frame_size)
             try:
                 done = 0  # bytes written
+                skipped = 0  # pages dropped so far: positions count them too (_drop)
                 for chunk in chunks:  # the source's errors are its own: not relabelled
                     if isinstance(chunk, Dropped):
                         if dropped is None or done % self.page_size:
                             raise ValueError("pages dropped where the writer cannot take them")
-                        dropped.append((done // self.page_size, chunk.nr_pages, chunk.reason))
+                        dropped.append((done // self.page_size + skipped, chunk.nr_pages,
+                                        chunk.reason))
+                        skipped += chunk.nr_pages
                         continue
                     with self._writing():
                         _named(pw.write, name, chunk)

@@ -11,7 +11,18 @@ check     what this kernel offers (`dumper check`)
 host      LinuxHost
 """
 
+from typing import Any
+
 from dumper.linux.errors import ProcError, UnreadableMemory, Unsupported
-from dumper.linux.host import LinuxHost
 
 __all__ = ["LinuxHost", "ProcError", "UnreadableMemory", "Unsupported"]
+
+
+def __getattr__(name: str) -> Any:
+    """LinuxHost on first use: a restore, which needs only the rst_* modules, does not pay
+    for importing the dump side."""
+    if name == "LinuxHost":
+        from dumper.linux.host import LinuxHost
+
+        return LinuxHost
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,6 +23,7 @@ ALL_BUT_SIGTRAP = inject.ALL_SIGNALS & ~(1 << (signal.SIGTRAP - 1))
 
 # arch/x86/entry/syscalls/syscall_64.tbl: the calls a restore makes.
 NR = {"read": 0, "close": 3, "lseek": 8, "mmap": 9, "mprotect": 10, "munmap": 11, "brk": 12,
+      "ioctl": 16, "userfaultfd": 323,
       "rt_sigaction": 13, "mremap": 25, "madvise": 28, "shmat": 30, "dup2": 33,
       "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
       "setitimer": 38, "getpid": 39, "kill": 62, "fcntl": 72, "chdir": 80, "umask": 95,

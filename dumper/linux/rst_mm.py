@@ -17,12 +17,24 @@ import ctypes
 import errno
 import mmap as pymmap
 import os
+import struct
 
 from dumper.host import parse_maps
 from dumper.images import flags as F
 from dumper.images.records import Vma
-from dumper.kabi import MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_PRIVATE, MAP_SHARED, PAGE_SIZE, PROT_WRITE
-from dumper.linux import procfs
+from dumper.kabi import (
+    HUGE_SHIFT,
+    MAP_ANONYMOUS,
+    MAP_GROWSDOWN,
+    MAP_HUGETLB,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    MFD_HUGETLB,
+    PAGE_SIZE,
+    PROT_WRITE,
+    huge_flags,
+)
+from dumper.linux import procfs, rst_write
 from dumper.linux.rst_inject import AT_FDCWD, RestoreInjector
 from dumper.linux.taskstate import rseq_config
 
@@ -30,11 +42,16 @@ SCRATCH_SIZE = 2 * PAGE_SIZE
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 RSEQ_FLAG_UNREGISTER = 1
 MAP_FIXED, MAP_NORESERVE = 0x10, 0x4000
-KEEP_FLAGS = MAP_GROWSDOWN | MAP_NORESERVE
-SHM_RDONLY, SHM_REMAP = 0o10000, 0o40000
+# MAP_HUGETLB and its size bits: private hugetlb memory is anonymous in huge pages again
+KEEP_FLAGS = MAP_GROWSDOWN | MAP_NORESERVE | MAP_HUGETLB | (0x3F << HUGE_SHIFT)
+SHM_RDONLY, SHM_REMAP, SHM_HUGETLB = 0o10000, 0o40000, 0o4000
+HUGEPAGES = "/sys/kernel/mm/hugepages"
 MADV_DONTNEED, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE = 4, 102, 103
 SPECIAL = ("[vvar]", "[vvar_vclock]", "[vdso]")
 MFD_ALLOW_SEALING, F_ADD_SEALS = 2, 1033
+# include/uapi/linux/userfaultfd.h: _IOWR(0xAA, nr, struct) of 24, 32 and 32 bytes
+UFFDIO_API, UFFDIO_REGISTER, UFFDIO_POISON = 0xC018AA3F, 0xC020AA00, 0xC020AA08
+UFFD_API, UFFD_FEATURE_POISON, UFFDIO_REGISTER_MODE_MISSING = 0xAA, 1 << 14, 1
 
 
 class MmError(OSError):
@@ -167,6 +184,34 @@ def map_vma(inj: RestoreInjector, vma: Vma, obj, files: dict[str, tuple[int | No
         inj.call("close", fd)
 
 
+def install_poison(inj: RestoreInjector, vma: Vma | None, start: int, end: int) -> None:
+    """Poison markers (PTE_MARKER_POISONED: a read or write there is SIGBUS) by UFFDIO_POISON
+    (mm/userfaultfd.c mfill_atomic_poison, 6.6+): the task makes a userfaultfd of its own,
+    registers the range for missing faults, poisons it and closes the fd; the markers stay,
+    the registration goes with the fd (measured here, 6.18). Only where userfaultfd can
+    register (vma_can_userfault: anonymous, shmem, hugetlb memory), into none ptes."""
+    where = f"task {inj.pid}: poison marker at {start:#x}"
+    if vma is None or (vma.path and vma.obj is None):
+        raise MmError(errno.ENOTSUP, f"{where}: in a mapping of {vma.path if vma else '?'}, "
+                      "where the kernel cannot re-create it (userfaultfd registers "
+                      "anonymous, shmem and hugetlb memory only)")
+    fd = inj.call("userfaultfd", os.O_CLOEXEC)
+    if fd < 0:
+        raise MmError(-fd, f"{where}: userfaultfd: {os.strerror(-fd)}")
+    try:
+        steps = (("UFFDIO_API with UFFD_FEATURE_POISON", UFFDIO_API,
+                  struct.pack("<3Q", UFFD_API, UFFD_FEATURE_POISON, 0)),
+                 ("UFFDIO_REGISTER", UFFDIO_REGISTER,
+                  struct.pack("<4Q", start, end - start, UFFDIO_REGISTER_MODE_MISSING, 0)),
+                 ("UFFDIO_POISON", UFFDIO_POISON, struct.pack("<4Q", start, end - start, 0, 0)))
+        for what, request, arg in steps:
+            got = inj.call("ioctl", fd, request, inj.put(arg))
+            if got < 0:
+                raise MmError(-got, f"{where}: {what}: {os.strerror(-got)}")
+    finally:
+        inj.call("close", fd)
+
+
 def check_file(path: str, files: dict[str, tuple[int | None, int]], where: str) -> None:
     """The file a VMA maps must be the one dumped: there, and of the size recorded."""
     try:
@@ -180,57 +225,110 @@ def check_file(path: str, files: dict[str, tuple[int | None, int]], where: str) 
 
 
 class LinuxObject:
-    """A shared object the restorer re-created and holds until every task mapped it."""
+    """A shared object the restorer re-created and holds until every task mapped it.
+
+    hugetlb objects (page_size a huge page size) come back in huge pages of that size:
+    MAP_SHARED|MAP_ANONYMOUS|MAP_HUGETLB ("/anon_hugepage (deleted)"), memfd_create with
+    MFD_HUGETLB, shmget with SHM_HUGETLB, each with the page size in the flags' HUGE_SHIFT
+    bits. hugetlbfs files take no write(2) (hugetlbfs_file_operations has no write_iter), so
+    their pages are copied in through a mapping of ours; only the stored huge pages are
+    touched, and the others stay unallocated, as the dumped holes were."""
 
     def __init__(self, kind: str, size: int, name: str, ino: int, seals: int,
                  page_size: int) -> None:
-        if page_size != PAGE_SIZE:
-            raise MmError(errno.ENOTSUP, f"{kind} {name or ino}: hugetlb objects "
-                          f"({page_size >> 10} KiB pages) are not restored on Linux yet")
-        self.kind, self.size, self.seals = kind, size, seals
-        self.length = -(-size // PAGE_SIZE) * PAGE_SIZE or PAGE_SIZE
+        self.kind, self.size, self.seals, self.page_size = kind, size, seals, page_size
+        self.huge = page_size != PAGE_SIZE
+        what = f"{kind} object {name or ino}"
+        if self.huge:
+            check_huge_size(page_size, what)
+        self.length = -(-size // page_size) * page_size or page_size
         self.fd = -1
         self.map: pymmap.mmap | None = None
         self.shmid = -1
         self.addr = 0
-        if kind == "shmem-anon":
-            # MAP_SHARED|MAP_ANONYMOUS: "/dev/zero (deleted)", opened by tasks through
-            # our map_files entry (§3.1), the same inode.
-            self.map = pymmap.mmap(-1, self.length, pymmap.MAP_SHARED)
-            self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
-            self.task_path = f"/proc/{os.getpid()}/map_files/{self.addr:x}-" \
-                             f"{self.addr + self.length:x}"
-        elif kind == "memfd":
-            self.fd = os.memfd_create(name, MFD_ALLOW_SEALING if seals else 0)
-            os.ftruncate(self.fd, size)
-            self.task_path = f"/proc/{os.getpid()}/fd/{self.fd}"
-        elif kind == "sysv":
-            self.shmid = sysv_create(ino, size, name)
-            self.addr = _shmat(self.shmid)
-            self.task_path = ""
-        else:
-            raise MmError(errno.ENOTSUP, f"{kind} object {name}: not restored on Linux yet")
+        huge = huge_flags(page_size, 0) if self.huge else 0
+        try:
+            if kind == "shmem-anon":
+                # MAP_SHARED|MAP_ANONYMOUS: "/dev/zero (deleted)" (or "/anon_hugepage"),
+                # opened by tasks through our map_files entry (§3.1), the same inode.
+                flags = pymmap.MAP_SHARED | (MAP_HUGETLB | huge if self.huge else 0)
+                self._map(pymmap.mmap(-1, self.length, flags))
+                self.task_path = f"/proc/{os.getpid()}/map_files/{self.addr:x}-" \
+                                 f"{self.addr + self.length:x}"
+            elif kind == "memfd":
+                flags = (MFD_ALLOW_SEALING if seals else 0) | (MFD_HUGETLB | huge)
+                self.fd = os.memfd_create(name, flags if self.huge else flags & ~MFD_HUGETLB)
+                os.ftruncate(self.fd, size)
+                if self.huge or (size and size % PAGE_SIZE == 0):  # for copy_self
+                    self._map(pymmap.mmap(self.fd, self.length, pymmap.MAP_SHARED))
+                self.task_path = f"/proc/{os.getpid()}/fd/{self.fd}"
+            elif kind == "sysv":
+                self.shmid = sysv_create(ino, size, name, SHM_HUGETLB | huge if self.huge else 0)
+                self.addr = _shmat(self.shmid)
+                self.task_path = ""
+            else:
+                raise MmError(errno.ENOTSUP, f"{what}: not restored on Linux yet")
+        except OSError as e:
+            self.release()
+            if not self.huge or e.errno not in (errno.ENOMEM, errno.ENOSPC):
+                raise
+            raise MmError(e.errno, f"{what}: {self.length >> 20} MiB in "
+                          f"{page_size >> 10} KiB huge pages: {e.strerror} "
+                          f"({huge_pages_free(page_size)} free; vm.nr_hugepages)") from None
+
+    def _map(self, m: pymmap.mmap) -> None:
+        self.map = m
+        self.addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
 
     def write(self, offset: int, data: bytes) -> None:
-        if self.fd >= 0:
-            n = min(len(data), max(self.size - offset, 0))  # the last page's tail is past EOF
-            os.pwrite(self.fd, data[:n], offset)
-        else:
+        """The dumped pages at offset: UFFDIO_COPY into our mapping of a shmem object (no
+        zeroing first); else copied into our mapping for hugetlb and SysV (whose files take
+        no write(2)), or pwrite to the memfd or to the shmem inode (opened through our
+        map_files entry)."""
+        if self.addr and not self.huge:
             n = min(len(data), self.length - offset)
-            ctypes.memmove(self.addr + offset, data, n)
+            if rst_write.copy_self(self.addr, self.length, offset, memoryview(data)[:n]):
+                return
+        if self.huge or self.kind == "sysv":
+            n = min(len(data), self.length - offset)
+            rst_write.write_self(self.addr + offset, memoryview(data)[:n])
+            return
+        if self.fd < 0:
+            self.fd = os.open(self.task_path, os.O_RDWR | os.O_CLOEXEC)
+        size = self.size if self.kind == "memfd" else self.length
+        n = min(len(data), max(size - offset, 0))  # the last page's tail is past EOF
+        rst_write.write_fd(self.fd, offset, memoryview(data)[:n])
 
     def release(self) -> None:
+        if self.map is not None:  # first: F_SEAL_WRITE is refused while we map it
+            self.map.close()
+            self.map = None
         if self.fd >= 0:
-            if self.seals:
+            if self.seals and self.kind == "memfd":
                 import fcntl
 
                 fcntl.fcntl(self.fd, F_ADD_SEALS, self.seals)
             os.close(self.fd)
-        if self.map is not None:
-            del self.addr
-            self.map.close()
-        if self.shmid >= 0:
+            self.fd = -1
+        if self.shmid >= 0 and self.addr:
             _libc.shmdt(ctypes.c_void_p(self.addr))
+        self.addr = 0
+
+
+def check_huge_size(page_size: int, what: str) -> None:
+    """The huge page size must be one this kernel has (/sys/kernel/mm/hugepages)."""
+    if not os.path.isdir(f"{HUGEPAGES}/hugepages-{page_size >> 10}kB"):
+        raise MmError(errno.ENOTSUP, f"{what}: this kernel has no {page_size >> 10} KiB "
+                      f"huge pages (none in {HUGEPAGES})")
+
+
+def huge_pages_free(page_size: int) -> int:
+    """free_hugepages of that size (the pool nr_hugepages fills); -1 if unreadable."""
+    try:
+        with open(f"{HUGEPAGES}/hugepages-{page_size >> 10}kB/free_hugepages") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return -1
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -240,7 +338,7 @@ IPC_CREAT, IPC_EXCL = 0o1000, 0o2000
 SHM_NEXT_ID = "/proc/sys/kernel/shm_next_id"
 
 
-def sysv_create(want: int, size: int, name: str) -> int:
+def sysv_create(want: int, size: int, name: str, flags: int = 0) -> int:
     """shmget with the dumped key (from the maps name /SYSVkey) and, through
     kernel/shm_next_id (ipc_idr_alloc takes it as the next id, then resets it to -1), the
     dumped id (the maps inode): tasks attach it by id."""
@@ -250,7 +348,7 @@ def sysv_create(want: int, size: int, name: str) -> int:
             f.write(str(want))
     except OSError as e:
         raise MmError(e.errno, f"SysV segment {want}: {SHM_NEXT_ID}: {e.strerror}") from None
-    shmid = _libc.shmget(ipc_key, size, IPC_CREAT | IPC_EXCL | 0o600)
+    shmid = _libc.shmget(ipc_key, size, IPC_CREAT | IPC_EXCL | flags | 0o600)
     err = ctypes.get_errno()
     if shmid < 0:
         # The id was not taken: spend it on a throwaway segment, so that it is not left

@@ -16,7 +16,7 @@ from dumper.images import flags as F
 from dumper.images.reader import ImageSet
 from dumper.images.records import Vma
 from dumper.kabi import PAGE_SIZE
-from dumper.linux import libc, rst_creds, rst_mm, rst_pidns, rst_threads, rst_tree
+from dumper.linux import libc, rst_creds, rst_mm, rst_pidns, rst_threads, rst_tree, rst_write
 from dumper.linux.inject import InjectError, read_mem
 from dumper.linux.rst_files import Pipes, restore_fds
 from dumper.linux.rst_inject import RestoreInjector
@@ -28,6 +28,7 @@ class LinuxTarget:
     """Restore into stub tasks with the dumped pids; see the module docstring."""
 
     kind = "linux"
+    page_views = True  # write_memory and object writes are done with the bytes on return
 
     def __init__(self, images: ImageSet, states: SetState, shell_job: bool = False,
                  pidns: bool = False) -> None:
@@ -41,6 +42,7 @@ class LinuxTarget:
         self.pipes = Pipes()
         self.objects: dict[int, rst_mm.LinuxObject] = {}  # shmid -> object (set_objects)
         self.mem: dict[int, int] = {}  # pid -> /proc/PID/mem, open while pages go in
+        self.uffd: dict[int, int] = {}  # pid -> its userfaultfd, held by us (-1: none)
         self.notes: list[str] = []
         self.scratch = rst_mm.pick_scratch(
             [[(v.start, v.end) for v in t.vmas] for t in images.tasks.values()])
@@ -121,23 +123,40 @@ class LinuxTarget:
                 if n < len(data):
                     self.write_memory(pid, addr + n, data[n:])
                 return
+        rst_write.write_task(self.host[pid], addr, data, lambda: self._mem(pid),
+                             self.images.tasks[pid].vmas,
+                             lambda: self._uffd(pid))
+
+    def _uffd(self, pid: int) -> int:
+        fd = self.uffd.get(pid)
+        if fd is None:
+            fd = self.uffd[pid] = rst_write.open_uffd(self.inj[pid])
+        return fd
+
+    def _mem(self, pid: int) -> int:
         fd = self.mem.get(pid)
         if fd is None:
             fd = self.mem[pid] = os.open(f"/proc/{self.host[pid]}/mem", os.O_WRONLY)
-        done = 0
-        while done < len(data):
-            done += os.pwrite(fd, data[done:], addr + done)
+        return fd
 
     def discard(self, pid: int, start: int, end: int) -> None:
         self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_DONTNEED)
 
     def install_marker(self, pid: int, start: int, end: int, kind: str) -> None:
+        if kind == "poison":
+            vma = next((v for v in self.images.tasks[pid].vmas if v.start <= start < v.end), None)
+            rst_mm.install_poison(self.inj[pid], vma, start, end)
+            return
         if kind != "guard":
             raise rst_mm.MmError(errno.ENOTSUP, f"task {pid}: {kind} markers at {start:#x} "
                                  "are not restored on Linux yet")
         self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_GUARD_INSTALL)
 
     def remove_marker(self, pid: int, start: int, end: int, kind: str) -> None:
+        if kind == "poison":  # MADV_DONTNEED keeps them (measured); UFFDIO_COPY is not tried
+            raise rst_mm.MmError(errno.ENOTSUP, f"task {pid}: the poison marker at {start:#x} "
+                                 "inherited from its parent is not in its images, and cannot "
+                                 "be removed by this restore")
         self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_GUARD_REMOVE)
 
     def release_objects(self, objs: list[rst_mm.LinuxObject]) -> None:
@@ -146,9 +165,11 @@ class LinuxTarget:
         self._close_mem()
 
     def _close_mem(self) -> None:
-        for fd in self.mem.values():
-            os.close(fd)
+        for fd in [*self.mem.values(), *self.uffd.values()]:
+            if fd >= 0:
+                os.close(fd)
         self.mem.clear()
+        self.uffd.clear()
 
     # -- state ------------------------------------------------------------------------------
     def set_state(self, pid: int, st: TaskState) -> None:

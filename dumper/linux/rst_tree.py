@@ -23,8 +23,12 @@ SYS_clone3 = 435
 CLONE_VM, CLONE_FS, CLONE_FILES, CLONE_SIGHAND = 0x100, 0x200, 0x400, 0x800
 CLONE_THREAD, CLONE_SYSVSEM, CLONE_NEWPID = 0x10000, 0x40000, 0x20000000
 THREAD_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM
-_syscall = ctypes.CDLL(None, use_errno=True).syscall
-_syscall.restype = ctypes.c_long
+# clone3 and the child's first calls keep the GIL (PyDLL does not release it): the restorer
+# has threads (the pages checksum, the page writers), and a child cloned while one of them
+# held the GIL would wait for it forever, or die, before its first stop.
+_held = ctypes.PyDLL(None, use_errno=True)
+_held.syscall.restype = ctypes.c_long
+_held.ptrace.restype = ctypes.c_long
 
 
 class PidTaken(OSError):
@@ -52,12 +56,12 @@ def spawn_root(pid: int, flags: int = 0, then: list[str] | None = None) -> int:
     args = ctypes.create_string_buffer(CLONE_ARGS.pack(
         flags, 0, 0, 0, signal.SIGCHLD, 0, 0, 0, ctypes.addressof(tid) if pid else 0,
         1 if pid else 0, 0))
-    ret = _syscall(ctypes.c_long(SYS_clone3), ctypes.c_void_p(ctypes.addressof(args)),
-                   ctypes.c_long(CLONE_ARGS.size))
-    if ret == 0:
+    ret = _held.syscall(ctypes.c_long(SYS_clone3), ctypes.c_void_p(ctypes.addressof(args)),
+                        ctypes.c_long(CLONE_ARGS.size))
+    if ret == 0:  # the stub: it runs no Python again once it stops, unless it execs then
         try:
-            libc.ptrace(PTRACE_TRACEME, 0, 0, 0)
-            os.kill(os.getpid(), signal.SIGSTOP)
+            _held.ptrace(PTRACE_TRACEME, 0, 0, 0)
+            _held.kill(os.getpid(), signal.SIGSTOP)
             if then:
                 os.execv(then[0], then)
         finally:
