@@ -18,7 +18,7 @@ from dumper.images.records import Vma
 from dumper.kabi import PAGE_SIZE
 from dumper.linux import libc, rst_mm, rst_threads, rst_tree
 from dumper.linux.inject import InjectError, read_mem
-from dumper.linux.rst_files import Pipes, restore_fds
+from dumper.linux.rst_files import FdSet, restore_fds
 from dumper.linux.rst_inject import RestoreInjector
 from dumper.restore_state import SetState
 from dumper.state import DEAD, STOPPED, TaskState
@@ -35,7 +35,7 @@ class LinuxTarget:
         self.inj: dict[int, RestoreInjector] = {}  # pid -> the leader's injector
         self.threads: dict[int, dict[int, RestoreInjector]] = {}
         self.special: dict[int, list[tuple[int, int]]] = {}  # pid -> vdso/vvar ranges
-        self.pipes = Pipes()
+        self.fdset = FdSet([fd for t in states.tasks.values() for fd in t.fds])
         self.objects: dict[int, rst_mm.LinuxObject] = {}  # shmid -> object (set_objects)
         self.mem: dict[int, int] = {}  # pid -> /proc/PID/mem, open while pages go in
         self.notes: list[str] = []
@@ -146,10 +146,10 @@ class LinuxTarget:
         threads = rst_threads.create_threads(inj, st)
         self.created += [t for t in threads if t != pid]
         self.threads[pid] = threads
+        restore_fds(inj, st.fds, self.fdset, self.objects)  # before creds: as root
         for t in st.threads:
             rst_threads.thread_setup(threads[t.tid], t)
         self.notes += rst_threads.task_setup(inj, st)
-        restore_fds(inj, st.fds, self.pipes, self.states.files, self.objects)
         rst_threads.queue_pending(threads, st)
         inj.check("munmap", self.scratch, rst_mm.SCRATCH_SIZE)
         inj.scratch_addr = 0
@@ -157,7 +157,7 @@ class LinuxTarget:
     def finish(self, stopped: bool) -> None:
         """Registers in, zombies let exit, then every thread detached (with SIGSTOP for a
         stopped tree or a task dumped stopped)."""
-        self.pipes.close()
+        self.fdset.close()
         for st in self.states.tasks.values():
             if st.state == DEAD:
                 continue
@@ -184,7 +184,7 @@ class LinuxTarget:
 
     def abort(self) -> None:
         self._close_mem()
-        self.pipes.close()
+        self.fdset.close()
         rst_tree.kill_all(self.created)
         self.created.clear()
 
