@@ -1,5 +1,6 @@
 """Sockets (CRIU's sk-inet.c, sk-unix.c, sockets.c): listening TCP sockets, IPv4 and IPv6
-(bound address and port, backlog, SOL_SOCKET options) and listening unix stream sockets
+(bound address and port, backlog, SOL_SOCKET options), UDP sockets (bound and peer
+addresses, options; none with datagrams queued), listening unix stream sockets
 (name, backlog, options, the socket file's mode), and connected unix sockets whose peer is
 in the tree (socketpairs: their queued data, peeked). Connected TCP and every other socket
 kind are refused: their in-flight state is not dumped.
@@ -236,6 +237,60 @@ def tcp_opts(s: socket.socket) -> dict[str, object]:
     return {k: (bool(v) if k in ("nodelay", "cork") else v) for k, v in vals.items() if v}
 
 
+INET_DIAG_SHUTDOWN = 8
+
+
+def udp_diag(family: int, ino: int) -> tuple[int, int, int] | None:
+    """(state, receive queue bytes, shutdown bits) of UDP socket ino, by an inet_diag dump
+    of every state (net/ipv4/udp_diag.c; inet_diag_msg idiag_state, idiag_rqueue =
+    sk_rmem_alloc; the INET_DIAG_SHUTDOWN attribute inet_diag_msg_attrs_fill always adds)."""
+    req = struct.pack("=BBBBI", family, socket.IPPROTO_UDP, 0, 0, 0xFFFFFFFF) + bytes(48)
+    for m in _diag(req):
+        rqueue, _, _, inode = struct.unpack_from("=IIII", m, 4 + 48 + 4)
+        if inode != ino:
+            continue
+        shutdown, off = 0, 72  # struct inet_diag_msg, then rtattrs
+        while off + 4 <= len(m):
+            alen, atype = struct.unpack_from("=HH", m, off)
+            if atype == INET_DIAG_SHUTDOWN:
+                shutdown = m[off + 4]
+            off += max(4, (alen + 3) & ~3)
+        return m[1], rqueue, shutdown
+    return None
+
+
+def _udp(pid: int, fd: int, s: socket.socket, st: os.stat_result) -> dict[str, object]:
+    """A UDP socket (CRIU's dump_one_inet_fd): bound address and port, the peer of a
+    connected one, options. Datagrams waiting to be read are refused, not dropped as CRIU
+    drops them (can_dump_inet_sk: "Read queue is dropped"): their senders are not dumped."""
+    family = s.family
+    diag = udp_diag(family, st.st_ino)
+    if diag is None:
+        raise Unsupported(f"pid {pid}: fd {fd}: sock_diag does not know UDP socket "
+                          f"{st.st_ino} (another network namespace?)")
+    state, rqueue, shutdown = diag
+    if rqueue:
+        raise Unsupported(f"pid {pid}: fd {fd}: a UDP socket with {rqueue} bytes of datagrams "
+                          "queued: those are not dumped (leave it out with --leave-out socket)")
+    if s.getsockopt(socket.IPPROTO_UDP, 1):  # UDP_CORK: its pending datagram is not dumped
+        raise Unsupported(f"pid {pid}: fd {fd}: a corked UDP socket is not dumped")
+    host, port = s.getsockname()[:2]
+    try:
+        dst, dport = s.getpeername()[:2]
+    except OSError:  # ENOTCONN
+        dst, dport = ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0
+    out: dict[str, object] = dict(
+        family=int(family), type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP, state=state,
+        src_port=port, src_addr=_addr_words(family, host), dst_port=dport,
+        dst_addr=_addr_words(family, dst), backlog=0, opts=sk_opts(s),
+        ip_opts=ip_opts(s, family), netns=net_ns_inode(s))
+    if family == socket.AF_INET6:
+        out["v6only"] = bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    if shutdown:
+        out["shutdown"] = shutdown
+    return out
+
+
 def _addr_words(family: int, host: str) -> list[int]:
     raw = socket.inet_pton(family, host)
     return list(struct.unpack(f"={len(raw) // 4}I", raw))
@@ -288,13 +343,17 @@ def collect(pid: int, fd: int, link: str, st: os.stat_result, info: dict[str, st
             out.sock = _unix(pid, fd, s, st) if listening else _unix_connected(pid, fd, s, st)
             out.sock["netns"] = net_ns_inode(s)
             return out
+        if family in (socket.AF_INET, socket.AF_INET6) and stype == socket.SOCK_DGRAM \
+                and s.proto == socket.IPPROTO_UDP:
+            out.sock = _udp(pid, fd, s, st)
+            return out
         if family not in (socket.AF_INET, socket.AF_INET6) or stype != socket.SOCK_STREAM \
                 or not listening:
             what = "listening" if listening else "not listening"
             raise Unsupported(
                 f"pid {pid}: fd {fd} is a socket ({link}), {socket.AddressFamily(family).name}"
                 f" {socket.SocketKind(stype).name}, {what}: dumper dumps listening TCP "
-                "sockets only yet (leave it out with --leave-out socket)")
+                "and UDP sockets only yet (leave it out with --leave-out socket)")
         host, port = s.getsockname()[:2]
         backlog = listen_backlog(family, st.st_ino)
         if backlog is None:

@@ -84,7 +84,11 @@ def _setup(s: socket.socket, sk: dict, family: int, proto: int) -> None:
             if name in sk.get("tcp_opts", {}):
                 s.setsockopt(socket.IPPROTO_TCP, opt, int(sk["tcp_opts"][name]))
     how = SHUTDOWN.get(int(sk.get("shutdown", 0)))
-    if how is not None and sk.get("dst_port"):
-        s.shutdown(how)
+    if how is not None:
+        try:
+            s.shutdown(how)
+        except OSError as e:  # an unconnected one: the bits are set all the same
+            if e.errno != errno.ENOTCONN:  # (net/ipv4/af_inet.c inet_shutdown)
+                raise
     s.setsockopt(sol, socket.SO_REUSEADDR, int(bool(opts.get("reuseaddr"))))
     s.setsockopt(sol, socket.SO_REUSEPORT, int(bool(opts.get("so_reuseport"))))

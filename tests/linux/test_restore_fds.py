@@ -1,0 +1,168 @@
+"""dumper restores every kind of descriptor the dump records (dumper/linux/rst_fds): unix
+sockets (socketpairs across the tree with data queued both ways, a shut-down end, a bound
+datagram socket with its queue and a client connected to it, listeners), TCP listeners and
+UDP sockets with their addresses and options, epoll sets with their targets, eventfd,
+signalfd and timerfd; at their numbers, with O_NONBLOCK and FD_CLOEXEC.
+
+Each self-checking C program sets up its state, prints READY, waits for SIGUSR1 and checks
+everything itself after the restore (rst_cycle.py: dump, kill, reap, `dumper restore -d`,
+signal). The same programs dumped by CRIU 4.2 are restored by dumper too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+CPROGS = HERE / "cprogs"
+CYCLE = HERE / "rst_cycle.py"
+CRIU = Path(os.environ.get("DUMPER_CRIU", "/var/cache/dumper/criu-4.2/criu"))
+ROOT = HERE.parents[1]
+
+PROGRAMS = {
+    # this issue's programs
+    "rst_sockpair": "socketpairs across the tree and inside one task, data queued both ways "
+                    "(stream and datagram), O_NONBLOCK, FD_CLOEXEC at fd 40, SO_SNDBUF, a "
+                    "shut-down end, a bound datagram socket's queue and its connected client",
+    "rst_inet": "a TCP listener (O_NONBLOCK, TCP_NODELAY, TCP_KEEPIDLE, no SO_REUSEADDR) "
+                "accepting after the restore; UDP bound (SO_BROADCAST, IP_TTL, SO_RCVBUF), "
+                "UDP connected to it (its port kept), UDP on ::1 (IPV6_V6ONLY)",
+    "rst_epoll": "epoll over a pipe, a socket at fd 60, an eventfd and an empty pipe "
+                 "(EPOLLET), each with its data; an epoll watching it; MOD and DEL after",
+    # the dump's own fd programs (issue 11), now through dumper's restore
+    "epoll_eventfd": "an eventfd with a count, an epoll set on it and a pipe",
+    "socketpair": "stream and datagram socketpairs across the tree, queued data",
+    "listen_tcp": "listening TCP sockets, IPv4 and IPv6, accept after the restore",
+    "listen_unix": "listening unix sockets, a path (mode kept) and an abstract name",
+    "signalfd_timerfd": "a signalfd on a blocked SIGUSR2, a periodic timerfd",
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build the test programs")
+    out = tmp_path_factory.mktemp("fdprogs")
+    for name in PROGRAMS:
+        subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-pthread", "-o", str(out / name),
+                        str(CPROGS / f"{name}.c")], check=True, capture_output=True)
+    return out
+
+
+def cycle(program: Path, work: Path, how: str, *args: str) -> dict:
+    """One dump/kill/restore/signal cycle by rst_cycle.py; its JSON report."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(CYCLE), str(CRIU), str(program), str(work), how,
+                        *args], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_dumper_restores_fds_it_dumped(name, built, tmp_path):
+    res = cycle(built / name, tmp_path, "dumper")
+    assert res["ok"], f"{res['stage']}: {res['out']}\n{res['log']}"
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_dumper_restores_fds_criu_dumped(name, built, tmp_path):
+    """CRIU 4.2's own images of the same programs (its files.img, sk-queues.img, epoll
+    targets as it records them)."""
+    if not CRIU.exists():
+        pytest.skip(f"CRIU 4.2 is not built at {CRIU} (.ci/run builds it with "
+                    "../shared/vendor/build-criu.sh)")
+    res = cycle(built / name, tmp_path, "criu", "--shell-job")
+    if res["stage"] == "dump":
+        pytest.skip(f"CRIU 4.2 cannot dump {name}: {res['log']}"[:500])
+    assert res["ok"], f"{res['stage']}: {res['out']}\n{res['log']}"
+
+
+def _start(code: str) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
+    return p
+
+
+def _dump(pid: int, images: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(pid), "--tree",
+                        "-o", str(images)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+def _restore(images: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dumper.cli", "restore", str(images), "-d"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def _gone(pid: int) -> bool:
+    """The pid is free again (the failed restore killed and reaped its stub)."""
+    end = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < end:
+        time.sleep(0.02)
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def test_a_port_taken_fails_atomically_naming_task_fd_and_socket(tmp_path):
+    """The listener's port is someone else's at restore time: one line naming the task, the
+    fd and the socket, exit 2, and the stub that was made is killed."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    p = _start(f"""
+        import os, socket, sys, time
+        s = socket.socket()
+        s.bind(("127.0.0.1", {port}))
+        s.listen(4)
+        os.dup2(s.fileno(), 9)
+        s.close()
+        print("ready", flush=True)
+        time.sleep(600)
+    """)
+    try:
+        _dump(p.pid, tmp_path / "images")
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen(1)
+        r = _restore(tmp_path / "images")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"dumper: error: task {p.pid} fd 9: AF_INET SOCK_STREAM "
+                                f"socket on port {port}: Address already in use"), r.stderr
+    assert _gone(p.pid), "the failed restore left its stub behind"
+
+
+def test_a_kind_not_restored_is_one_line_before_anything_is_created(tmp_path):
+    """A pty slave (dumped as CRIU's TTY file) is not restored yet: the error names the
+    task, the fd and the kind; nothing was created."""
+    master, slave = os.openpty()
+    p = subprocess.Popen(["sleep", "60"], stdin=slave, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    os.close(slave)
+    try:
+        time.sleep(0.2)
+        _dump(p.pid, tmp_path / "images")
+    finally:
+        p.kill()
+        p.wait()
+        os.close(master)
+    r = _restore(tmp_path / "images")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dumper: error: "), r.stderr
+    assert f"task {p.pid} fd 0: a tty cannot be restored on Linux yet" in lines[0], r.stderr
+    assert not os.path.exists(f"/proc/{p.pid}")
