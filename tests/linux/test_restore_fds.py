@@ -40,6 +40,9 @@ PROGRAMS = {
                 "UDP connected to it (its port kept), UDP on ::1 (IPV6_V6ONLY)",
     "rst_epoll": "epoll over a pipe, a socket at fd 60, an eventfd and an empty pipe "
                  "(EPOLLET), each with its data; an epoll watching it; MOD and DEL after",
+    "rst_shared_fd": "a listener and an eventfd shared by parent and child (one open file "
+                     "description: O_NONBLOCK set by one shows in the other), two more "
+                     "eventfds with their own counts",
     # the dump's own fd programs (issue 11), now through dumper's restore
     "epoll_eventfd": "an eventfd with a count, an epoll set on it and a pipe",
     "socketpair": "stream and datagram socketpairs across the tree, queued data",
@@ -85,6 +88,24 @@ def test_dumper_restores_fds_criu_dumped(name, built, tmp_path):
     res = cycle(built / name, tmp_path, "criu", "--shell-job")
     if res["stage"] == "dump":
         pytest.skip(f"CRIU 4.2 cannot dump {name}: {res['log']}"[:500])
+    assert res["ok"], f"{res['stage']}: {res['out']}\n{res['log']}"
+
+
+OWN = sorted(n for n in PROGRAMS if n.startswith("rst_"))
+
+
+@pytest.mark.parametrize("name", OWN)
+def test_criu_restores_what_dumper_dumped(name, built, tmp_path):
+    """The images of this issue's programs (UDP sockets among them) are CRIU's: CRIU 4.2
+    restores dumper's set and the program PASSes (criu_cycle.py)."""
+    if not CRIU.exists():
+        pytest.skip(f"CRIU 4.2 is not built at {CRIU}")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(HERE / "criu_cycle.py"), str(CRIU),
+                        str(built / name), str(tmp_path), "dumper"], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["ok"], f"{res['stage']}: {res['out']}\n{res['log']}"
 
 
