@@ -3,7 +3,8 @@
 - a listening one bound to its name (a stale socket file of the dumped one is unlinked
   first, as CRIU does; a relative name is bound from the directory it was bound in; the
   file gets its mode and owner back; a deleted one is unlinked again) and listen(backlog);
-- a connected pair whose ends name each other (socketpair(2)): both ends made at once,
+- a connected pair whose ends name each other: both ends made at once, by socketpair(2),
+  or, for a stream end named after a listener of the set, accepted from that listener;
   each end's receive queue sent in by its peer, packet by packet (a datagram stays one);
 - one connected to a bound socket that is not connected back (a datagram client): that
   socket first, then connect(2) to its name;
@@ -58,11 +59,7 @@ def _make(fs: FdSet, fd: FdState, where: str) -> None:
     if peer and other is None:
         raise ValueError(f"its peer (socket {peer}) is not in the images")
     if other is not None and int(other.sock.get("peer", 0)) == fd.ino:  # type: ignore[arg-type]
-        if sk.get("name") or other.sock.get("name"):
-            raise ValueError("a connected pair with a bound name (a connection accepted "
-                             "from a listener) is not restored yet")
-        a, b = socket.socketpair(socket.AF_UNIX, stype)
-        fs.socks[fd.ino], fs.socks[other.ino] = a, b
+        a, b = _pair(fs, fd, other, stype, where)
         for s in (a, b):
             big_buffers(s)
         for s, mine in ((b, fd), (a, other)):  # each end's queue comes from its peer
@@ -89,6 +86,46 @@ def _make(fs: FdSet, fd: FdState, where: str) -> None:
         with socket.socket(socket.AF_UNIX, stype) as tmp:
             _send(tmp, queue, _addr(name, fd))
     _finish(fs, s, fd)
+
+
+def _name(fd: FdState) -> bytes:
+    return bytes(fd.sock.get("name", b""))  # type: ignore[arg-type]
+
+
+def _listener(fs: FdSet, fd: FdState) -> FdState | None:
+    """The listening socket of the set bound to the name fd shows (an accepted connection
+    shows its listener's address: net/unix/af_unix.c unix_stream_connect)."""
+    name = _name(fd)
+    for other in fs.sockets.values():
+        if int(other.sock.get("state", 0)) == TCP_LISTEN and _name(other) == name:  # type: ignore[arg-type]
+            return other
+    return None
+
+
+def _pair(fs: FdSet, fd: FdState, other: FdState, stype: int, where: str
+          ) -> tuple[socket.socket, socket.socket]:
+    """Two connected ends, as the dump saw them: a stream end named after a listener of the
+    set is accepted from it (a fresh client, bound to the other end's name if it had one,
+    connects); anything else is a socketpair, and a named end is bound after (unix_bind
+    takes a connected socket that has no address yet)."""
+    for acc, cli in ((fd, other), (other, fd)):
+        lst = _listener(fs, acc) if stype == socket.SOCK_STREAM and _name(acc) else None
+        if lst is None:
+            continue
+        server = sock_of(fs, lst, where)
+        c = fs.socks[cli.ino] = socket.socket(socket.AF_UNIX, stype)
+        if _name(cli):
+            _bind(c, cli, _name(cli))
+        c.connect(_addr(_name(lst), lst))
+        a, _ = server.accept()
+        fs.socks[acc.ino] = a
+        return (a, c) if acc is fd else (c, a)
+    a, b = socket.socketpair(socket.AF_UNIX, stype)
+    fs.socks[fd.ino], fs.socks[other.ino] = a, b
+    for s, mine in ((a, fd), (b, other)):
+        if _name(mine):
+            _bind(s, mine, _name(mine))
+    return a, b
 
 
 def _addr(name: bytes, fd: FdState) -> bytes | str:
