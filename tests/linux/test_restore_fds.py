@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -199,3 +200,34 @@ def test_a_kind_not_restored_is_one_line_before_anything_is_created(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("dumper: error: "), r.stderr
     assert f"task {p.pid} fd 0: a tty cannot be restored on Linux yet" in lines[0], r.stderr
     assert not os.path.exists(f"/proc/{p.pid}")
+
+
+@pytest.mark.parametrize("what,code,error", [
+    ("udp", """
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", u.getsockname())
+        time.sleep(0.1)
+     """, r"fd \d+: a UDP socket with \d+ bytes of datagrams queued: those are not dumped"),
+    ("listener", """
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(5)
+        c = socket.create_connection(s.getsockname())
+     """, r"fd \d+: listening TCP socket \(port \d+\) with 1 connections not yet accepted"),
+])
+def test_what_a_restore_could_not_give_back_is_not_dumped(what, code, error, tmp_path):
+    """Datagrams waiting in a UDP socket (their senders are not dumped; CRIU drops them) and
+    connections a listener has not accepted: the dump refuses, naming pid and fd."""
+    p = _start("import socket, time\n" + textwrap.dedent(code) +
+               "print('ready', flush=True)\ntime.sleep(600)\n")
+    try:
+        r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(p.pid),
+                            "--tree", "-q", "-o", str(tmp_path / "images")],
+                           capture_output=True, text=True, cwd=ROOT)
+    finally:
+        p.kill()
+        p.wait()
+    assert r.returncode == 2, r.stderr
+    assert re.search(rf"^dumper: error: pid {p.pid}: {error}", r.stderr, re.M), r.stderr
+    assert not (tmp_path / "images").exists()

@@ -67,15 +67,16 @@ def _diag(req: bytes) -> list[bytes]:
                 off += (length + 3) & ~3
 
 
-def listen_backlog(family: int, ino: int) -> int | None:
-    """The backlog of the listening TCP socket with inode ino, by an inet_diag dump of the
-    listeners (struct inet_diag_req_v2 -> inet_diag_msg.idiag_wqueue)."""
+def listen_backlog(family: int, ino: int) -> tuple[int, int] | None:
+    """(connections not yet accepted, backlog) of the listening TCP socket with inode ino,
+    by an inet_diag dump of the listeners (struct inet_diag_req_v2 -> inet_diag_msg: a
+    listener's idiag_rqueue is sk_ack_backlog, its idiag_wqueue sk_max_ack_backlog)."""
     req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN) + bytes(48)
     for m in _diag(req):
         # inet_diag_msg: 4 bytes, sockid (48), expires, rqueue, wqueue, uid, inode
-        wqueue, _, inode = struct.unpack_from("=III", m, 4 + 48 + 8)
+        rqueue, wqueue, _, inode = struct.unpack_from("=IIII", m, 4 + 48 + 4)
         if inode == ino:
-            return wqueue
+            return rqueue, wqueue
     return None
 
 
@@ -355,10 +356,14 @@ def collect(pid: int, fd: int, link: str, st: os.stat_result, info: dict[str, st
                 f" {socket.SocketKind(stype).name}, {what}: dumper dumps listening TCP "
                 "and UDP sockets only yet (leave it out with --leave-out socket)")
         host, port = s.getsockname()[:2]
-        backlog = listen_backlog(family, st.st_ino)
-        if backlog is None:
+        queue = listen_backlog(family, st.st_ino)
+        if queue is None:
             raise Unsupported(f"pid {pid}: fd {fd}: sock_diag does not know listening socket "
                               f"{st.st_ino} (another network namespace?)")
+        pending, backlog = queue
+        if pending:  # CRIU's can_dump_inet_sk refuses them too
+            raise Unsupported(f"pid {pid}: fd {fd}: listening TCP socket (port {port}) with "
+                              f"{pending} connections not yet accepted: those are not dumped")
         out.sock = dict(family=int(family), type=int(stype), proto=socket.IPPROTO_TCP,
                         state=TCP_LISTEN, src_port=port, src_addr=_addr_words(family, host),
                         backlog=backlog, opts=sk_opts(s), ip_opts=ip_opts(s, family),
