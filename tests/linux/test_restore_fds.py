@@ -25,11 +25,7 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
-CPROGS = HERE / "cprogs"
-CYCLE = HERE / "rst_cycle.py"
-CRIU = Path(os.environ.get("DUMPER_CRIU", "/var/cache/dumper/criu-4.2/criu"))
-ROOT = HERE.parents[1]
+from .test_linux_restore import CPROGS, CRIU, HERE, ROOT, cycle
 
 PROGRAMS = {
     # this issue's programs
@@ -65,15 +61,6 @@ def built(tmp_path_factory) -> Path:
         subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-pthread", "-o", str(out / name),
                         str(CPROGS / f"{name}.c")], check=True, capture_output=True)
     return out
-
-
-def cycle(program: Path, work: Path, how: str, *args: str) -> dict:
-    """One dump/kill/restore/signal cycle by rst_cycle.py; its JSON report."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, str(CYCLE), str(CRIU), str(program), str(work), how,
-                        *args], capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
