@@ -1,14 +1,11 @@
 """A restored task's file descriptors (restore.md §7): each descriptor's kind (rst_fds, by
-fdinfo type) says how its file comes back, and this puts it at its number in the task:
-
-- a path (regular files; pipes and memfds through /proc/RESTORER/fd/N) is opened by an
-  injected openat at the dumped flags;
-- a file made in the restorer (sockets, epoll, eventfd, signalfd, timerfd) is taken by the
-  task with pidfd_getfd(2) on a pidfd of ours the task opened through /proc (the same open
-  file description in every task that shares the files.img entry);
-
-then dup3 to its number with its FD_CLOEXEC, and once every descriptor is in place each
-kind's settle step (offsets, epoll targets on the task's own numbers).
+fdinfo type) opens or makes its file in the restorer, once per files.img entry, and this
+puts it at its number in the task: taken with pidfd_getfd(2) on a pidfd of ours the task
+opened through /proc/RESTORER/fd/N (the same open file description in every fd that
+shares the entry, in any pid namespace), or, for a kind that names a path, opened by an
+injected openat at the dumped flags; then dup3 to its number with its FD_CLOEXEC, and
+once every descriptor is in place each kind's settle step (epoll targets, added by the
+task on its own numbers).
 """
 
 from __future__ import annotations
@@ -19,13 +16,13 @@ import resource
 
 from dumper.images.criustate import fd_type
 from dumper.linux.rst_fds import KINDS, FdSet, FileError, Opened
+from dumper.linux.rst_fds.common import NOT_REOPENED
 from dumper.linux.rst_inject import AT_FDCWD, RestoreInjector
 from dumper.state import FdState
 
 __all__ = ["FdSet", "FileError", "restore_fds"]
 
 O_CLOEXEC = os.O_CLOEXEC
-NOT_REOPENED = os.O_CREAT | os.O_TRUNC | os.O_EXCL | os.O_NOCTTY
 F_SETFD, F_DUPFD_CLOEXEC = 2, 1030
 
 

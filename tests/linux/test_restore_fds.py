@@ -37,9 +37,9 @@ PROGRAMS = {
                 "UDP connected to it (its port kept), UDP on ::1 (IPV6_V6ONLY)",
     "rst_epoll": "epoll over a pipe, a socket at fd 60, an eventfd and an empty pipe "
                  "(EPOLLET), each with its data; an epoll watching it; MOD and DEL after",
-    "rst_shared_fd": "a listener and an eventfd shared by parent and child (one open file "
-                     "description: O_NONBLOCK set by one shows in the other), two more "
-                     "eventfds with their own counts",
+    "rst_shared_fd": "a listener, an eventfd, a pipe end and a file (also dup'ed) shared by "
+                     "parent and child: one open file description each (O_NONBLOCK set by "
+                     "one shows in the other, one offset); two more eventfds, own counts",
     "rst_unix_accept": "unix stream connections accepted from listeners of the tree (a "
                        "relative path, an abstract name; the client bound to a name of its "
                        "own), data queued both ways; names kept, listeners accept again",

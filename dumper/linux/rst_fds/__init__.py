@@ -2,9 +2,9 @@
 by the fdinfo type (CRIU's FdTypes, as criustate.fd_type gives it): the restore half of
 dumper.linux.files, as CRIU's file_desc_ops (criu/files.c) pairs each dump with an open.
 
-Each kind gives `open_fd(fdset, fd, where) -> Opened` (a path the task opens, or a file
-made here that the task takes over) and may give `settle(inj, fdset, fd, where, placed)`,
-run in the task once all its descriptors are at their numbers (an offset, epoll targets).
+Each kind gives `open_fd(fdset, fd, where) -> Opened` (a file opened or made here that the
+task takes over, or a path the task opens) and may give `settle(inj, fdset, fd, where,
+placed)`, run in the task once all its descriptors are at their numbers (epoll targets).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ class Kind:
 
 
 KINDS: dict[int, Kind] = {
-    criu.REG: Kind("regular file", reg.open_fd, reg.settle),
+    criu.REG: Kind("regular file", reg.open_fd),
     criu.PIPE: Kind("pipe", pipe.open_fd),
-    criu.MEMFD: Kind("memfd", memfd.open_fd, memfd.settle),
+    criu.MEMFD: Kind("memfd", memfd.open_fd),
     criu.UNIXSK: Kind("unix socket", unix.open_fd),
     criu.INETSK: Kind("inet socket", inet.open_fd),
     criu.EVENTFD: Kind("eventfd", eventfd.open_fd),

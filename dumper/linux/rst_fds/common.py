@@ -1,10 +1,10 @@
 """What every fd kind's restore shares: the restorer's side of the files it re-creates.
 
-A kind either names a path the task opens itself (regular files, and pipes and memfds
-through /proc/RESTORER/fd/N: the same inode), or makes the file here, in the restorer, and
-hands its descriptor over: the task takes it with pidfd_getfd(2) on a pidfd of ours
-(kernel/pid.c pidfd_getfd: the same struct file, so every task holding a files.img entry
-gets the one open file description, as CRIU's file masters pass theirs by SCM_RIGHTS).
+Each kind opens or makes its file here, in the restorer, once per files.img entry, and the
+task takes it over with pidfd_getfd(2) on a pidfd of ours (kernel/pid.c pidfd_getfd: the
+same struct file), so every fd holding one entry — dup'ed, or inherited over fork — gets
+the one open file description, with its offset and status flags, as CRIU's file masters
+pass theirs by SCM_RIGHTS. (A kind may instead name a path for the task to open itself.)
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from dumper.state import FdState
 
 # fcntl F_SETFL changes only these (fs/fcntl.c SETFL_MASK); the access mode is the open's.
+NOT_REOPENED = os.O_CREAT | os.O_TRUNC | os.O_EXCL | os.O_NOCTTY
 SETFL_MASK = os.O_APPEND | os.O_NONBLOCK | os.O_NDELAY | os.O_DIRECT | os.O_NOATIME | 0o20000
 
 
@@ -53,6 +54,15 @@ class FdSet:
         """Hold our descriptor of fd's file (its status flags set as dumped) for the tasks."""
         self.made[fd.desc] = ours
         fcntl.fcntl(ours, fcntl.F_SETFL, fd.flags & SETFL_MASK)
+        return ours
+
+    def reopen(self, fd: FdState, path: str) -> int:
+        """Open path here at fd's flags (what only a creation needs dropped), at its
+        offset, and hold it for the tasks: one description for every fd of the entry."""
+        ours = os.open(path, (fd.flags & ~NOT_REOPENED) | os.O_CLOEXEC)
+        self.made[fd.desc] = ours
+        if fd.pos:
+            os.lseek(ours, fd.pos, os.SEEK_SET)
         return ours
 
     def pidfd_path(self) -> str:

@@ -1,11 +1,10 @@
-"""memfd descriptors (CRIU's memfd.c): the object the memory restore made (by shmid), opened
-through /proc/RESTORER/fd/N: the same file, its name and seals; then the offset."""
+"""memfd descriptors (CRIU's memfd.c): the object the memory restore made (by shmid),
+reopened through our own fd of it (the same file: its name and seals), at its offset."""
 
 from __future__ import annotations
 
 import errno
 
-from dumper.linux.rst_fds import reg
 from dumper.linux.rst_fds.common import FdSet, FileError, Opened
 from dumper.state import FdState
 
@@ -14,7 +13,4 @@ def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
     obj = fs.objects.get(fd.ino)
     if obj is None or obj.fd < 0:
         raise FileError(errno.ENOENT, f"{where}: {fd.path}: its object was not re-created")
-    return Opened(path=obj.task_path)
-
-
-settle = reg.settle
+    return Opened(fd=fs.reopen(fd, f"/proc/self/fd/{obj.fd}"))

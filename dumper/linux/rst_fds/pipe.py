@@ -1,6 +1,7 @@
 """Pipes (CRIU's pipes.c): one pipe per dumped pipe inode, made here with the bytes the dump
-found buffered; each task opens the end it held through /proc/RESTORER/fd/N (fifo_open on
-the same pipe inode)."""
+found buffered; each files.img entry is an open of the end it names through our own
+/proc/self/fd/N (fifo_open on the same pipe inode: a description of its own, with its
+flags, shared by the tasks that hold it)."""
 
 from __future__ import annotations
 
@@ -23,4 +24,5 @@ def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
             os.write(w, fd.data)
         ends = fs.pipes[fd.ino] = (r, w)
     end = ends[0] if fd.flags & os.O_ACCMODE == os.O_RDONLY else ends[1]
-    return Opened(path=f"/proc/{os.getpid()}/fd/{end}")
+    fd.pos = 0
+    return Opened(fd=fs.reopen(fd, f"/proc/self/fd/{end}"))
