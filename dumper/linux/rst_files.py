@@ -2,9 +2,8 @@
 fdinfo type) opens or makes its file in the restorer, once per files.img entry, and this
 puts it at its number in the task: taken with pidfd_getfd(2) on a pidfd of ours the task
 opened through /proc/RESTORER/fd/N (the same open file description in every fd that
-shares the entry, in any pid namespace), or, for a kind that names a path, opened by an
-injected openat at the dumped flags; then dup3 to its number with its FD_CLOEXEC, and
-once every descriptor is in place each kind's settle step (epoll targets, added by the
+shares the entry, in any pid namespace), then dup3 to its number with its FD_CLOEXEC;
+once every descriptor is in place, each kind's settle step (epoll targets, added by the
 task on its own numbers).
 """
 
@@ -15,8 +14,7 @@ import os
 import resource
 
 from dumper.images.criustate import fd_type
-from dumper.linux.rst_fds import KINDS, FdSet, FileError, Opened
-from dumper.linux.rst_fds.common import NOT_REOPENED
+from dumper.linux.rst_fds import KINDS, FdSet, FileError
 from dumper.linux.rst_inject import AT_FDCWD, RestoreInjector
 from dumper.state import FdState
 
@@ -41,19 +39,13 @@ def restore_fds(inj: RestoreInjector, fds: list[FdState], fdset: FdSet,
         if kind is None:
             raise FileError(errno.ENOTSUP, f"{where}: a {fd.kind} ({fd.path}) cannot be "
                             "restored yet")
-        opened = _open(kind, fdset, fd, where)
-        if opened.path:
-            got = inj.call("openat", AT_FDCWD & ((1 << 64) - 1),
-                           inj.put_str(opened.path, 1024), fd.flags & ~NOT_REOPENED, 0)
-            if got < 0:
-                raise FileError(-got, f"{where}: open {fd.path}: {os.strerror(-got)}")
-        else:
-            if pidfd < 0:
-                pidfd = _our_pidfd(inj, fdset, top, where)
-            got = inj.call("pidfd_getfd", pidfd, opened.fd, 0)
-            if got < 0:
-                raise FileError(-got, f"{where}: pidfd_getfd of the restorer's {kind.name}: "
-                                f"{os.strerror(-got)}")
+        ours = _open(kind, fdset, fd, where)
+        if pidfd < 0:
+            pidfd = _our_pidfd(inj, fdset, top, where)
+        got = inj.call("pidfd_getfd", pidfd, ours, 0)
+        if got < 0:
+            raise FileError(-got, f"{where}: pidfd_getfd of the restorer's {kind.name}: "
+                            f"{os.strerror(-got)}")
         if got != fd.fd:
             inj.check("dup3", got, fd.fd, O_CLOEXEC if fd.cloexec else 0)
             inj.check("close", got)
@@ -68,11 +60,11 @@ def restore_fds(inj: RestoreInjector, fds: list[FdState], fdset: FdSet,
             kind.settle(inj, fdset, fd, f"task {inj.pid} fd {fd.fd}", placed)
 
 
-def _open(kind, fdset: FdSet, fd: FdState, where: str) -> Opened:
-    """The kind's open, once per files.img entry for a file made here; an OS error names
-    the task, fd and kind."""
+def _open(kind, fdset: FdSet, fd: FdState, where: str) -> int:
+    """Our descriptor of fd's file: the kind's open, once per files.img entry; an OS error
+    names the task, fd and kind."""
     if fd.desc in fdset.made:
-        return Opened(fd=fdset.made[fd.desc])
+        return fdset.made[fd.desc]
     try:
         return kind.open_fd(fdset, fd, where)
     except FileError:

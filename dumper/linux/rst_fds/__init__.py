@@ -2,9 +2,9 @@
 by the fdinfo type (CRIU's FdTypes, as criustate.fd_type gives it): the restore half of
 dumper.linux.files, as CRIU's file_desc_ops (criu/files.c) pairs each dump with an open.
 
-Each kind gives `open_fd(fdset, fd, where) -> Opened` (a file opened or made here that the
-task takes over, or a path the task opens) and may give `settle(inj, fdset, fd, where,
-placed)`, run in the task once all its descriptors are at their numbers (epoll targets).
+Each kind gives `open_fd(fdset, fd, where) -> int`, our descriptor of the file it opened or
+made here (the task takes it over), and may give `settle(inj, fdset, fd, where, placed)`,
+run in the task once all its descriptors are at their numbers (epoll targets).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from dumper.linux.rst_fds import (
     timerfd,
     unix,
 )
-from dumper.linux.rst_fds.common import FdSet, FileError, Opened
+from dumper.linux.rst_fds.common import FdSet, FileError
 
-__all__ = ["KINDS", "FdSet", "FileError", "Kind", "Opened"]
+__all__ = ["KINDS", "FdSet", "FileError", "Kind"]
 
 
 @dataclass(frozen=True)
 class Kind:
     name: str  # for messages
-    open_fd: Callable[..., Opened]
+    open_fd: Callable[..., int]
     settle: Callable[..., None] | None = None
 
 

@@ -4,7 +4,7 @@ Each kind opens or makes its file here, in the restorer, once per files.img entr
 task takes it over with pidfd_getfd(2) on a pidfd of ours (kernel/pid.c pidfd_getfd: the
 same struct file), so every fd holding one entry — dup'ed, or inherited over fork — gets
 the one open file description, with its offset and status flags, as CRIU's file masters
-pass theirs by SCM_RIGHTS. (A kind may instead name a path for the task to open itself.)
+pass theirs by SCM_RIGHTS.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import os
 import socket
-from dataclasses import dataclass
 
 from dumper.state import FdState
 
@@ -24,14 +23,6 @@ SETFL_MASK = os.O_APPEND | os.O_NONBLOCK | os.O_NDELAY | os.O_DIRECT | os.O_NOAT
 
 class FileError(OSError):
     """A descriptor that cannot be restored; the message names the task, fd and file."""
-
-
-@dataclass
-class Opened:
-    """How the task gets the file: openat(path) in the task, or our descriptor fd."""
-
-    path: str = ""
-    fd: int = -1
 
 
 class FdSet:
@@ -47,7 +38,6 @@ class FdSet:
         self.shutdowns: list[tuple[socket.socket, int]] = []  # once all queues are in
         self.settled: set[int] = set()  # files.img ids set up once (epoll targets)
         self.objects: dict = {}  # shmid -> LinuxObject (memfds)
-        self.files: dict[str, tuple[int | None, int]] = {}  # path -> dumped size, mode
         self._pidfd = -1
 
     def keep(self, fd: FdState, ours: int) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
-from dumper.linux.rst_fds.common import FdSet, Opened
+from dumper.linux.rst_fds.common import FdSet
 from dumper.state import FdState
 
 
-def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
+def open_fd(fs: FdSet, fd: FdState, where: str) -> int:
     ours = os.eventfd(fd.counter, os.EFD_CLOEXEC | (fd.flags & os.O_NONBLOCK))
-    return Opened(fd=fs.keep(fd, ours))
+    return fs.keep(fd, ours)

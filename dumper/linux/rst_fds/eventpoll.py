@@ -11,7 +11,7 @@ import errno
 import os
 import struct
 
-from dumper.linux.rst_fds.common import FdSet, FileError, Opened
+from dumper.linux.rst_fds.common import FdSet, FileError
 from dumper.linux.rst_inject import RestoreInjector
 from dumper.state import FdState
 
@@ -20,12 +20,12 @@ EPOLL_EVENT = struct.Struct("<IQ")  # struct epoll_event, packed on x86-64
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
+def open_fd(fs: FdSet, fd: FdState, where: str) -> int:
     ours = _libc.epoll_create1(os.O_CLOEXEC)
     if ours < 0:
         err = ctypes.get_errno()
         raise FileError(err, f"{where}: epoll_create1: {os.strerror(err)}")
-    return Opened(fd=fs.keep(fd, ours))
+    return fs.keep(fd, ours)
 
 
 def settle(inj: RestoreInjector, fs: FdSet, fd: FdState, where: str,

@@ -13,7 +13,7 @@ import errno
 import socket
 import struct
 
-from dumper.linux.rst_fds.common import FdSet, FileError, Opened
+from dumper.linux.rst_fds.common import FdSet, FileError
 from dumper.linux.rst_fds.skopts import SHUTDOWN, set_sk_opts
 from dumper.state import FdState
 
@@ -38,7 +38,7 @@ def _sockaddr(family: int, words, port: int) -> tuple:
     return (host, port) if family == socket.AF_INET else (host, port, 0, 0)
 
 
-def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
+def open_fd(fs: FdSet, fd: FdState, where: str) -> int:
     sk = fd.sock
     family, stype, proto = int(sk["family"]), int(sk["type"]), int(sk.get("proto", 0))
     what = f"{socket.AddressFamily(family).name} {socket.SocketKind(stype).name} socket"
@@ -56,7 +56,7 @@ def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
         raise FileError(getattr(e, "errno", None) or errno.EINVAL,
                         f"{where}: {what}{f' on port {port}' if port else ''}: {msg}") from None
     fs.socks[fd.ino] = s
-    return Opened(fd=fs.keep(fd, s.fileno()))
+    return fs.keep(fd, s.fileno())
 
 
 def _setup(s: socket.socket, sk: dict, family: int, proto: int) -> None:

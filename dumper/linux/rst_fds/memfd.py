@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import errno
 
-from dumper.linux.rst_fds.common import FdSet, FileError, Opened
+from dumper.linux.rst_fds.common import FdSet, FileError
 from dumper.state import FdState
 
 
-def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
+def open_fd(fs: FdSet, fd: FdState, where: str) -> int:
     obj = fs.objects.get(fd.ino)
     if obj is None or obj.fd < 0:
         raise FileError(errno.ENOENT, f"{where}: {fd.path}: its object was not re-created")
-    return Opened(fd=fs.reopen(fd, f"/proc/self/fd/{obj.fd}"))
+    return fs.reopen(fd, f"/proc/self/fd/{obj.fd}")

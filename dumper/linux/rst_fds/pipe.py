@@ -9,11 +9,11 @@ import fcntl
 import os
 
 from dumper.linux.files.pipe import F_SETPIPE_SZ
-from dumper.linux.rst_fds.common import FdSet, Opened
+from dumper.linux.rst_fds.common import FdSet
 from dumper.state import FdState
 
 
-def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
+def open_fd(fs: FdSet, fd: FdState, where: str) -> int:
     ends = fs.pipes.get(fd.ino)
     if ends is None:
         r, w = os.pipe2(os.O_CLOEXEC)
@@ -25,4 +25,4 @@ def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
         ends = fs.pipes[fd.ino] = (r, w)
     end = ends[0] if fd.flags & os.O_ACCMODE == os.O_RDONLY else ends[1]
     fd.pos = 0
-    return Opened(fd=fs.reopen(fd, f"/proc/self/fd/{end}"))
+    return fs.reopen(fd, f"/proc/self/fd/{end}")

@@ -6,17 +6,17 @@ from __future__ import annotations
 import errno
 import os
 
-from dumper.linux.rst_fds.common import FdSet, FileError, Opened
+from dumper.linux.rst_fds.common import FdSet, FileError
 from dumper.linux.rst_mm import check_file
 from dumper.state import FdState
 
 
-def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
+def open_fd(fs: FdSet, fd: FdState, where: str) -> int:
     if fd.path.endswith(" (deleted)"):
         raise FileError(errno.ENOENT, f"{where}: {fd.path}: the file was deleted")
     if os.path.isfile(fd.path) and fd.size is not None:
         check_file(fd.path, {fd.path: (fd.size, 0)}, where)
     try:
-        return Opened(fd=fs.reopen(fd, fd.path))
+        return fs.reopen(fd, fd.path)
     except OSError as e:
         raise FileError(e.errno, f"{where}: open {fd.path}: {e.strerror}") from None

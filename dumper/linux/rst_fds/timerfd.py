@@ -9,7 +9,7 @@ import fcntl
 import os
 import struct
 
-from dumper.linux.rst_fds.common import FdSet, FileError, Opened
+from dumper.linux.rst_fds.common import FdSet, FileError
 from dumper.state import FdState
 
 SYS_timerfd_create, SYS_timerfd_settime = 283, 286
@@ -17,7 +17,7 @@ TFD_IOC_SET_TICKS = 0x40085400  # _IOW('T', 0, u64)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
+def open_fd(fs: FdSet, fd: FdState, where: str) -> int:
     t = fd.timer
     ours = _libc.syscall(ctypes.c_long(SYS_timerfd_create), ctypes.c_int(t["clockid"]),
                          ctypes.c_int(os.O_CLOEXEC))
@@ -34,4 +34,4 @@ def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
         raise FileError(err, f"{where}: timerfd_settime: {os.strerror(err)}")
     if t["ticks"]:
         fcntl.ioctl(ours, TFD_IOC_SET_TICKS, struct.pack("<Q", t["ticks"]))
-    return Opened(fd=ours)
+    return ours

@@ -22,16 +22,16 @@ import os
 import socket
 import stat
 
-from dumper.linux.rst_fds.common import FdSet, FileError, Opened
+from dumper.linux.rst_fds.common import FdSet, FileError
 from dumper.linux.rst_fds.skopts import SHUTDOWN, big_buffers, set_sk_opts
 from dumper.state import FdState
 
 TCP_LISTEN = 10
 
 
-def open_fd(fs: FdSet, fd: FdState, where: str) -> Opened:
+def open_fd(fs: FdSet, fd: FdState, where: str) -> int:
     ours = sock_of(fs, fd, where)
-    return Opened(fd=fs.keep(fd, ours.fileno()))
+    return fs.keep(fd, ours.fileno())
 
 
 def sock_of(fs: FdSet, fd: FdState, where: str) -> socket.socket:
