@@ -149,6 +149,9 @@ def _bind(s: socket.socket, fd: FdState, name: bytes) -> None:
     full = _addr(name, fd)
     with contextlib.suppress(FileNotFoundError):  # the dumped socket's file, left behind
         if stat.S_ISSOCK(os.lstat(full).st_mode):
+            if _listened(full):
+                raise OSError(errno.EADDRINUSE, f"{os.fsdecode(full)} is another live "
+                              "socket's now")
             os.unlink(full)
     d = fd.sock.get("name_dir")
     if d and not path.startswith(b"/"):  # bound as it was: getsockname shows it relative
@@ -168,6 +171,23 @@ def _bind(s: socket.socket, fd: FdState, name: bytes) -> None:
         os.chmod(full, stat.S_IMODE(mode))
     if fd.sock.get("deleted"):
         os.unlink(full)
+
+
+def _listened(path) -> bool:
+    """Some live socket still owns the socket file at path (a connect of the right type
+    gets through; EPROTOTYPE: the other type; a dead one refuses either)."""
+    for stype in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_UNIX, stype) as probe:
+            probe.setblocking(False)
+            try:
+                probe.connect(path)
+                return True
+            except BlockingIOError:  # alive, its backlog full
+                return True
+            except OSError as e:
+                if e.errno != errno.EPROTOTYPE:
+                    return False
+    return False
 
 
 def _send(s: socket.socket, packets, to) -> None:
