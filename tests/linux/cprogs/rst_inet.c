@@ -1,7 +1,8 @@
 /* IPv4/IPv6 sockets with their addresses and options: a TCP listener (O_NONBLOCK, a small
  * backlog, TCP_NODELAY and TCP_KEEPIDLE, no SO_REUSEADDR) that accepts after the restore; a
  * UDP socket bound to 127.0.0.1 (SO_BROADCAST, IP_TTL 33, a set SO_RCVBUF), a UDP socket
- * connected to it (its ephemeral port kept), a UDP socket bound to ::1 (IPV6_V6ONLY).
+ * connected to it (its ephemeral port kept), a UDP socket bound to ::1 (IPV6_V6ONLY), and
+ * a connected UDP socket shut down for reading (poll reports POLLRDHUP: datagram_poll).
  * After the restore every address, port and option is as it was, and they all pass data. */
 #include "check.h"
 #include <arpa/inet.h>
@@ -57,6 +58,11 @@ int main(void)
 	setsockopt(u6, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_addr = in6addr_loopback };
 	CHECK(bind(u6, (void *)&a6, sizeof(a6)) == 0, "bind udp6");
+	int u3 = socket(AF_INET, SOCK_DGRAM, 0);
+	CHECK(connect(u3, (void *)&to, sizeof(to)) == 0, "connect u3");
+	CHECK(shutdown(u3, SHUT_RD) == 0, "shutdown u3: %s", strerror(errno));
+	struct pollfd p0 = { .fd = u2, .events = POLLIN | POLLRDHUP };
+	CHECK(poll(&p0, 1, 0) == 0, "a UDP socket not shut down reports %#x", p0.revents);
 	int ports[4] = { port_of(tcp), port_of(u1), port_of(u2), port_of(u6) };
 	say("READY");
 	wait_usr1();
@@ -100,5 +106,8 @@ int main(void)
 	a6.sin6_port = htons(ports[3]);
 	CHECK(sendto(n6, "six", 3, 0, (void *)&a6, sizeof(a6)) == 3, "sendto ::1");
 	CHECK(recv(u6, buf, sizeof(buf), 0) == 3 && !memcmp(buf, "six", 3), "udp6 data");
+	struct pollfd p3 = { .fd = u3, .events = POLLIN | POLLRDHUP };
+	CHECK(poll(&p3, 1, 0) == 1 && (p3.revents & POLLRDHUP), "u3 lost its shutdown (%#x)",
+	      p3.revents);
 	return finish();
 }
