@@ -218,3 +218,24 @@ def test_what_a_restore_could_not_give_back_is_not_dumped(what, code, error, tmp
     assert r.returncode == 2, r.stderr
     assert re.search(rf"^dumper: error: pid {p.pid}: {error}", r.stderr, re.M), r.stderr
     assert not (tmp_path / "images").exists()
+
+
+def test_a_semaphore_eventfd_is_refused_not_turned_into_a_counter(tmp_path):
+    """EFD_SEMAPHORE is in no image field (CRIU restores such an eventfd as a plain
+    counter): the dump refuses it, naming pid and fd."""
+    p = _start("""
+        import os, time
+        e = os.eventfd(3, os.EFD_SEMAPHORE)
+        print("ready", flush=True)
+        time.sleep(600)
+    """)
+    try:
+        r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(p.pid),
+                            "--tree", "-q", "-o", str(tmp_path / "images")],
+                           capture_output=True, text=True, cwd=ROOT)
+    finally:
+        p.kill()
+        p.wait()
+    assert r.returncode == 2, r.stderr
+    assert re.search(rf"^dumper: error: pid {p.pid}: fd \d+: an eventfd in semaphore mode",
+                     r.stderr, re.M), r.stderr
