@@ -27,6 +27,7 @@ class Shared:
     pipes: dict[int, tuple[bytes, int]] = field(default_factory=dict)
     queues: dict[int, list[bytes]] = field(default_factory=dict)
     memfds: dict = field(default_factory=dict)  # inode id -> MemfdInodeEntry
+    ttys: dict = field(default_factory=dict)  # tty-info.img id -> TtyInfoEntry
     objects: dict = field(default_factory=dict)  # shmid -> the set's shared objects
 
 
@@ -116,13 +117,25 @@ def _timerfd(e, fe, sh: Shared, where) -> FdState:
     return _base(e, "timerfd", t.flags, path="anon_inode:[timerfd]", timer=timer)
 
 
+def _tty(e, fe, sh: Shared, where) -> FdState:
+    """A terminal (a shell job's pty slave): its settings from tty-info.img; the path is
+    its REG entry's (regf_id)."""
+    t = fe.tty
+    info = sh.ttys.get(t.tty_info_id)
+    if info is None:
+        raise where(f"tty-info {t.tty_info_id:#x} is not in tty-info.img")
+    sock = fields(info)
+    sock["index"] = info.pty.index if info.HasField("pty") else 0
+    return _base(e, "tty", t.flags, path=f"/dev/pts/{sock['index']}", sock=sock)
+
+
 Reader = Callable[..., FdState]
 # fdinfo type -> (the FileEntry field it uses, its reader)
 READERS: dict[int, tuple[str, Reader]] = {
     criu.REG: ("reg", _reg), criu.PIPE: ("pipe", _pipe), criu.MEMFD: ("memfd", _memfd),
     criu.UNIXSK: ("usk", _unix), criu.INETSK: ("isk", _inet), criu.EVENTFD: ("efd", _eventfd),
     criu.EVENTPOLL: ("epfd", _eventpoll), criu.SIGNALFD: ("sgfd", _signalfd),
-    criu.TIMERFD: ("tfd", _timerfd)}
+    criu.TIMERFD: ("tfd", _timerfd), criu.TTY: ("tty", _tty)}
 
 
 def type_name(t: int) -> str:
@@ -141,7 +154,9 @@ def fd_state(path: str, off: int, pid: int, e, files: dict, sh: Shared) -> FdSta
     fe = files.get(e.id)
     entry = READERS.get(e.type)
     if entry is None:
-        raise where(f"a {type_name(e.type)} cannot be restored on Linux yet")
+        name = type_name(e.type)
+        raise where(f"{'an' if name[0] in 'aeiou' else 'a'} {name} cannot be restored on "
+                    "Linux yet")
     name, reader = entry
     if fe is None or not fe.HasField(name):
         raise where(f"file {e.id} ({type_name(e.type)}) is not in files.img")

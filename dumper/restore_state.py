@@ -134,6 +134,9 @@ def read_state(images: ImageSet) -> SetState:
     for e, data in zip(img.entries, img.extras, strict=True) if img else ():
         out.pipes[e.pipe_id] = (data, e.size)
     shared = Shared(pipes=out.pipes, memfds=images._memfd_by_inode, objects=images.objects)
+    img = _load(images, "tty-info.img", "TTY_INFO", need=False)
+    for e in img.entries if img else ():
+        shared.ttys[e.id] = e
     img = _load(images, "sk-queues.img", "SK_QUEUES", need=False)
     for e, data in zip(img.entries, img.extras, strict=True) if img else ():
         shared.queues.setdefault(e.id_for, []).append(data)

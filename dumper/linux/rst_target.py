@@ -35,7 +35,7 @@ class LinuxTarget:
         self.inj: dict[int, RestoreInjector] = {}  # pid -> the leader's injector
         self.threads: dict[int, dict[int, RestoreInjector]] = {}
         self.special: dict[int, list[tuple[int, int]]] = {}  # pid -> vdso/vvar ranges
-        self.fdset = FdSet([fd for t in states.tasks.values() for fd in t.fds])
+        self.fdset = FdSet([fd for t in states.tasks.values() for fd in t.fds], shell_job)
         self.objects: dict[int, rst_mm.LinuxObject] = {}  # shmid -> object (set_objects)
         self.mem: dict[int, int] = {}  # pid -> /proc/PID/mem, open while pages go in
         self.notes: list[str] = []

@@ -22,6 +22,7 @@ from dumper.linux.rst_fds import (
     reg,
     signalfd,
     timerfd,
+    tty,
     unix,
 )
 from dumper.linux.rst_fds.common import FdSet, FileError
@@ -46,4 +47,5 @@ KINDS: dict[int, Kind] = {
     criu.EVENTPOLL: Kind("epoll", eventpoll.open_fd, eventpoll.settle),
     criu.SIGNALFD: Kind("signalfd", signalfd.open_fd),
     criu.TIMERFD: Kind("timerfd", timerfd.open_fd),
+    criu.TTY: Kind("tty", tty.open_fd),
 }

@@ -30,7 +30,9 @@ class FdSet:
     pipes by inode, made files by files.img id (desc), sockets by inode, and every socket
     of the set by inode (a socketpair's ends are in different tasks)."""
 
-    def __init__(self, fds: list[FdState]) -> None:
+    def __init__(self, fds: list[FdState], shell_job: bool = False) -> None:
+        self.shell_job = shell_job  # a terminal is the restorer's (criu's --shell-job)
+        self.terminals: set[int] = set()  # pty indexes whose settings went in
         self.pipes: dict[int, tuple[int, int]] = {}
         self.made: dict[int, int] = {}  # files.img id -> our fd
         self.socks: dict[int, socket.socket] = {}  # socket inode -> ours
