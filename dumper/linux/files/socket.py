@@ -145,9 +145,11 @@ def _unix_connected(pid: int, fd: int, s: socket.socket, st: os.stat_result
     opts = sk_opts(s)
     opts.update(so_passcred=bool(_opt(s, socket.SO_PASSCRED)),
                 so_passsec=bool(_opt(s, 34)))  # SO_PASSSEC
+    name = sockname(s.fileno())
     out: dict[str, object] = dict(type=int(s.type), state=state,
-                                  backlog=wqueue, name=sockname(s.fileno()), opts=opts, peer=peer,
+                                  backlog=wqueue, name=name, opts=opts, peer=peer,
                                   queue=peek_queue(pid, fd, s, s.type))
+    out.update(path_fields(pid, name))
     if shutdown:
         out["shutdown"] = shutdown
     return out
@@ -311,6 +313,15 @@ def _unix(pid: int, fd: int, s: socket.socket, st: os.stat_result) -> dict[str, 
                 so_passsec=bool(_opt(s, 34)))  # SO_PASSSEC
     out: dict[str, object] = dict(type=int(s.type), state=TCP_LISTEN, backlog=queue[1],
                                   name=raw, opts=opts)
+    out.update(path_fields(pid, raw))
+    return out
+
+
+def path_fields(pid: int, raw: bytes) -> dict[str, object]:
+    """What a name in the file system needs besides itself: the directory a relative one
+    was bound from (CRIU's name_dir: the cwd it has now), the socket file's mode and owner,
+    or that it is gone (deleted)."""
+    out: dict[str, object] = {}
     if raw and not raw.startswith(b"\0"):
         path = raw.rstrip(b"\0")
         if not path.startswith(b"/"):  # bound relative to the cwd it had: CRIU's name_dir

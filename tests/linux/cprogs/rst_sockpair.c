@@ -2,12 +2,14 @@
  * parent and child with bytes queued for each side, a datagram socketpair across them with
  * two datagrams each way, a stream pair inside the parent (one end O_NONBLOCK, the other
  * FD_CLOEXEC at fd 40 with a set SO_SNDBUF), a pair one end of which shut down its writing
- * after its last bytes, and a datagram "server" bound to an abstract name holding a
- * datagram, with a client connected to it. After the restore everything reads back as it
- * was, in order, and they talk on. */
+ * after its last bytes, a datagram "server" bound to an abstract name holding a datagram,
+ * with a client connected to it, and one bound to a relative path (from the program's own
+ * directory, mode 0600). After the restore everything reads back as it was, in order, and
+ * they talk on; a new socket reaches the path one by its relative name. */
 #include "check.h"
 #include <stddef.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 static socklen_t abstract(struct sockaddr_un *a, const char *name)
@@ -79,6 +81,13 @@ int main(void)
 	CHECK(sendto(snd, "hello server", 12, 0, (void *)&a, alen) == 12, "sendto");
 	close(snd);
 	CHECK(connect(cli, (void *)&a, alen) == 0, "connect");
+	struct sockaddr_un pa = { .sun_family = AF_UNIX, .sun_path = "dg.sock" };
+	socklen_t palen = offsetof(struct sockaddr_un, sun_path) + 8;
+	unlink("dg.sock");
+	int psrv = socket(AF_UNIX, SOCK_DGRAM, 0), pcli = socket(AF_UNIX, SOCK_DGRAM, 0);
+	CHECK(bind(psrv, (void *)&pa, palen) == 0, "bind dg.sock: %s", strerror(errno));
+	chmod("dg.sock", 0600);
+	CHECK(connect(pcli, (void *)&pa, palen) == 0 && send(pcli, "early", 5, 0) == 5, "pcli");
 	say("READY");
 	wait_usr1();
 	expect(st[0], "child to parent!", "parent stream queue");
@@ -110,6 +119,16 @@ int main(void)
 	socklen_t mlen = sizeof(me);
 	getsockname(srv, (void *)&me, &mlen);
 	CHECK(mlen == alen && !memcmp(&me, &a, alen), "server name changed");
+	expect(psrv, "early", "path server's queued datagram");
+	CHECK(send(pcli, "late", 4, 0) == 4, "pcli send after: %s", strerror(errno));
+	expect(psrv, "late", "path client to server");
+	int fresh = socket(AF_UNIX, SOCK_DGRAM, 0);
+	CHECK(sendto(fresh, "fresh", 5, 0, (void *)&pa, palen) == 5,
+	      "a new socket cannot reach dg.sock: %s", strerror(errno));
+	expect(psrv, "fresh", "new socket to the path server");
+	struct stat sb;
+	CHECK(stat("dg.sock", &sb) == 0 && (sb.st_mode & 0777) == 0600, "dg.sock mode %o",
+	      sb.st_mode);
 	expect(st[0], "after", "child's write after the restore");
 	check_child(c, 0);
 	return finish();
