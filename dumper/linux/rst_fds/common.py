@@ -16,9 +16,10 @@ import socket
 
 from dumper.state import FdState
 
-# fcntl F_SETFL changes only these (fs/fcntl.c SETFL_MASK); the access mode is the open's.
+# What a reopen leaves out of the dumped flags: they act at creation only.
 NOT_REOPENED = os.O_CREAT | os.O_TRUNC | os.O_EXCL | os.O_NOCTTY
-SETFL_MASK = os.O_APPEND | os.O_NONBLOCK | os.O_NDELAY | os.O_DIRECT | os.O_NOATIME | 0o20000
+# fcntl F_SETFL changes only these (fs/fcntl.c SETFL_MASK); the access mode is the open's.
+SETFL_MASK = os.O_APPEND | os.O_NONBLOCK | os.O_NDELAY | os.O_DIRECT | os.O_NOATIME | os.O_ASYNC
 
 
 class FileError(OSError):
