@@ -7,7 +7,6 @@ Portable: a restore target gets plain data, never a protobuf message.
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass, field
 
@@ -17,12 +16,12 @@ from dumper.images import magic as M
 from dumper.images.errors import ImageError
 from dumper.images.reader import ImageSet
 from dumper.linux.regs import GPREGS
+from dumper.restore_fdstate import Shared, fd_state
 from dumper.state import (
     ALIVE,
     DEAD,
     STOPPED,
     Creds,
-    FdState,
     Fpu,
     TaskState,
     ThreadRegs,
@@ -33,7 +32,6 @@ STATES = {F.TASK_ALIVE: ALIVE, F.TASK_DEAD: DEAD, F.TASK_ZOMBIE: DEAD, F.TASK_ST
 XSAVE_FIELDS = {2: ("ymmh_space", "I"), 3: ("bndreg_state", "Q"), 4: ("bndcsr_state", "Q"),
                 5: ("opmask_reg", "Q"), 6: ("zmm_upper", "Q"), 7: ("hi16_zmm", "Q"),
                 9: ("pkru", "I")}
-FD_KINDS = {1: "reg", 2: "pipe", 18: "memfd"}  # FdTypes REG, PIPE, MEMFD (image.h fd types)
 
 
 @dataclass
@@ -137,6 +135,13 @@ def read_state(images: ImageSet) -> SetState:
     img = _load(images, "pipes-data.img", "PIPES_DATA", need=False)
     for e, data in zip(img.entries, img.extras, strict=True) if img else ():
         out.pipes[e.pipe_id] = (data, e.size)
+    shared = Shared(pipes=out.pipes, memfds=images._memfd_by_inode, objects=images.objects)
+    img = _load(images, "tty-info.img", "TTY_INFO", need=False)
+    for e in img.entries if img else ():
+        shared.ttys[e.id] = e
+    img = _load(images, "sk-queues.img", "SK_QUEUES", need=False)
+    for e, data in zip(img.entries, img.extras, strict=True) if img else ():
+        shared.queues.setdefault(e.id_for, []).append(data)
     for t in images.tasks.values():
         lead = _single(images, _load(images, M.core(t.pid), "CORE"))
         if lead.tc.task_state in (F.TASK_DEAD, F.TASK_ZOMBIE):
@@ -180,7 +185,7 @@ def read_state(images: ImageSet) -> SetState:
                    "sighand": ids.sighand_id}
         fdinfo = _load(images, M.fdinfo(ids.files_id), "FDINFO", need=False)
         for off, e in zip(fdinfo.offsets, fdinfo.entries, strict=True) if fdinfo else ():
-            st.fds.append(_fd(fdinfo.path, off, e, files, out.pipes, images))
+            st.fds.append(fd_state(fdinfo.path, off, t.pid, e, files, shared))
     return out
 
 
@@ -193,30 +198,3 @@ def _single(images: ImageSet, img):
 def _reg_name(files: dict, fid: int) -> str:
     fe = files.get(fid)
     return fe.reg.name if fe is not None and fe.HasField("reg") else ""
-
-
-def _fd(path: str, off: int, e, files: dict, pipes: dict, images: ImageSet) -> FdState:
-    """One fdinfo entry with its files.img description."""
-    fe = files.get(e.id)
-    kind = FD_KINDS.get(e.type)
-    if fe is None or kind is None:
-        raise ImageError(path, f"fd {e.fd}: file {e.id} of type {e.type} is not one a "
-                         "restore on Linux knows (regular files, pipes, memfds)", off)
-    cloexec = bool(e.flags & 1)
-    if kind == "memfd":  # the object the memory restore creates: its shmid
-        m = fe.memfd
-        inode = images._memfd_by_inode.get(m.inode_id)
-        if inode is None or inode.shmid not in images.objects:
-            raise ImageError(path, f"fd {e.fd}: memfd inode {m.inode_id} is not one the set "
-                             "holds", off)
-        return FdState(fd=e.fd, kind="memfd", cloexec=cloexec, flags=m.flags & ~os.O_CLOEXEC,
-                       pos=m.pos, path=f"/memfd:{inode.name}", ino=inode.shmid)
-    if kind == "reg":
-        r = fe.reg
-        return FdState(fd=e.fd, kind="reg", cloexec=cloexec, flags=r.flags & ~os.O_CLOEXEC,
-                       pos=r.pos, path=r.name, size=r.size if r.HasField("size") else None,
-                       mode=r.mode)
-    p = fe.pipe
-    data, size = pipes.get(p.pipe_id, (b"", 0))
-    return FdState(fd=e.fd, kind="pipe", cloexec=cloexec, flags=p.flags & ~os.O_CLOEXEC,
-                   path=f"pipe:[{p.pipe_id}]", ino=p.pipe_id, data=data, pipe_size=size)

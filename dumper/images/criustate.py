@@ -261,9 +261,10 @@ def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None,
         sk["tcp_opts"] = criu.TcpOptsEntry(**sk.pop("tcp_opts", {}))  # type: ignore[arg-type]
         opts = criu.SkOptsEntry(**sk.pop("opts"))  # type: ignore[arg-type]
         src = sk.pop("src_addr")
+        dst = sk.pop("dst_addr", [0] * len(src))  # type: ignore[arg-type]
         return criu.FileEntry(type=criu.INETSK, id=fid, isk=criu.InetSkEntry(
-            id=fid, ino=fd.ino & 0xFFFFFFFF, dst_port=0, flags=fd.flags, fown=_fown(),
-            opts=opts, src_addr=src, dst_addr=[0] * len(src), **sk))
+            id=fid, ino=fd.ino & 0xFFFFFFFF, dst_port=sk.pop("dst_port", 0), flags=fd.flags,
+            fown=_fown(), opts=opts, src_addr=src, dst_addr=dst, **sk))
     if fd.kind == "tty":
         return criu.FileEntry(type=criu.TTY, id=fid, tty=criu.TtyFileEntry(
             id=fid, tty_info_id=fd.sock["index"] << 1, flags=fd.flags, fown=_fown(),

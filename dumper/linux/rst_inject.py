@@ -33,7 +33,8 @@ NR = {"read": 0, "close": 3, "lseek": 8, "mmap": 9, "mprotect": 10, "munmap": 11
       "setrlimit": 160, "chroot": 161, "mount": 165, "set_thread_area": 205,
       "set_tid_address": 218, "unshare": 272,
       "exit_group": 231, "openat": 257, "set_robust_list": 273, "dup3": 292, "rseq": 334,
-      "clone3": 435, "close_range": 436}
+      "clone3": 435, "close_range": 436,
+      "epoll_ctl": 233, "pidfd_getfd": 438}
 AT_FDCWD = -100
 FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
 CLONE_ARGS = struct.Struct("<11Q")  # struct clone_args (include/uapi/linux/sched.h), v2

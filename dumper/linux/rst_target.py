@@ -18,7 +18,7 @@ from dumper.images.records import Vma
 from dumper.kabi import PAGE_SIZE
 from dumper.linux import libc, rst_creds, rst_mm, rst_pidns, rst_threads, rst_tree, rst_write
 from dumper.linux.inject import InjectError, read_mem
-from dumper.linux.rst_files import Pipes, restore_fds
+from dumper.linux.rst_files import FdSet, restore_fds
 from dumper.linux.rst_inject import RestoreInjector
 from dumper.restore_state import SetState
 from dumper.state import DEAD, STOPPED, TaskState
@@ -39,7 +39,7 @@ class LinuxTarget:
         self.inj: dict[int, RestoreInjector] = {}  # pid -> the leader's injector
         self.threads: dict[int, dict[int, RestoreInjector]] = {}
         self.special: dict[int, list[tuple[int, int]]] = {}  # pid -> vdso/vvar ranges
-        self.pipes = Pipes()
+        self.fdset = FdSet([fd for t in states.tasks.values() for fd in t.fds], shell_job)
         self.objects: dict[int, rst_mm.LinuxObject] = {}  # shmid -> object (set_objects)
         self.mem: dict[int, int] = {}  # pid -> /proc/PID/mem, open while pages go in
         self.uffd: dict[int, int] = {}  # pid -> its userfaultfd, held by us (-1: none)
@@ -181,10 +181,10 @@ class LinuxTarget:
         self.created += [i.tid for t, i in threads.items() if t != pid]
         self.threads[pid] = threads
         self.host.update((t, i.tid) for t, i in threads.items())
+        restore_fds(inj, st.fds, self.fdset, self.objects)  # before creds: as root
         for t in st.threads:
             rst_threads.thread_setup(threads[t.tid], t)
         self.notes += rst_threads.task_setup(inj, st, self.host)
-        restore_fds(inj, st.fds, self.pipes, self.states.files, self.objects)
         rst_threads.queue_pending(threads, st)
         for t in st.threads:  # last: what needs root's privilege is done (rst_creds)
             if t.creds is not None:
@@ -199,7 +199,7 @@ class LinuxTarget:
     def finish(self, stopped: bool) -> None:
         """Registers in, zombies let exit, then every thread detached (with SIGSTOP for a
         stopped tree or a task dumped stopped)."""
-        self.pipes.close()
+        self.fdset.close()
         if self.ns:
             self.ns.start()
         for st in self.states.tasks.values():
@@ -228,7 +228,7 @@ class LinuxTarget:
 
     def abort(self) -> None:
         self._close_mem()
-        self.pipes.close()
+        self.fdset.close()
         rst_tree.kill_all(self.created)
         self.created.clear()
         if self.ns:

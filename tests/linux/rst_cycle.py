@@ -7,14 +7,15 @@ Like criu_cycle.py (whose helpers it uses), but the tree comes back by `dumper r
 -d` (plus RESTORE-ARGS); the dump is dumper's `dump --pid ROOT --tree` or CRIU 4.2's own.
 A PROGRAM ending in .py runs under this Python. Harness flags among RESTORE-ARGS:
 --no-detach restores without -d (the command waits for the root: its exit status is
-reported), --check-cow (with --leave-stopped) compares the PFNs of every page the images
-say a child shares with its parent. With --leave-stopped, `dumper verify DIR --pid ROOT`
-runs on the stopped tree before it is continued. --pidns: the root's host pid comes from
---pidfile, its NSpid lines are reported ("nspid": host pid -> [host, inside]), and the
-init the root is the child of is what exits; --hold-pids first takes the tree's pids on
-the host (sleepers made by clone3 set_tid, killed at the end). Prints one JSON line; kills
-and reaps everything it started or restored. --signal-init sends the SIGUSR1 to that init
-(it forwards it).
+reported), CYCLE_PTY=1 in the environment runs the program as a shell job on a terminal
+and the restore on a second one (as criu_cycle.py does), --check-cow (with
+--leave-stopped) compares the PFNs of every page the images say a child shares with its
+parent. With --leave-stopped, `dumper verify DIR --pid ROOT` runs on the stopped tree
+before it is continued. --pidns: the root's host pid comes from --pidfile, its NSpid lines
+are reported ("nspid": host pid -> [host, inside]), and the init the root is the child of
+is what exits; --hold-pids first takes the tree's pids on the host (sleepers made by clone3
+set_tid, killed at the end). --signal-init sends the SIGUSR1 to that init (it forwards
+it). Prints one JSON line; kills and reaps everything it started or restored.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from criu_cycle import (  # noqa: E402
     kill_tree,
     reap_all,
     signal_and_wait,
+    terminal,
     wait_line,
 )
 
@@ -61,9 +63,17 @@ def main() -> None:
     deadline = time.monotonic() + TIMEOUT
     try:
         argv = [sys.executable, program] if program.endswith(".py") else [program]
-        with open(out, "w") as f, open(os.devnull) as null:
-            p = subprocess.Popen(argv, stdin=null, stdout=f, stderr=f,
-                                 start_new_session=True, cwd=work_dir)
+        use_pty = os.environ.get("CYCLE_PTY") == "1"  # a shell job, as criu_cycle's
+        if use_pty:
+            out.write_bytes(b"")
+            slave, ctty = terminal(out)
+            p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                                 preexec_fn=ctty, cwd=work_dir)
+            os.close(slave)
+        else:
+            with open(out, "w") as f, open(os.devnull) as null:
+                p = subprocess.Popen(argv, stdin=null, stdout=f, stderr=f,
+                                     start_new_session=True, cwd=work_dir)
         root = result["root"] = p.pid
         if not wait_line(out, "READY", deadline):
             result["stage"] = "ready"
@@ -101,9 +111,15 @@ def main() -> None:
             collect(out, result)
             return
         t0 = time.monotonic()
-        r = subprocess.run([*cmd, "-d"], capture_output=True, text=True, timeout=TIMEOUT)
+        if use_pty:  # run on a terminal of its own, which --shell-job hands the tree
+            slave, ctty = terminal(out)
+            r = subprocess.run([*cmd, "-d"], stdin=slave, stdout=slave, stderr=slave,
+                               preexec_fn=ctty, timeout=TIMEOUT)
+            os.close(slave)
+        else:
+            r = subprocess.run([*cmd, "-d"], capture_output=True, text=True, timeout=TIMEOUT)
         result["restore_s"] = time.monotonic() - t0
-        result["log"] = r.stderr[-3000:] + r.stdout[-2000:]
+        result["log"] = (r.stderr or "")[-3000:] + (r.stdout or "")[-2000:]
         if r.returncode != 0:
             result["rc"] = r.returncode
             return
@@ -136,6 +152,8 @@ def main() -> None:
             for pid in _tree(root):
                 os.kill(pid, signal.SIGCONT)
         signal_and_wait(root, deadline, result)
+        if use_pty:  # the terminal's last bytes may still be on their way to out.txt
+            wait_line(out, "PASS", min(deadline, time.monotonic() + 3))
         collect(out, result)
     except Exception as e:  # noqa: BLE001 - reported to the test, which fails with it
         result["log"] += f"{type(e).__name__}: {e}"

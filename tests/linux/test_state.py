@@ -192,11 +192,11 @@ def test_signal_state_matches_proc_and_is_left_alone(started, tmp_path):
 
 
 def test_unsupported_fd_is_a_clear_error(started, tmp_path):
-    """A UDP socket is not dumped yet: the error names pid, fd and kind, and nothing is left
-    behind; --leave-out (leave_out) drops it and keeps the rest."""
+    """A netlink socket is not dumped yet: the error names pid, fd and kind, and nothing is
+    left behind; --leave-out (leave_out) drops it and keeps the rest."""
     p = start("""
         import os, socket, time
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM)
         os.dup2(s.fileno(), 7)
         s.close()
         print("ready", flush=True)
@@ -205,7 +205,7 @@ def test_unsupported_fd_is_a_clear_error(started, tmp_path):
     started.append(p)
     out = tmp_path / "set"
     with pytest.raises(Unsupported, match=rf"pid {p.pid}: fd 7 is a socket \(socket:\[\d+\]\), "
-                                          "AF_INET SOCK_DGRAM, not listening"):
+                                          "AF_NETLINK SOCK_DGRAM, not listening"):
         dump(LinuxHost(), p.pid, str(out), leave_out=frozenset({"pipe"}))
     assert not out.exists() and not [x for x in tmp_path.iterdir() if x.name.startswith(".")]
     dump(LinuxHost(), p.pid, str(out), leave_out=frozenset({"socket", "pipe"}))

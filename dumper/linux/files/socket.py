@@ -1,5 +1,6 @@
 """Sockets (CRIU's sk-inet.c, sk-unix.c, sockets.c): listening TCP sockets, IPv4 and IPv6
-(bound address and port, backlog, SOL_SOCKET options) and listening unix stream sockets
+(bound address and port, backlog, SOL_SOCKET options), UDP sockets (bound and peer
+addresses, options; none with datagrams queued), listening unix stream sockets
 (name, backlog, options, the socket file's mode), and connected unix sockets whose peer is
 in the tree (socketpairs: their queued data, peeked). Connected TCP and every other socket
 kind are refused: their in-flight state is not dumped.
@@ -66,15 +67,16 @@ def _diag(req: bytes) -> list[bytes]:
                 off += (length + 3) & ~3
 
 
-def listen_backlog(family: int, ino: int) -> int | None:
-    """The backlog of the listening TCP socket with inode ino, by an inet_diag dump of the
-    listeners (struct inet_diag_req_v2 -> inet_diag_msg.idiag_wqueue)."""
+def listen_backlog(family: int, ino: int) -> tuple[int, int] | None:
+    """(connections not yet accepted, backlog) of the listening TCP socket with inode ino,
+    by an inet_diag dump of the listeners (struct inet_diag_req_v2 -> inet_diag_msg: a
+    listener's idiag_rqueue is sk_ack_backlog, its idiag_wqueue sk_max_ack_backlog)."""
     req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN) + bytes(48)
     for m in _diag(req):
         # inet_diag_msg: 4 bytes, sockid (48), expires, rqueue, wqueue, uid, inode
-        wqueue, _, inode = struct.unpack_from("=III", m, 4 + 48 + 8)
+        rqueue, wqueue, _, inode = struct.unpack_from("=IIII", m, 4 + 48 + 4)
         if inode == ino:
-            return wqueue
+            return rqueue, wqueue
     return None
 
 
@@ -143,9 +145,11 @@ def _unix_connected(pid: int, fd: int, s: socket.socket, st: os.stat_result
     opts = sk_opts(s)
     opts.update(so_passcred=bool(_opt(s, socket.SO_PASSCRED)),
                 so_passsec=bool(_opt(s, 34)))  # SO_PASSSEC
+    name = sockname(s.fileno())
     out: dict[str, object] = dict(type=int(s.type), state=state,
-                                  backlog=wqueue, name=sockname(s.fileno()), opts=opts, peer=peer,
+                                  backlog=wqueue, name=name, opts=opts, peer=peer,
                                   queue=peek_queue(pid, fd, s, s.type))
+    out.update(path_fields(pid, name))
     if shutdown:
         out["shutdown"] = shutdown
     return out
@@ -236,6 +240,60 @@ def tcp_opts(s: socket.socket) -> dict[str, object]:
     return {k: (bool(v) if k in ("nodelay", "cork") else v) for k, v in vals.items() if v}
 
 
+INET_DIAG_SHUTDOWN = 8
+
+
+def udp_diag(family: int, ino: int) -> tuple[int, int, int] | None:
+    """(state, receive queue bytes, shutdown bits) of UDP socket ino, by an inet_diag dump
+    of every state (net/ipv4/udp_diag.c; inet_diag_msg idiag_state, idiag_rqueue =
+    sk_rmem_alloc; the INET_DIAG_SHUTDOWN attribute inet_diag_msg_attrs_fill always adds)."""
+    req = struct.pack("=BBBBI", family, socket.IPPROTO_UDP, 0, 0, 0xFFFFFFFF) + bytes(48)
+    for m in _diag(req):
+        rqueue, _, _, inode = struct.unpack_from("=IIII", m, 4 + 48 + 4)
+        if inode != ino:
+            continue
+        shutdown, off = 0, 72  # struct inet_diag_msg, then rtattrs
+        while off + 4 <= len(m):
+            alen, atype = struct.unpack_from("=HH", m, off)
+            if atype == INET_DIAG_SHUTDOWN:
+                shutdown = m[off + 4]
+            off += max(4, (alen + 3) & ~3)
+        return m[1], rqueue, shutdown
+    return None
+
+
+def _udp(pid: int, fd: int, s: socket.socket, st: os.stat_result) -> dict[str, object]:
+    """A UDP socket (CRIU's dump_one_inet_fd): bound address and port, the peer of a
+    connected one, options. Datagrams waiting to be read are refused, not dropped as CRIU
+    drops them (can_dump_inet_sk: "Read queue is dropped"): their senders are not dumped."""
+    family = s.family
+    diag = udp_diag(family, st.st_ino)
+    if diag is None:
+        raise Unsupported(f"pid {pid}: fd {fd}: sock_diag does not know UDP socket "
+                          f"{st.st_ino} (another network namespace?)")
+    state, rqueue, shutdown = diag
+    if rqueue:
+        raise Unsupported(f"pid {pid}: fd {fd}: a UDP socket with {rqueue} bytes of datagrams "
+                          "queued: those are not dumped (leave it out with --leave-out socket)")
+    if s.getsockopt(socket.IPPROTO_UDP, 1):  # UDP_CORK: its pending datagram is not dumped
+        raise Unsupported(f"pid {pid}: fd {fd}: a corked UDP socket is not dumped")
+    host, port = s.getsockname()[:2]
+    try:
+        dst, dport = s.getpeername()[:2]
+    except OSError:  # ENOTCONN
+        dst, dport = ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0
+    out: dict[str, object] = dict(
+        family=int(family), type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP, state=state,
+        src_port=port, src_addr=_addr_words(family, host), dst_port=dport,
+        dst_addr=_addr_words(family, dst), backlog=0, opts=sk_opts(s),
+        ip_opts=ip_opts(s, family), netns=net_ns_inode(s))
+    if family == socket.AF_INET6:
+        out["v6only"] = bool(s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    if shutdown:
+        out["shutdown"] = shutdown
+    return out
+
+
 def _addr_words(family: int, host: str) -> list[int]:
     raw = socket.inet_pton(family, host)
     return list(struct.unpack(f"={len(raw) // 4}I", raw))
@@ -255,6 +313,15 @@ def _unix(pid: int, fd: int, s: socket.socket, st: os.stat_result) -> dict[str, 
                 so_passsec=bool(_opt(s, 34)))  # SO_PASSSEC
     out: dict[str, object] = dict(type=int(s.type), state=TCP_LISTEN, backlog=queue[1],
                                   name=raw, opts=opts)
+    out.update(path_fields(pid, raw))
+    return out
+
+
+def path_fields(pid: int, raw: bytes) -> dict[str, object]:
+    """What a name in the file system needs besides itself: the directory a relative one
+    was bound from (CRIU's name_dir: the cwd it has now), the socket file's mode and owner,
+    or that it is gone (deleted)."""
+    out: dict[str, object] = {}
     if raw and not raw.startswith(b"\0"):
         path = raw.rstrip(b"\0")
         if not path.startswith(b"/"):  # bound relative to the cwd it had: CRIU's name_dir
@@ -288,18 +355,26 @@ def collect(pid: int, fd: int, link: str, st: os.stat_result, info: dict[str, st
             out.sock = _unix(pid, fd, s, st) if listening else _unix_connected(pid, fd, s, st)
             out.sock["netns"] = net_ns_inode(s)
             return out
+        if family in (socket.AF_INET, socket.AF_INET6) and stype == socket.SOCK_DGRAM \
+                and s.proto == socket.IPPROTO_UDP:
+            out.sock = _udp(pid, fd, s, st)
+            return out
         if family not in (socket.AF_INET, socket.AF_INET6) or stype != socket.SOCK_STREAM \
                 or not listening:
             what = "listening" if listening else "not listening"
             raise Unsupported(
                 f"pid {pid}: fd {fd} is a socket ({link}), {socket.AddressFamily(family).name}"
                 f" {socket.SocketKind(stype).name}, {what}: dumper dumps listening TCP "
-                "sockets only yet (leave it out with --leave-out socket)")
+                "and UDP sockets only yet (leave it out with --leave-out socket)")
         host, port = s.getsockname()[:2]
-        backlog = listen_backlog(family, st.st_ino)
-        if backlog is None:
+        queue = listen_backlog(family, st.st_ino)
+        if queue is None:
             raise Unsupported(f"pid {pid}: fd {fd}: sock_diag does not know listening socket "
                               f"{st.st_ino} (another network namespace?)")
+        pending, backlog = queue
+        if pending:  # CRIU's can_dump_inet_sk refuses them too
+            raise Unsupported(f"pid {pid}: fd {fd}: listening TCP socket (port {port}) with "
+                              f"{pending} connections not yet accepted: those are not dumped")
         out.sock = dict(family=int(family), type=int(stype), proto=socket.IPPROTO_TCP,
                         state=TCP_LISTEN, src_port=port, src_addr=_addr_words(family, host),
                         backlog=backlog, opts=sk_opts(s), ip_opts=ip_opts(s, family),
