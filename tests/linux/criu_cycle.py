@@ -211,7 +211,7 @@ def main() -> None:
             return
         signal_and_wait(root, deadline, result)
         if copier is not None:
-            copier.join(max(0.0, deadline - time.monotonic()))
+            copier.join(max(0.0, min(deadline - time.monotonic(), 5.0)))
         collect(out, result)
     except Exception as e:  # noqa: BLE001 - reported to the test, which fails with it
         result["log"] += f"{type(e).__name__}: {e}"

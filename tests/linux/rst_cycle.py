@@ -66,7 +66,7 @@ def main() -> None:
         use_pty = os.environ.get("CYCLE_PTY") == "1"  # a shell job, as criu_cycle's
         if use_pty:
             out.write_bytes(b"")
-            slave, ctty = terminal(out)
+            slave, ctty, _ = terminal(out)
             p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
                                  preexec_fn=ctty, cwd=work_dir)
             os.close(slave)
@@ -111,8 +111,9 @@ def main() -> None:
             collect(out, result)
             return
         t0 = time.monotonic()
+        copier = None
         if use_pty:  # run on a terminal of its own, which --shell-job hands the tree
-            slave, ctty = terminal(out)
+            slave, ctty, copier = terminal(out)
             r = subprocess.run([*cmd, "-d"], stdin=slave, stdout=slave, stderr=slave,
                                preexec_fn=ctty, timeout=TIMEOUT)
             os.close(slave)
@@ -152,8 +153,8 @@ def main() -> None:
             for pid in _tree(root):
                 os.kill(pid, signal.SIGCONT)
         signal_and_wait(root, deadline, result)
-        if use_pty:  # the terminal's last bytes may still be on their way to out.txt
-            wait_line(out, "PASS", min(deadline, time.monotonic() + 3))
+        if copier is not None:  # the terminal's last bytes may still be on their way
+            copier.join(max(0.0, min(deadline - time.monotonic(), 5.0)))
         collect(out, result)
     except Exception as e:  # noqa: BLE001 - reported to the test, which fails with it
         result["log"] += f"{type(e).__name__}: {e}"
