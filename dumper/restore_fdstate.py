@@ -51,7 +51,8 @@ def _base(e, kind: str, flags: int, **kw) -> FdState:
 def _reg(e, fe, sh: Shared, where) -> FdState:
     r = fe.reg
     return _base(e, "reg", r.flags, pos=r.pos, path=r.name,
-                 size=r.size if r.HasField("size") else None, mode=r.mode)
+                 size=r.size if r.HasField("size") else None, mode=r.mode,
+                 build_id=list(r.build_id) or None)
 
 
 def _pipe(e, fe, sh: Shared, where) -> FdState:

@@ -37,11 +37,11 @@ XSAVE_FIELDS = {2: ("ymmh_space", "I"), 3: ("bndreg_state", "Q"), 4: ("bndcsr_st
 @dataclass
 class SetState:
     """Every task's TaskState, plus what the set shares: pipe data by pipe inode, and the
-    size/mode recorded for each referenced regular file."""
+    size/mode/build-id recorded for each referenced regular file."""
 
     tasks: dict[int, TaskState]
     pipes: dict[int, tuple[bytes, int]] = field(default_factory=dict)
-    files: dict[str, tuple[int | None, int]] = field(default_factory=dict)
+    files: dict[str, tuple[int | None, int, list[int] | None]] = field(default_factory=dict)
 
 
 def _legacy(fp) -> bytes:
@@ -131,7 +131,7 @@ def read_state(images: ImageSet) -> SetState:
     for fe in files.values():
         if fe.HasField("reg"):
             out.files[fe.reg.name] = (fe.reg.size if fe.reg.HasField("size") else None,
-                                      fe.reg.mode)
+                                      fe.reg.mode, list(fe.reg.build_id) or None)
     img = _load(images, "pipes-data.img", "PIPES_DATA", need=False)
     for e, data in zip(img.entries, img.extras, strict=True) if img else ():
         out.pipes[e.pipe_id] = (data, e.size)

@@ -34,7 +34,7 @@ from dumper.kabi import (
     PROT_WRITE,
     huge_flags,
 )
-from dumper.linux import procfs, rst_write
+from dumper.linux import buildid, procfs, rst_write
 from dumper.linux.rst_inject import AT_FDCWD, RestoreInjector
 from dumper.linux.taskstate import rseq_config
 
@@ -212,16 +212,31 @@ def install_poison(inj: RestoreInjector, vma: Vma | None, start: int, end: int) 
         inj.call("close", fd)
 
 
-def check_file(path: str, files: dict[str, tuple[int | None, int]], where: str) -> None:
-    """The file a VMA maps must be the one dumped: there, and of the size recorded."""
+def check_file(path: str, files: dict[str, tuple[int | None, int, list[int] | None]],
+               where: str) -> None:
+    """The file a VMA maps must be the one dumped: there, of the size recorded, and for an
+    ELF file with the build-id recorded (CRIU's --file-validation=build-id, files-reg.c)."""
     try:
         st = os.stat(path)
     except OSError as e:
         raise MmError(e.errno, f"{where} maps {path}: {e.strerror}") from None
-    size = files.get(path, (None, 0))[0]
+    size, _, want = files.get(path, (None, 0, None))
     if size is not None and st.st_size != size:
         raise MmError(errno.ESTALE, f"{where} maps {path}: changed since the dump "
                       f"({st.st_size} bytes, {size} when dumped)")
+    if want:
+        got = buildid.build_id(path) or []
+        if _trimmed(got) != _trimmed(want):
+            raise MmError(errno.ESTALE, f"{where} maps {path}: changed since the dump "
+                          "(its ELF build-id differs)")
+
+
+def _trimmed(words) -> list[int]:
+    """A build-id's words without the zero padding (CRIU and we may pad it differently)."""
+    out = list(words)
+    while out and out[-1] == 0:
+        out.pop()
+    return out
 
 
 class LinuxObject:

@@ -179,9 +179,27 @@ def test_a_taken_pid_is_one_line_before_anything_is_created(tmp_path):
         p.wait()
 
 
-def test_a_changed_file_fails_atomically_naming_it(tmp_path):
+def _new_build_id(exe: Path) -> None:
+    """Change one byte of exe's GNU build-id note in place (same size, same code)."""
+    import struct
+
+    from dumper.linux import buildid
+
+    words = buildid.build_id(str(exe))
+    assert words, f"{exe} has no build-id"
+    raw = struct.pack(f"<{len(words)}I", *words).rstrip(b"\0")
+    data = bytearray(exe.read_bytes())
+    at = data.find(raw)
+    assert at > 0 and data.find(raw, at + 1) < 0
+    data[at] ^= 0xFF
+    exe.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("change", ["grown", "build-id"])
+def test_a_changed_file_fails_atomically_naming_it(tmp_path, change):
     """A mapped file that changed since the dump stops the restore: one line naming it,
-    exit 2, and the stub that was created is killed (its pid is free again)."""
+    exit 2, and the stub that was created is killed (its pid is free again). Changed: 4 KiB
+    longer, or the same size with another ELF build-id (CRIU's build-id validation)."""
     exe = tmp_path / "sleeper"
     shutil.copy("/bin/sleep", exe)
     p = subprocess.Popen([str(exe), "60"], stdin=subprocess.DEVNULL,
@@ -197,10 +215,14 @@ def test_a_changed_file_fails_atomically_naming_it(tmp_path):
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
-    with open(exe, "ab") as f:
-        f.write(b"\0" * 4096)
+    if change == "grown":
+        with open(exe, "ab") as f:
+            f.write(b"\0" * 4096)
+    else:
+        _new_build_id(exe)
     r = _restore(images, "-d")
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert str(exe) in r.stderr and "changed since the dump" in r.stderr, r.stderr
+    assert ("build-id" in r.stderr) == (change == "build-id"), r.stderr
     assert not os.path.exists(f"/proc/{p.pid}"), "the failed restore left its stub behind"

@@ -15,7 +15,7 @@ def open_fd(fs: FdSet, fd: FdState, where: str) -> int:
     if fd.path.endswith(" (deleted)"):
         raise FileError(errno.ENOENT, f"{where}: {fd.path}: the file was deleted")
     if os.path.isfile(fd.path) and fd.size is not None:
-        check_file(fd.path, {fd.path: (fd.size, 0)}, where)
+        check_file(fd.path, {fd.path: (fd.size, 0, fd.build_id)}, where)
     try:
         return fs.reopen(fd, fd.path)
     except OSError as e:
