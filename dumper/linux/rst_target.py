@@ -38,6 +38,7 @@ class LinuxTarget:
         self.inj: dict[int, RestoreInjector] = {}  # pid -> the leader's injector
         self.threads: dict[int, dict[int, RestoreInjector]] = {}
         self.special: dict[int, list[tuple[int, int]]] = {}  # pid -> vdso/vvar ranges
+        self.parked: dict[int, dict[str, tuple[int, int]]] = {}  # an exec'd child's vdso
         self.pipes = Pipes()
         self.objects: dict[int, rst_mm.LinuxObject] = {}  # shmid -> object (set_objects)
         self.mem: dict[int, int] = {}  # pid -> /proc/PID/mem, open while pages go in
@@ -81,10 +82,13 @@ class LinuxTarget:
             host = parent.clone3(0, signal.SIGCHLD, pid)
             self.created.append(host)
             inj = RestoreInjector(host, host, parent.gate, self.scratch)
+            if _special(t.vmas) != _special(self.images.tasks[ppid].vmas):
+                # It exec'd: its vdso is elsewhere. Parked out of the way of the parent's
+                # VMAs restore() unmaps and its own it maps, placed with its [vdso] (map).
+                self.parked[pid] = rst_mm.park_vdso(inj, self.scratch)
         self.host[pid] = host
         self.inj[pid] = inj
-        self.special[pid] = [(v.start, v.end) for v in t.vmas
-                             if v.status & (F.VMA_AREA_VDSO | F.VMA_AREA_VVAR)]
+        self.special[pid] = _special(t.vmas)
         parent_t = self.images.tasks.get(ppid)
         if t.sid == pid:
             inj.check("setsid")
@@ -103,6 +107,9 @@ class LinuxTarget:
 
     def map(self, pid: int, vma: Vma, obj: rst_mm.LinuxObject | None) -> None:
         if vma.status & (F.VMA_AREA_VSYSCALL | F.VMA_AREA_VDSO | F.VMA_AREA_VVAR):
+            if pid in self.parked and not vma.status & F.VMA_AREA_VSYSCALL:
+                rst_mm.move_vdso(self.inj[pid], self.images.tasks[pid].vmas,
+                                 self.parked.pop(pid))
             return  # placed with the stub (place_vdso), or the kernel's fixed [vsyscall]
         rst_mm.map_vma(self.inj[pid], vma, obj, self.states.files)
 
@@ -217,6 +224,11 @@ class LinuxTarget:
         """The task whose exit status is the root's: the root, or the init it is the child
         of in a new pid namespace (init exits with the root's status)."""
         return self.ns.pid if self.ns else self.host[self.images.root]
+
+
+def _special(vmas: list[Vma]) -> list[tuple[int, int]]:
+    """Where the vdso group is: fork keeps it at the parent's place, exec moves it."""
+    return [(v.start, v.end) for v in vmas if v.status & (F.VMA_AREA_VDSO | F.VMA_AREA_VVAR)]
 
 
 def _wait_state(pid: int, states: tuple[str, ...], timeout: float = 5.0) -> None:
