@@ -16,7 +16,7 @@ from dumper.images import flags as F
 from dumper.images.reader import ImageSet
 from dumper.images.records import Vma
 from dumper.kabi import PAGE_SIZE
-from dumper.linux import libc, rst_creds, rst_mm, rst_pidns, rst_threads, rst_tree
+from dumper.linux import libc, rst_creds, rst_mm, rst_pidns, rst_threads, rst_tree, rst_vdso
 from dumper.linux.inject import InjectError, read_mem
 from dumper.linux.rst_files import Pipes, restore_fds
 from dumper.linux.rst_inject import RestoreInjector
@@ -119,12 +119,11 @@ class LinuxTarget:
     def write_memory(self, pid: int, addr: int, data: bytes) -> None:
         for a, b in self.special.get(pid, ()):
             if a <= addr < b:
-                # The vdso is this kernel's image: the dump stored it whole (CRIU parses
-                # it); it must be the same bytes, and is not written.
+                # The vdso is this kernel's image, moved to the dumped place: never
+                # written; where the stored pages differ, its symbols must match (rst_vdso).
                 n = min(len(data), b - addr)
-                if read_mem(self.host[pid], addr, n) != data[:n] and b - a == PAGE_SIZE * 2:
-                    raise rst_mm.MmError(errno.EINVAL, f"task {pid}: the dumped [vdso] "
-                                         "differs from this kernel's (another kernel)")
+                if read_mem(self.host[pid], addr, n) != data[:n] and self._is_vdso(pid, a):
+                    self._check_vdso(pid, a, b)
                 if n < len(data):
                     self.write_memory(pid, addr + n, data[n:])
                 return
@@ -134,6 +133,21 @@ class LinuxTarget:
         done = 0
         while done < len(data):
             done += os.pwrite(fd, data[done:], addr + done)
+
+    def _is_vdso(self, pid: int, start: int) -> bool:
+        return any(v.start == start and v.status & F.VMA_AREA_VDSO
+                   for v in self.images.tasks[pid].vmas)
+
+    def _check_vdso(self, pid: int, a: int, b: int) -> None:
+        """The dumped [vdso] (its stored pages from the start) against ours (rst_vdso)."""
+        pages = []
+        for at in range(a, b, PAGE_SIZE):
+            look = self.images.read_page(pid, at)
+            if look.data is None:
+                break
+            pages.append(look.data)
+        rst_vdso.check_vdso(b"".join(pages), read_mem(self.host[pid], a, b - a),
+                            f"task {pid}")
 
     def discard(self, pid: int, start: int, end: int) -> None:
         self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_DONTNEED)

@@ -113,3 +113,63 @@ def test_criu_restores_dumper_dump_of_an_exec_tree(built, tmp_path):
     _criu()
     _passed(cycle("criu_cycle.py", built["exec_tree3"], tmp_path, "dumper",
                   built["child"]), 2)
+
+
+# -- the dumped vdso against this kernel's (rst_vdso) -------------------------------------
+def _our_vdso() -> bytes:
+    import ctypes
+
+    from dumper.linux.inject import vdso_range
+
+    a, b = vdso_range(os.getpid())
+    return ctypes.string_at(a, b - a)
+
+
+def _sym_value_offset(image: bytes, name: str) -> int:
+    """Where name's st_value is in image (its .dynsym, from the section headers)."""
+    import struct
+
+    shoff, = struct.unpack_from("<Q", image, 0x28)
+    shnum, = struct.unpack_from("<H", image, 0x3C)
+    sects = [struct.unpack_from("<IIQQQQII", image, shoff + 64 * i) for i in range(shnum)]
+    dynsym = next(s for s in sects if s[1] == 11)  # SHT_DYNSYM
+    strtab = sects[dynsym[6]][4]
+    for at in range(dynsym[4], dynsym[4] + dynsym[5], 24):
+        st_name, = struct.unpack_from("<I", image, at)
+        if image[strtab + st_name:].split(b"\0", 1)[0] == name.encode():
+            return at + 8
+    raise KeyError(name)
+
+
+def test_vdso_of_this_kernel_passes_and_another_build_with_the_same_entries_too():
+    from dumper.linux.rst_vdso import check_vdso, vdso_symbols
+
+    ours = _our_vdso()
+    syms = vdso_symbols(ours)
+    assert "__vdso_clock_gettime" in syms and "__vdso_gettimeofday" in syms, syms
+    check_vdso(ours, ours, "task 1")
+    check_vdso(ours[:4096], ours, "task 1")  # a dump holds the pages the task touched
+    other = bytearray(ours)
+    text = syms["__vdso_time"] + 1  # code changed, no entry moved
+    other[text] ^= 0xFF
+    check_vdso(bytes(other), ours, "task 1")
+
+
+def test_vdso_with_a_moved_entry_or_other_size_is_a_clear_error():
+    import struct
+
+    from dumper.linux.rst_vdso import VdsoError, check_vdso
+
+    ours = _our_vdso()
+    moved = bytearray(ours)
+    at = _sym_value_offset(ours, "__vdso_clock_gettime")
+    struct.pack_into("<Q", moved, at, struct.unpack_from("<Q", ours, at)[0] + 16)
+    with pytest.raises(VdsoError, match=r"task 7: the dumped \[vdso\] has "
+                       r"__vdso_clock_gettime at 0x[0-9a-f]+, this kernel's at 0x[0-9a-f]+: "
+                       "dumped on another kernel"):
+        check_vdso(bytes(moved), ours, "task 7")
+    with pytest.raises(VdsoError, match=rf"is {len(ours) + 4096} bytes, this kernel's "
+                       rf"{len(ours)}:"):
+        check_vdso(ours + bytes(4096), ours, "task 7")
+    with pytest.raises(VdsoError, match="its symbols cannot be read"):
+        check_vdso(b"\0" * 4096, ours, "task 7")
