@@ -33,6 +33,8 @@ TREES = {
     "shell_job": "a shell job: sh script -> `rst_exec_child - &`, wait (a trap passes "
                  "SIGUSR1 on)",
     "py_exec": "Python parent -> child that exec'd rst_exec_child",
+    "exec_norand": "exec_tree3 under setarch -R (no ASLR): parent and exec'd child map "
+                   "different files at the same addresses, the vdso at the same place",
 }
 JOB = """#!/bin/sh
 exec >>out.txt 2>&1
@@ -49,8 +51,8 @@ if [ $s -eq 0 ]; then echo "PASS sh: job exited 0"; else echo "FAIL sh: job exit
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict[str, Path]:
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc to build the test programs")
+    if shutil.which("gcc") is None or shutil.which("setarch") is None:
+        pytest.skip("needs gcc to build the test programs, and setarch")
     out = tmp_path_factory.mktemp("execprogs")
 
     def gcc(name: str, src: str, *flags: str) -> Path:
@@ -62,8 +64,12 @@ def built(tmp_path_factory) -> dict[str, Path]:
     job = out / "shell_job.sh"
     job.write_text(JOB.format(child=child))
     job.chmod(0o755)
+    tree3 = gcc("exec_tree3", "rst_exec_parent.c", "-DMIDDLE")
+    norand = out / "exec_norand.sh"
+    norand.write_text(f"#!/bin/sh\nexec setarch -R {tree3}\n")
+    norand.chmod(0o755)
     return {"exec_parent": gcc("exec_parent", "rst_exec_parent.c"),
-            "exec_tree3": gcc("exec_tree3", "rst_exec_parent.c", "-DMIDDLE"),
+            "exec_tree3": tree3, "exec_norand": norand,
             "shell_job": job, "py_exec": HERE / "rst_progs" / "py_exec.py", "child": child}
 
 
