@@ -191,10 +191,11 @@ class LinuxTarget:
                 rst_creds.restore_creds(threads[t.tid], t.creds)
         if st.dumpable is not None:  # a change of ids reset it (commit_creds)
             inj.check("prctl", rst_threads.PR_SET_DUMPABLE, st.dumpable)
-        inj.check("munmap", self.scratch, rst_mm.SCRATCH_SIZE)
-        inj.scratch_addr = 0
         for t in st.threads:
             rst_creds.restore_last(threads[t.tid], t)
+        # passes a seccomp filter or strict mode: our tracees are PTRACE_O_SUSPEND_SECCOMP
+        inj.check("munmap", self.scratch, rst_mm.SCRATCH_SIZE)
+        inj.scratch_addr = 0
 
     def finish(self, stopped: bool) -> None:
         """Registers in, zombies let exit, then every thread detached (with SIGSTOP for a
