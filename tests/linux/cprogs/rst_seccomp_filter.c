@@ -76,13 +76,13 @@ static void *worker(void *arg)
 int main(void)
 {
 	pthread_t th;
+	catch_usr1();  /* blocked before the thread starts: SIGUSR1 is the main thread's */
 	CHECK(pipe(go) == 0, "pipe");
 	CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0, "no_new_privs");
 	CHECK(deny(SYS_uname, EAGAIN, 0) == 0, "filter A: %s", strerror(errno));
 	CHECK(pthread_create(&th, NULL, worker, NULL) == 0, "thread");
 	CHECK(deny(SYS_sysinfo, E2BIG, SECCOMP_FILTER_FLAG_TSYNC | SECCOMP_FILTER_FLAG_LOG) == 0,
 	      "filter B (TSYNC): %s", strerror(errno));
-	catch_usr1();
 	say("READY");
 	wait_usr1();
 	check_here("leader");
