@@ -583,6 +583,7 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
             writer.add_truth(pid, host.truth(pid), algo=host.truth_algo)
     if states:
         criustate.write_pipes_data(writer, ns)
+        criustate.write_seccomp(writer, ns)
         criustate.write_sk_queues(writer, ns)
         criustate.write_tty_info(writer, ns)
     return total, cow_total

@@ -49,8 +49,10 @@ class RestoreSummary:
 
 
 def _same_vma(a: Vma, b: Vma) -> bool:
-    return (a.start, a.end, a.prot, a.flags & MAP_SHARED, a.obj, a.pgoff) == (
-        b.start, b.end, b.prot, b.flags & MAP_SHARED, b.obj, b.pgoff)
+    """A VMA the child inherited: the same place, protection, sharing and backing (an
+    exec'd child may map another file at its parent's address)."""
+    return (a.start, a.end, a.prot, a.flags & MAP_SHARED, a.obj, a.pgoff, a.path) == (
+        b.start, b.end, b.prot, b.flags & MAP_SHARED, b.obj, b.pgoff, b.path)
 
 
 def page_sources(t: Task, vma: Vma) -> tuple[np.ndarray, np.ndarray]:

@@ -142,6 +142,7 @@ def read_state(images: ImageSet) -> SetState:
     img = _load(images, "sk-queues.img", "SK_QUEUES", need=False)
     for e, data in zip(img.entries, img.extras, strict=True) if img else ():
         shared.queues.setdefault(e.id_for, []).append(data)
+    seccomp = None  # seccomp.img, read once when a thread is in filter mode
     for t in images.tasks.values():
         lead = _single(images, _load(images, M.core(t.pid), "CORE"))
         if lead.tc.task_state in (F.TASK_DEAD, F.TASK_ZOMBIE):
@@ -152,6 +153,11 @@ def read_state(images: ImageSet) -> SetState:
                        exit_code=lead.tc.exit_code, personality=lead.tc.personality,
                        flags=lead.tc.flags, live=True)
         st.threads = [thread_of(tid, cores[tid]) for tid in t.threads]
+        for th in st.threads:
+            if th.seccomp == SECCOMP_MODE_FILTER:
+                if seccomp is None:
+                    seccomp = _load(images, M.SECCOMP, "SECCOMP", need=False) or False
+                th.seccomp_filters = _seccomp_chain(seccomp, cores[th.tid], th.tid)
         out.tasks[t.pid] = st
         if st.state == DEAD:
             continue
@@ -187,6 +193,32 @@ def read_state(images: ImageSet) -> SetState:
         for off, e in zip(fdinfo.offsets, fdinfo.entries, strict=True) if fdinfo else ():
             st.fds.append(fd_state(fdinfo.path, off, t.pid, e, files, shared))
     return out
+
+
+SECCOMP_MODE_FILTER = 2
+
+
+def _seccomp_chain(img, core, tid: int) -> list[tuple[bytes, int]]:
+    """A thread's filters in install order: from its core's seccomp_filter along prev
+    (criu/seccomp.c prepare_seccomp_filters); [] when the set has no seccomp.img."""
+    if not img or not img.entries:
+        return []
+    filters = img.entries[0].seccomp_filters
+    tc = core.thread_core if core.HasField("thread_core") else core.tc
+    at = tc.seccomp_filter if tc.HasField("seccomp_filter") else 0
+    out: list[tuple[bytes, int]] = []
+    while True:
+        if at >= len(filters) or len(out) >= len(filters):
+            raise ImageError(img.path, f"thread {tid}: seccomp filter index {at} is past "
+                             f"its {len(filters)} filters (or the chain loops)", 0)
+        f = filters[at]
+        if len(f.filter) % 8:
+            raise ImageError(img.path, f"thread {tid}: seccomp filter {at} is "
+                             f"{len(f.filter)} bytes, not whole BPF instructions", 0)
+        out.append((f.filter, f.flags))
+        if not f.HasField("prev"):
+            return out
+        at = f.prev
 
 
 def _single(images: ImageSet, img):

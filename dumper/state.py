@@ -64,6 +64,8 @@ class ThreadState:
     creds: Creds | None = None
     pending: list[bytes] = field(default_factory=list)  # private queue, siginfo each
     seccomp: int = 0
+    # mode 2's filters in install order (oldest first): (classic BPF program, flags)
+    seccomp_filters: list[tuple[bytes, int]] = field(default_factory=list)
 
 
 @dataclass

@@ -63,6 +63,7 @@ KINDS = (
     Kind("SK_QUEUES", M.SK_QUEUES_MAGIC, criu.SkPacketEntry, extra="length"),
     Kind("IPC_VAR", M.IPC_VAR_MAGIC, criu.IpcVarEntry),
     Kind("IPCNS_SHM", M.IPCNS_SHM_MAGIC, criu.IpcShmEntry),
+    Kind("SECCOMP", M.SECCOMP_MAGIC, criu.SeccompEntry),
     Kind("DUMPER", M.DUMPER_MAGIC, own.DumpEntry),
     Kind("OBJECTS", M.OBJECTS_MAGIC, own.SharedObjectEntry),
     Kind("TRUTH", M.TRUTH_MAGIC, own.TruthRun, head=own.TruthHead),

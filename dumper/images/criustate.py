@@ -170,6 +170,7 @@ class NsIds:
         self.pipes_data: dict[int, tuple[bytes, int]] = {}  # pipe inode -> bytes, capacity
         self.unix_queues: dict[int, list[bytes]] = {}  # unix socket file id -> queued data
         self.ttys: dict[int, criu.TtyInfoEntry] = {}  # pty index -> tty-info entry
+        self.seccomp: list[criu.SeccompFilter] = []  # seccomp.img's filters, all threads
 
     def get(self, kind: str, ino: int) -> int:
         return self.ids.setdefault((kind, ino), len(self.ids) + 1)
@@ -392,6 +393,43 @@ def write_pipes_data(writer, ns: NsIds) -> None:
                          [data for data, _ in full.values()])
 
 
+SECCOMP_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC = 2, 1
+
+
+def seccomp_chains(st: TaskState, cores: dict[int, criu.CoreEntry], ns: NsIds) -> None:
+    """Each thread's filters into ns.seccomp, as criu/seccomp.c lays them out: newest
+    first, each later (older) entry's prev naming the one before it, the thread core's
+    seccomp_filter naming the oldest (installed first; restore follows prev). Threads whose
+    chains are all the same (TSYNC made them, or identical ones) keep one chain, on the
+    leader, flagged TSYNC; the others' mode is 0 (try_use_tsync: they get it from the
+    leader's SECCOMP_FILTER_FLAG_TSYNC)."""
+    lead = st.threads[0]
+    shared = all(t.seccomp == SECCOMP_MODE_FILTER and t.seccomp_filters == lead.seccomp_filters
+                 for t in st.threads)
+    for t in st.threads:
+        if t.seccomp != SECCOMP_MODE_FILTER or not t.seccomp_filters or t.tid not in cores:
+            continue
+        tc = cores[t.tid].thread_core
+        if shared and t is not lead:
+            tc.seccomp_mode = 0
+            continue
+        first = len(ns.seccomp)
+        for prog, flags in reversed(t.seccomp_filters):
+            f = criu.SeccompFilter(filter=prog, flags=flags | (
+                SECCOMP_FILTER_FLAG_TSYNC if shared else 0))
+            if len(ns.seccomp) > first:
+                f.prev = len(ns.seccomp) - 1
+            ns.seccomp.append(f)
+        tc.seccomp_filter = len(ns.seccomp) - 1
+
+
+def write_seccomp(writer, ns: NsIds) -> None:
+    """seccomp.img: one SeccompEntry with every thread's filters (dump_seccomp_filters)."""
+    if ns.seccomp:
+        writer.add_image("seccomp.img", "SECCOMP",
+                         [criu.SeccompEntry(seccomp_filters=ns.seccomp)])
+
+
 def fd_file_id(writer, ns: NsIds, fd: FdState) -> int:
     key = fd.desc or (fd.kind, fd.dev, fd.ino, fd.flags, fd.pos, fd.path)
     fid = ns.files.get(key)
@@ -416,6 +454,8 @@ def task_images(writer, st: TaskState, ns: NsIds, info, maps, vmas, gate=()) -> 
     # as /proc shows them: 0 is a session or group whose leader is outside the pid namespace
     common = dict(pgid=info.pgid, sid=info.sid, threads=st.tids,
                   state=TASK_STATE[st.state], cores=core_entries(st, writer.mtype))
+    if st.state != DEAD:
+        seccomp_chains(st, common["cores"], ns)
     if st.state == DEAD:
         writer.add_task(st.pid, info.ppid, st.comm, [], **common)
         return notes

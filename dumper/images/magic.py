@@ -25,6 +25,7 @@ SK_QUEUES_MAGIC = 0x56264026
 TTY_INFO_MAGIC = 0x59453036
 IPCNS_SHM_MAGIC = 0x46283044
 FDINFO_MAGIC = 0x56213732
+SECCOMP_MAGIC = 0x64413049
 
 DUMPER_MAGIC = 0x504D5544  # b"DUMP"
 OBJECTS_MAGIC = 0x4A424F44  # b"DOBJ"
@@ -41,6 +42,7 @@ MEMFD = "memfd.img"
 DUMPER = "dumper.img"
 OBJECTS = "objects.img"
 UNREADABLE = "unreadable.img"
+SECCOMP = "seccomp.img"
 
 
 def core(tid: int) -> str:

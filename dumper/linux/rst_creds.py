@@ -20,12 +20,14 @@ the kernel's (security/commoncap.c), as criu/pie/restorer.c restore_creds follow
    with the dumped bits: both need CAP_SETPCAP effective, so before the next step.
 5. capset with the dumped effective/permitted/inheritable sets (the ambient set keeps
    what lies within permitted and inheritable, cap_capset).
-6. PR_SET_NO_NEW_PRIVS, and seccomp strict mode (PR_SET_SECCOMP) last of all: after it
-   only read, write, exit and sigreturn are allowed, so nothing is injected into the
-   thread after it (kernel/seccomp.c mode1_syscalls); the registers go in by ptrace.
-
-Seccomp filters (mode 2) are refused before anything is made: dumper's dump records only
-the mode, and CRIU's seccomp.img is not read.
+6. PR_SET_NO_NEW_PRIVS, then the seccomp filters (mode 2: seccomp(SECCOMP_SET_MODE_FILTER)
+   each, oldest first, with its flags; TSYNC on a leader whose threads share them, as
+   criu/pie/restorer.c restore_seccomp_filter; no_new_privs or CAP_SYS_ADMIN is needed:
+   seccomp_prepare_filter) or strict mode (PR_SET_SECCOMP) last of all. Our tracees are
+   PTRACE_O_SUSPEND_SECCOMP (rst_inject.set_options), so the scratch page's munmap after
+   them passes the filter or strict mode (kernel/seccomp.c __secure_computing); the
+   registers go in by ptrace. Filter mode without the filters in the images is refused
+   before anything is made.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import struct
 
 from dumper.linux import procfs
 from dumper.linux.rst_inject import RestoreInjector
+from dumper.linux.rst_mm import SCRATCH_SIZE
 from dumper.restore_state import SetState
 from dumper.state import Creds, ThreadState
 
@@ -43,6 +46,7 @@ PR_SET_PDEATHSIG, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_SECUREBITS = 1, 22, 24
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 38, 47, 2
 SECBIT_NO_SETUID_FIXUP = 1 << 2
 SECCOMP_MODE_STRICT, SECCOMP_MODE_FILTER = 1, 2
+SECCOMP_SET_MODE_FILTER = 1
 CAP_V3 = 0x20080522  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set
 
 
@@ -66,11 +70,10 @@ def check_creds(states: SetState) -> None:
     prm, bnd = int(ours["CapPrm"], 16), int(ours["CapBnd"], 16)
     for st in states.tasks.values():
         for t in st.threads:
-            if t.seccomp == SECCOMP_MODE_FILTER:
+            if t.seccomp == SECCOMP_MODE_FILTER and not t.seccomp_filters:
                 raise CredsError(errno.ENOTSUP, f"task {st.pid} thread {t.tid}: seccomp "
-                                 "filters (mode 2) are not restored (dumper's images "
-                                 "record the mode only; CRIU's seccomp.img is not read); "
-                                 "nothing was created")
+                                 "filter mode, but the images hold none of its filters "
+                                 "(seccomp.img); nothing was created")
             c = t.creds
             if c is None:
                 continue
@@ -118,9 +121,26 @@ def restore_last(inj: RestoreInjector, t: ThreadState) -> None:
         inj.check("prctl", PR_SET_PDEATHSIG, t.pdeath_sig)
     if t.creds is not None and t.creds.no_new_privs:
         inj.check("prctl", PR_SET_NO_NEW_PRIVS, 1)
+    for i, (prog, flags) in enumerate(t.seccomp_filters if t.seccomp == SECCOMP_MODE_FILTER
+                                      else ()):
+        ret = inj.call("seccomp", SECCOMP_SET_MODE_FILTER, flags, _fprog(inj, prog))
+        if ret != 0:  # TSYNC: > 0 names a thread that could not be synced
+            why = os.strerror(-ret) if ret < 0 else f"thread {ret} cannot be synced"
+            raise CredsError(errno.EPERM if ret > 0 else -ret, f"task {inj.pid} thread "
+                             f"{inj.tid}: seccomp filter {i} ({len(prog) // 8} "
+                             f"instructions, flags {flags:#x}): {why}")
     if t.seccomp == SECCOMP_MODE_STRICT:
         inj.check("prctl", PR_SET_SECCOMP, SECCOMP_MODE_STRICT)
 
+
+def _fprog(inj: RestoreInjector, prog: bytes) -> int:
+    """struct sock_fprog {u16 len; struct sock_filter *filter} and the program, in the
+    scratch page (a longer program than it holds is an error: BPF_MAXINSNS is 32 KiB)."""
+    if 64 + len(prog) > SCRATCH_SIZE:
+        raise CredsError(errno.E2BIG, f"task {inj.pid} thread {inj.tid}: a seccomp filter "
+                         f"of {len(prog) // 8} instructions does not fit the scratch page")
+    code = inj.put(prog, 64)
+    return inj.put(struct.pack("<H6xQ", len(prog) // 8, code), 0)
 
 def _capset(inj: RestoreInjector, eff: int, prm: int, inh: int) -> None:
     """capset(2) of this thread (header pid 0), version 3: low words then high words."""

@@ -16,6 +16,7 @@ from dumper.linux import inject, libc, regs
 
 PTRACE_TRACEME, PTRACE_SETOPTIONS, PTRACE_GETEVENTMSG = 0, 0x4200, 0x4201
 PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, PTRACE_O_EXITKILL = 0x2, 0x8, 1 << 20
+PTRACE_O_SUSPEND_SECCOMP = 1 << 21
 PTRACE_EVENT_FORK, PTRACE_EVENT_CLONE = 1, 3
 PTRACE_SINGLESTEP = 9
 # Every signal blocked but SIGTRAP, the step's own trap (SIGKILL and SIGSTOP stay deliverable).
@@ -34,7 +35,7 @@ NR = {"read": 0, "close": 3, "lseek": 8, "mmap": 9, "mprotect": 10, "munmap": 11
       "set_tid_address": 218, "unshare": 272,
       "exit_group": 231, "openat": 257, "set_robust_list": 273, "dup3": 292, "rseq": 334,
       "clone3": 435, "close_range": 436,
-      "epoll_ctl": 233, "pidfd_getfd": 438}
+      "epoll_ctl": 233, "pidfd_getfd": 438, "seccomp": 317}
 AT_FDCWD = -100
 FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE)
 CLONE_ARGS = struct.Struct("<11Q")  # struct clone_args (include/uapi/linux/sched.h), v2
@@ -149,6 +150,8 @@ def wait_stopped(tid: int) -> None:
 
 
 def set_options(tid: int) -> None:
-    """Trace what the stub forks and clones; kill every stub if the restorer dies."""
-    libc.ptrace(PTRACE_SETOPTIONS, tid, 0,
-                PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE | PTRACE_O_EXITKILL)
+    """Trace what the stub forks and clones; kill every stub if the restorer dies; our
+    injected calls pass the seccomp filters or strict mode a restore puts in place
+    (PTRACE_O_SUSPEND_SECCOMP, inherited by what the stub clones: ptrace_init_task)."""
+    libc.ptrace(PTRACE_SETOPTIONS, tid, 0, PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE
+                | PTRACE_O_EXITKILL | PTRACE_O_SUSPEND_SECCOMP)

@@ -114,32 +114,52 @@ def place_vdso(inj: RestoreInjector, vmas: list[Vma], park: int) -> None:
     """mremap [vvar], [vvar_vclock], [vdso] (one VMA each: a special mapping cannot be split,
     §5.3) first out of the way to park, then to the dumped [vvar]/[vdso] addresses; the gate
     moves with the vdso."""
-    cur = {e.path: (e.start, e.end) for e in parse_maps(procfs.task_maps(inj.pid))
-           if e.path in SPECIAL}
+    move_vdso(inj, vmas, park_vdso(inj, park))
+
+
+def park_vdso(inj: RestoreInjector, park: int) -> dict[str, tuple[int, int]]:
+    """mremap the task's vdso group to the parking place after the scratch page, outside
+    every dumped VMA (pick_scratch): {name: (address, size)}."""
+    parked = {}
+    at = park + SCRATCH_SIZE + PAGE_SIZE
+    for e in parse_maps(procfs.task_maps(inj.pid)):
+        if e.path in SPECIAL:
+            _mremap(inj, e.start, e.end - e.start, at, e.path)
+            parked[e.path] = (at, e.end - e.start)
+            at += e.end - e.start + PAGE_SIZE
+    return parked
+
+
+def move_vdso(inj: RestoreInjector, vmas: list[Vma], parked: dict[str, tuple[int, int]]
+              ) -> None:
+    """The parked vdso group to where the task's images have [vvar] and [vdso] (what
+    CRIU's restorer does after checking the vdso's symbols, pie/parasite-vdso.c); the gate
+    is found again in the vdso at its new place."""
     vdso = next((v for v in vmas if v.status & F.VMA_AREA_VDSO), None)
     vvar = next((v for v in vmas if v.status & F.VMA_AREA_VVAR), None)
-    if vdso is None or "[vdso]" not in cur:
+    if vdso is None or "[vdso]" not in parked:
         raise MmError(errno.ENOENT, f"task {inj.pid}: no [vdso] in the images or the stub")
+    if vdso.end - vdso.start != parked["[vdso]"][1]:
+        raise MmError(errno.EINVAL, f"task {inj.pid}: the dumped [vdso] is "
+                      f"{vdso.end - vdso.start} bytes, this kernel's "
+                      f"{parked['[vdso]'][1]}: dumped on another kernel (a vdso proxy "
+                      "as CRIU makes one is not built)")
+    dumped = sum(v.end - v.start for v in vmas if v.status & F.VMA_AREA_VVAR)
+    ours = sum(parked[n][1] for n in ("[vvar]", "[vvar_vclock]") if n in parked)
+    if vvar is not None and dumped != ours:
+        raise MmError(errno.EINVAL, f"task {inj.pid}: the dumped [vvar] is {dumped} bytes, "
+                      f"this kernel's {ours}: dumped on another kernel")
     want = {"[vdso]": vdso.start}
     if vvar is not None:
         want["[vvar]"] = vvar.start
-        if "[vvar_vclock]" in cur:
-            want["[vvar_vclock]"] = vvar.start + cur["[vvar]"][1] - cur["[vvar]"][0]
-    if (vdso.end - vdso.start) != cur["[vdso]"][1] - cur["[vdso]"][0]:
-        raise MmError(errno.EINVAL, f"task {inj.pid}: the dumped [vdso] is "
-                      f"{vdso.end - vdso.start} bytes, this kernel's "
-                      f"{cur['[vdso]'][1] - cur['[vdso]'][0]}: another kernel")
-    parked = {}
-    at = park + SCRATCH_SIZE + PAGE_SIZE
-    for name, (a, b) in cur.items():
-        _mremap(inj, a, b - a, at, name)
-        parked[name] = (at, b - a)
-        at += b - a + PAGE_SIZE
+        if "[vvar_vclock]" in parked and "[vvar]" in parked:
+            want["[vvar_vclock]"] = vvar.start + parked["[vvar]"][1]
     for name, (a, size) in parked.items():
         if name in want:
             _mremap(inj, a, size, want[name], name)
         else:
             inj.check("munmap", a, size)
+    inj.gate = _find_gate(inj.pid)
 
 
 def _mremap(inj: RestoreInjector, old: int, size: int, new: int, name: str) -> None:

@@ -16,7 +16,16 @@ from dumper.images import flags as F
 from dumper.images.reader import ImageSet
 from dumper.images.records import Vma
 from dumper.kabi import PAGE_SIZE
-from dumper.linux import libc, rst_creds, rst_mm, rst_pidns, rst_threads, rst_tree, rst_write
+from dumper.linux import (
+    libc,
+    rst_creds,
+    rst_mm,
+    rst_pidns,
+    rst_threads,
+    rst_tree,
+    rst_vdso,
+    rst_write,
+)
 from dumper.linux.inject import InjectError, read_mem
 from dumper.linux.rst_files import FdSet, restore_fds
 from dumper.linux.rst_inject import RestoreInjector
@@ -40,6 +49,7 @@ class LinuxTarget:
         self.threads: dict[int, dict[int, RestoreInjector]] = {}
         self.special: dict[int, list[tuple[int, int]]] = {}  # pid -> vdso/vvar ranges
         self.fdset = FdSet([fd for t in states.tasks.values() for fd in t.fds], shell_job)
+        self.parked: dict[int, dict[str, tuple[int, int]]] = {}  # an exec'd child's vdso
         self.objects: dict[int, rst_mm.LinuxObject] = {}  # shmid -> object (set_objects)
         self.mem: dict[int, int] = {}  # pid -> /proc/PID/mem, open while pages go in
         self.uffd: dict[int, int] = {}  # pid -> its userfaultfd, held by us (-1: none)
@@ -83,10 +93,13 @@ class LinuxTarget:
             host = parent.clone3(0, signal.SIGCHLD, pid)
             self.created.append(host)
             inj = RestoreInjector(host, host, parent.gate, self.scratch)
+            if _special(t.vmas) != _special(self.images.tasks[ppid].vmas):
+                # It exec'd: its vdso is elsewhere. Parked out of the way of the parent's
+                # VMAs restore() unmaps and its own it maps, placed with its [vdso] (map).
+                self.parked[pid] = rst_mm.park_vdso(inj, self.scratch)
         self.host[pid] = host
         self.inj[pid] = inj
-        self.special[pid] = [(v.start, v.end) for v in t.vmas
-                             if v.status & (F.VMA_AREA_VDSO | F.VMA_AREA_VVAR)]
+        self.special[pid] = _special(t.vmas)
         parent_t = self.images.tasks.get(ppid)
         if t.sid == pid:
             inj.check("setsid")
@@ -105,6 +118,9 @@ class LinuxTarget:
 
     def map(self, pid: int, vma: Vma, obj: rst_mm.LinuxObject | None) -> None:
         if vma.status & (F.VMA_AREA_VSYSCALL | F.VMA_AREA_VDSO | F.VMA_AREA_VVAR):
+            if pid in self.parked and not vma.status & F.VMA_AREA_VSYSCALL:
+                rst_mm.move_vdso(self.inj[pid], self.images.tasks[pid].vmas,
+                                 self.parked.pop(pid))
             return  # placed with the stub (place_vdso), or the kernel's fixed [vsyscall]
         rst_mm.map_vma(self.inj[pid], vma, obj, self.states.files)
 
@@ -114,12 +130,11 @@ class LinuxTarget:
     def write_memory(self, pid: int, addr: int, data: bytes) -> None:
         for a, b in self.special.get(pid, ()):
             if a <= addr < b:
-                # The vdso is this kernel's image: the dump stored it whole (CRIU parses
-                # it); it must be the same bytes, and is not written.
+                # The vdso is this kernel's image, moved to the dumped place: never
+                # written; where the stored pages differ, its symbols must match (rst_vdso).
                 n = min(len(data), b - addr)
-                if read_mem(self.host[pid], addr, n) != data[:n] and b - a == PAGE_SIZE * 2:
-                    raise rst_mm.MmError(errno.EINVAL, f"task {pid}: the dumped [vdso] "
-                                         "differs from this kernel's (another kernel)")
+                if read_mem(self.host[pid], addr, n) != data[:n] and self._is_vdso(pid, a):
+                    self._check_vdso(pid, a, b)
                 if n < len(data):
                     self.write_memory(pid, addr + n, data[n:])
                 return
@@ -138,6 +153,21 @@ class LinuxTarget:
         if fd is None:
             fd = self.mem[pid] = os.open(f"/proc/{self.host[pid]}/mem", os.O_WRONLY)
         return fd
+
+    def _is_vdso(self, pid: int, start: int) -> bool:
+        return any(v.start == start and v.status & F.VMA_AREA_VDSO
+                   for v in self.images.tasks[pid].vmas)
+
+    def _check_vdso(self, pid: int, a: int, b: int) -> None:
+        """The dumped [vdso] (its stored pages from the start) against ours (rst_vdso)."""
+        pages = []
+        for at in range(a, b, PAGE_SIZE):
+            look = self.images.read_page(pid, at)
+            if look.data is None:
+                break
+            pages.append(look.data)
+        rst_vdso.check_vdso(b"".join(pages), read_mem(self.host[pid], a, b - a),
+                            f"task {pid}")
 
     def discard(self, pid: int, start: int, end: int) -> None:
         self.inj[pid].check("madvise", start, end - start, rst_mm.MADV_DONTNEED)
@@ -191,10 +221,11 @@ class LinuxTarget:
                 rst_creds.restore_creds(threads[t.tid], t.creds)
         if st.dumpable is not None:  # a change of ids reset it (commit_creds)
             inj.check("prctl", rst_threads.PR_SET_DUMPABLE, st.dumpable)
-        inj.check("munmap", self.scratch, rst_mm.SCRATCH_SIZE)
-        inj.scratch_addr = 0
         for t in st.threads:
             rst_creds.restore_last(threads[t.tid], t)
+        # passes a seccomp filter or strict mode: our tracees are PTRACE_O_SUSPEND_SECCOMP
+        inj.check("munmap", self.scratch, rst_mm.SCRATCH_SIZE)
+        inj.scratch_addr = 0
 
     def finish(self, stopped: bool) -> None:
         """Registers in, zombies let exit, then every thread detached (with SIGSTOP for a
@@ -238,6 +269,11 @@ class LinuxTarget:
         """The task whose exit status is the root's: the root, or the init it is the child
         of in a new pid namespace (init exits with the root's status)."""
         return self.ns.pid if self.ns else self.host[self.images.root]
+
+
+def _special(vmas: list[Vma]) -> list[tuple[int, int]]:
+    """Where the vdso group is: fork keeps it at the parent's place, exec moves it."""
+    return [(v.start, v.end) for v in vmas if v.status & (F.VMA_AREA_VDSO | F.VMA_AREA_VVAR)]
 
 
 def _wait_state(pid: int, states: tuple[str, ...], timeout: float = 5.0) -> None:

@@ -128,6 +128,30 @@ def rseq_config(tid: int) -> tuple[int, int, int] | None:
     return (ptr, size, sig) if ptr else None
 
 
+PTRACE_SECCOMP_GET_FILTER, PTRACE_SECCOMP_GET_METADATA = 0x420C, 0x420D
+SECCOMP_MODE_FILTER, BPF_MAXINSNS = 2, 4096
+
+
+def seccomp_filters(tid: int) -> list[tuple[bytes, int]]:
+    """The thread's filters, oldest first (kernel/seccomp.c get_seccomp_filter: index 0
+    is the first installed; ENOENT past the last): each the classic BPF program as
+    installed (8 bytes an instruction) and its flags (seccomp_get_metadata: LOG)."""
+    out = []
+    buf = ctypes.create_string_buffer(8 * BPF_MAXINSNS)
+    meta = ctypes.create_string_buffer(16)
+    for i in range(BPF_MAXINSNS):
+        try:
+            n = libc.ptrace(PTRACE_SECCOMP_GET_FILTER, tid, i, ctypes.addressof(buf))
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                break
+            raise
+        struct.pack_into("<QQ", meta, 0, i, 0)
+        libc.ptrace(PTRACE_SECCOMP_GET_METADATA, tid, 16, ctypes.addressof(meta))
+        out.append((buf.raw[: 8 * n], struct.unpack_from("<Q", meta, 8)[0]))
+    return out
+
+
 def pending_signals(tid: int, shared: bool) -> list[bytes]:
     """The queued siginfos, private or shared, by PTRACE_PEEKSIGINFO (kernel/ptrace.c
     ptrace_peek_siginfo); they stay queued."""
@@ -201,6 +225,8 @@ def thread_state(pid: int, tid: int, inj: inject.Injector, buf: int) -> ThreadSt
     t.sched = sched(tid)
     t.pending = pending_signals(tid, shared=False)
     t.seccomp = int(status.get("Seccomp", "0"))
+    if t.seccomp == SECCOMP_MODE_FILTER:
+        t.seccomp_filters = seccomp_filters(tid)
     return t
 
 

@@ -78,6 +78,7 @@ def main() -> None:
         if not wait_line(out, "READY", deadline):
             result["stage"] = "ready"
             return
+        cmdline = Path(f"/proc/{root}/cmdline").read_bytes()
         result["stage"] = "dump"
         r = subprocess.run(dump_cmd(how, criu, root, images), capture_output=True, text=True,
                            timeout=TIMEOUT)
@@ -102,7 +103,7 @@ def main() -> None:
             waiter = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
             if pidns and wait_line(pidfile, "\n", deadline):
                 root = int(pidfile.read_text())
-            if not _wait_running(root, deadline):
+            if not _wait_running(root, deadline, cmdline):
                 result["log"] = "the restored root never ran"
                 return
             os.kill(root, signal.SIGUSR1)
@@ -211,13 +212,16 @@ def _wait_exit(pid: int, deadline: float, result: dict) -> None:
         time.sleep(0.05)
 
 
-def _wait_running(root: int, deadline: float) -> bool:
-    """Until root exists and is no stub of ours any more (not traced: TracerPid 0)."""
+def _wait_running(root: int, deadline: float, cmdline: bytes) -> bool:
+    """Until root exists and is no stub of ours any more (not traced: TracerPid 0, and
+    its arguments are the dumped program's: the stub is untraced for a moment after its
+    clone too, a copy of the restorer, and a signal then would kill it)."""
     while time.monotonic() < deadline:
         try:
             with open(f"/proc/{root}/status") as f:
-                if "TracerPid:\t0\n" in f.read():
-                    return True
+                untraced = "TracerPid:\t0\n" in f.read()
+            if untraced and Path(f"/proc/{root}/cmdline").read_bytes() == cmdline:
+                return True
         except OSError:
             pass
         time.sleep(0.02)

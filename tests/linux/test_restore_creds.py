@@ -1,8 +1,9 @@
 """A restore gives every thread its credentials and security state back: ids, groups, all
 five capability sets, securebits, no_new_privs (rst_creds.c checks them itself, both
 threads, against what /proc showed before the dump), and seccomp strict mode
-(rst_seccomp.c: a child in strict mode still dies of a forbidden call). Seccomp filters
-and capabilities the restorer lacks are refused in one line before anything is made.
+(rst_seccomp.c: a child in strict mode still dies of a forbidden call). Capabilities the
+restorer lacks are refused in one line before anything is made. Seccomp filters:
+test_restore_seccomp.py.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from .rst_build import build
 from .test_linux_restore import CRIU, ROOT, _passed, _restore, cycle
 
 PROGRAMS = {"rst_creds": ("rst_creds",), "rst_creds_root": ("rst_creds", "-DSTAY_ROOT"),
-            "rst_seccomp": ("rst_seccomp",), "rst_seccomp_filter": ("rst_seccomp_filter",)}
-FILTERS = ("seccomp filters (mode 2) are not restored (dumper's images record the mode "
-           "only; CRIU's seccomp.img is not read); nothing was created")
+            "rst_seccomp": ("rst_seccomp",)}
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +46,6 @@ def test_criu_set_keeps_creds_and_security(name, built, tmp_path):
 
 def test_creds_in_a_new_pid_namespace(built, tmp_path):
     _passed(cycle(built / "rst_creds", tmp_path, "dumper", "--pidns"))
-
-
-@pytest.mark.parametrize("how", ["dumper", "criu"])
-def test_seccomp_filters_are_refused_in_one_line(how, built, tmp_path):
-    if how == "criu":
-        _need_criu()
-    res = cycle(built / "rst_seccomp_filter", tmp_path, how,
-                *(["--shell-job"] if how == "criu" else []))
-    assert res.get("rc") == 2, res
-    root = res["root"]
-    assert res["log"].strip().splitlines() == [
-        f"dumper: error: task {root} thread {root}: {FILTERS}"], res["log"]
 
 
 def test_capabilities_the_restorer_lacks_are_refused(tmp_path):
