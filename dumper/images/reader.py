@@ -38,7 +38,7 @@ from dumper.images import flags as F
 from dumper.images import magic as M
 from dumper.images.checksums import TaskDigest
 from dumper.images.errors import ImageError
-from dumper.images.pages import PagesReader
+from dumper.images.pages import DEFAULT_FRAME_SIZE, PagesReader
 from dumper.images.proto import criu_images_pb2 as criu
 from dumper.images.proto import dumper_images_pb2 as own
 from dumper.images.records import (
@@ -59,6 +59,9 @@ from dumper.kabi import PAGE_SIZE
 
 _COMPRESSION = {own.COMPRESSION_NONE: "none", own.COMPRESSION_ZSTD: "zstd"}
 _COW_DEPTH = 64
+# Pages per piece of iter_pages/iter_object_pages: a zstd store's whole frame (the writer's
+# default 4 MiB), which a piece aligned with it hands over without a copy.
+CHUNK_PAGES = DEFAULT_FRAME_SIZE // PAGE_SIZE
 # The highest user address on any kernel a set can come from: x86-64 with 5-level paging
 # (TASK_SIZE_MAX, arch/x86/include/asm/page_64_types.h: (1 << 56) - PAGE_SIZE); aarch64's
 # 52-bit VA is below it. The one VMA above is x86-64's gate page (get_gate_vma).
@@ -629,12 +632,14 @@ class ImageSet:
                 yield vaddr, data
                 vaddr += len(data)
 
-    def iter_pages(self, pid: int, chunk_pages: int = 256) -> Iterator[tuple[int, bytes]]:
+    def iter_pages(self, pid: int, chunk_pages: int = CHUNK_PAGES
+                   ) -> Iterator[tuple[int, bytes]]:
         """(vaddr, bytes) of a task's own present pages, pagemap order, chunk_pages at most."""
         t = self.tasks[pid]
         return self._iter_runs(t.pages_id, t.pagemap, chunk_pages)
 
-    def iter_object_pages(self, shmid: int, chunk_pages: int = 256) -> Iterator[tuple[int, bytes]]:
+    def iter_object_pages(self, shmid: int, chunk_pages: int = CHUNK_PAGES
+                          ) -> Iterator[tuple[int, bytes]]:
         """(offset, bytes) of a shared object's dumped pages."""
         o = self.objects[shmid]
         return self._iter_runs(o.pages_id, o.pagemap, chunk_pages)

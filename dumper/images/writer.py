@@ -493,23 +493,27 @@ class ImageSetWriter:
         if pid in self._truth:
             raise ValueError(f"truth of task {pid} added twice")
         self._truth.add(pid)
-        td = TaskDigest(self.page_size)
+        td = TaskDigest(self.page_size, background=True)  # hashed beside the runs' making
         spool_path = self.tmp / f".truth-{pid}.spool"
-        with self._writing():
-            spool = self._open(spool_path.name)
         try:
-            for vaddr, digests in runs:  # the source's errors are its own
-                ds = np.asarray(digests, dtype="<u8")
-                td.update(vaddr, ds)
-                with self._writing():
-                    for i in range(0, len(ds), TRUTH_RUN_MAX):
-                        _named(spool.write, str(spool_path),
-                               codec.truth_run(vaddr + i * self.page_size,
-                                               ds[i : i + TRUTH_RUN_MAX]))
-        finally:
             with self._writing():
-                _named(spool.close, str(spool_path))
-        head = own.TruthHead(pid=pid, algo=algo, task_digest=td.digest(), nr_pages=td.nr_pages)
+                spool = self._open(spool_path.name)
+            try:
+                for vaddr, digests in runs:  # the source's errors are its own
+                    ds = np.asarray(digests, dtype="<u8")
+                    td.update(vaddr, ds)
+                    with self._writing():
+                        for i in range(0, len(ds), TRUTH_RUN_MAX):
+                            for part in codec.truth_run_parts(vaddr + i * self.page_size,
+                                                              ds[i : i + TRUTH_RUN_MAX]):
+                                _named(spool.write, str(spool_path), part)
+            finally:
+                with self._writing():
+                    _named(spool.close, str(spool_path))
+            task_digest = td.digest()
+        finally:
+            td.close()
+        head = own.TruthHead(pid=pid, algo=algo, task_digest=task_digest, nr_pages=td.nr_pages)
         name = str(self.tmp / M.truth(pid))
         with self._writing():
             f = self._open(M.truth(pid))
