@@ -96,3 +96,48 @@ def test_marker_runs_finds_guard_and_poison_runs():
     runs = marker_runs(1, _vma(0x1000000, 10), words, True)
     assert [(r.vaddr, r.nr_pages, r.kind) for r in runs] == [
         (0x1000000 + 2 * PAGE_SIZE, 2, "guard"), (0x1000000 + 6 * PAGE_SIZE, 1, "poison")]
+
+
+class _WordsHost:
+    """A host whose pagemap is a fixed array of words (one VMA), counting the reads."""
+
+    def __init__(self, start: int, words: np.ndarray) -> None:
+        self.start, self.words, self.reads = start, words, []
+
+    def pagemap(self, pid: int, a: int, b: int) -> bytes:
+        self.reads.append((a, b))
+        lo, hi = (a - self.start) // PAGE_SIZE, (b - self.start) // PAGE_SIZE
+        return self.words[lo:hi].tobytes()
+
+
+@pytest.mark.parametrize("strategy", ["auto", "pagemap", "all"])
+@pytest.mark.parametrize("seed", range(4))
+def test_scan_vma_by_windows_is_the_whole_vma_judged_at_once(seed, strategy):
+    # A VMA of 2.5 windows; marker runs and a present run cross the window boundaries.
+    from dumper.dump import scan_vma
+    from dumper.select import PAGEMAP_WINDOW, private_selection
+
+    rng = np.random.default_rng(seed)
+    n = PAGEMAP_WINDOW * 5 // 2
+    words = np.zeros(n, dtype=U64)
+    kind = rng.choice(5, n, p=[0.6, 0.25, 0.05, 0.05, 0.05])
+    words[kind == 1] = U64(PM_PRESENT) | rng.integers(8, 1 << 20, (kind == 1).sum()).astype(U64)
+    words[kind == 2] = U64(PM_SWAP) | (rng.integers(1, 99, (kind == 2).sum()).astype(U64) << U64(5))
+    words[kind == 3] = U64(PM_SWAP | PM_GUARD_REGION)
+    words[kind == 4] = U64(PM_PRESENT) | U64(7)  # the zero page
+    w = PAGEMAP_WINDOW
+    words[w - 3 : w + 2] = U64(PM_SWAP | PM_GUARD_REGION)
+    words[2 * w - 1 : 2 * w + 1] = U64(PM_SWAP) | U64((PTE_MARKER_POISONED << 5) | SWP_PTE_MARKER)
+    vma = _vma(0x7F0000000000, n)
+    host = _WordsHost(vma.start, words)
+    got = scan_vma(host, 9, vma, strategy, True, 7, backed=False, keep_words=True)
+    assert len(host.reads) == 3 and all(b - a <= w * PAGE_SIZE for a, b in host.reads)
+    assert got.guards == marker_runs(9, vma, words, True)
+    assert any(g.kind == "guard" and g.nr_pages >= 5 for g in got.guards)
+    assert np.array_equal(got.keys, cow_keys(words, True, 7))
+    assert np.array_equal(got.selected, private_selection(strategy, words, True, 7, False))
+    assert np.array_equal(got.words, words)
+    shared = MapEntry(vma.start, vma.end, 3, True, 0, 0, 0, 0, "")
+    s = scan_vma(host, 9, shared, strategy, True, 7, backed=True, keep_words=False)
+    assert s.selected is None and s.keys is None and s.words is None
+    assert s.guards == got.guards

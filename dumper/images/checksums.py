@@ -68,9 +68,10 @@ def page_digests(data: bytes | bytearray | memoryview, pages: np.ndarray | None 
 class TaskDigest:
     """Incremental task digest: update() with each run in VMA order, then digest().
 
-    background=True hashes in a thread of its own (blake2b releases the GIL: ~1 s a GiB of
-    pairs here, 16 Mi pages a GiB) while the caller builds the next run; one run waits at a
-    time, so the memory held is two runs' pairs. close() stops the thread (digest() first)."""
+    background=True builds the pairs and hashes them in a thread of its own (blake2b and
+    numpy release the GIL: blake2b takes ~1 s a GiB of pairs here, 64 Mi pages) while the
+    caller makes the next run; one run waits at a time, so the memory held is a copy of two
+    runs' digests and one run's pairs. close() stops the thread (digest() first)."""
 
     def __init__(self, page_size: int = 4096, background: bool = False):
         self.page_size = page_size
@@ -80,18 +81,21 @@ class TaskDigest:
         self._pending: Future[None] | None = None
 
     def update(self, vaddr: int, digests: Sequence[int] | np.ndarray) -> None:
-        d = np.asarray(digests, dtype="<u8")
+        self.nr_pages += len(digests)
+        if self._pool is None:
+            self._hash_run(vaddr, np.asarray(digests, dtype="<u8"))
+            return
+        d = np.array(digests, dtype="<u8")  # our own copy: the caller may reuse its array
+        self._wait()
+        self._pending = self._pool.submit(self._hash_run, vaddr, d)
+
+    def _hash_run(self, vaddr: int, d: np.ndarray) -> None:
         pairs = np.empty((len(d), 2), dtype="<u8")
         pairs[:, 0] = np.arange(len(d), dtype="<u8")
         pairs[:, 0] *= np.uint64(self.page_size)
         pairs[:, 0] += np.uint64(vaddr)
         pairs[:, 1] = d
-        self.nr_pages += len(d)
-        if self._pool is None:
-            self._h.update(pairs)  # the array's own bytes: no tobytes() copy
-            return
-        self._wait()
-        self._pending = self._pool.submit(self._h.update, pairs)
+        self._h.update(pairs)  # the array's own bytes: no tobytes() copy
 
     def _wait(self) -> None:
         if self._pending is not None:
