@@ -268,7 +268,9 @@ def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int
             pv.stored = pv.selected.copy()
             idx, k = pv.keys
             sel = pv.selected[idx.astype(np.int64)]
-            idx, k = idx[sel], k[sel]
+            if not sel.all():  # (a written VMA is selected whole: no copy of its keys)
+                idx, k = idx[sel], k[sel]
+            del sel
             if not len(k):
                 continue
             addr = U64(pv.vma.start) + (idx << U64(PAGE_SHIFT))
@@ -289,18 +291,24 @@ def find_cow(tasks: list[TaskDump], show_pfn: bool, zero_pfn: int | None) -> int
             fresh = order[first]  # sorted by key: merged into seen below
             inner = order[~first]  # a second page of this VMA on a frame it holds already
             if len(inner) or hit.any():
-                holder = order[np.maximum.accumulate(np.where(first, np.arange(len(order)),
-                                                              0))][~first]
-                dup = np.concatenate([np.flatnonzero(hit), inner])
-                sp = np.concatenate([seen_pid[pos[hit]], np.full(len(inner), pid)])
-                sa = np.concatenate([seen_addr[pos[hit]], addr[holder]])
-                srt = np.argsort(dup, kind="stable")
-                dup, sp, sa = dup[srt], sp[srt], sa[srt]
-                pv.stored[((addr[dup] - U64(pv.vma.start)) >> U64(PAGE_SHIFT)).astype(np.int64)
-                          ] = False
-                runs += _cow_runs(pid, addr[dup], sp, sa)
+                dup = np.flatnonzero(hit)  # sorted: pages of earlier tasks' frames
+                held = pos[dup]
+                sp, sa = seen_pid[held], seen_addr[held]
+                del held
+                if len(inner):  # and pages of frames this VMA holds at a lower address
+                    holder = order[np.maximum.accumulate(
+                        np.where(first, np.arange(len(order)), 0))][~first]
+                    dup = np.concatenate([dup, inner])
+                    sp = np.concatenate([sp, np.full(len(inner), pid)])
+                    sa = np.concatenate([sa, addr[holder]])
+                    srt = np.argsort(dup, kind="stable")
+                    dup, sp, sa = dup[srt], sp[srt], sa[srt]
+                    del srt, holder
+                da = addr[dup]
+                pv.stored[((da - U64(pv.vma.start)) >> U64(PAGE_SHIFT)).astype(np.int64)] = False
+                runs += _cow_runs(pid, da, sp, sa)
                 total += len(dup)
-                del dup, sp, sa, srt, holder
+                del dup, sp, sa, da
             del pos, hit, order, first, inner
             at = np.searchsorted(seen, k[fresh])
             seen = np.insert(seen, at, k[fresh])
