@@ -459,3 +459,22 @@ def test_truth_checked_two_tasks_at_a_time_reports_the_first_bad_task(tmp_path):
     with pytest.raises(ImageError) as ei:
         ImageSet.open(tmp_path / "s")
     assert "truth-2.img" in str(ei.value.path) and "task digest" in ei.value.message
+
+
+@pytest.mark.parametrize("lag", [1, 300, 1 << 22])
+def test_task_digest_in_its_thread_is_the_same_digest(lag, monkeypatch):
+    import numpy as np
+
+    from dumper.images.checksums import TaskDigest
+
+    digests = np.arange(10_000, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    runs = [(0x400000 + a * P, digests[a : a + 97]) for a in range(0, len(digests), 97)]
+    monkeypatch.setattr(TaskDigest, "LAG", lag)
+    td = TaskDigest(P, background=True)
+    buf = np.zeros(97, dtype=np.uint64)
+    for vaddr, d in runs:  # one array reused by the caller: the digest copies each run
+        buf[: len(d)] = d
+        td.update(vaddr, buf[: len(d)])
+    got = td.digest()
+    td.close()
+    assert got == task_digest(runs, P) and td.nr_pages == len(digests)

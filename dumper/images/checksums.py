@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
@@ -70,15 +71,19 @@ class TaskDigest:
 
     background=True builds the pairs and hashes them in a thread of its own (blake2b and
     numpy release the GIL: blake2b takes ~1 s a GiB of pairs here, 64 Mi pages) while the
-    caller makes the next run; one run waits at a time, so the memory held is a copy of two
-    runs' digests and one run's pairs. close() stops the thread (digest() first)."""
+    caller makes the next runs. Runs wait in order, as copies, up to LAG digests (and always
+    one), so a hashing thread that a loaded machine runs late holds the caller back only
+    when it is that far behind. close() stops the thread (digest() first)."""
+
+    LAG = 1 << 22  # digests waiting at most: 32 MiB of copies
 
     def __init__(self, page_size: int = 4096, background: bool = False):
         self.page_size = page_size
         self.nr_pages = 0
         self._h = hashlib.blake2b(digest_size=32)
         self._pool = ThreadPoolExecutor(1, "task-digest") if background else None
-        self._pending: Future[None] | None = None
+        self._pending: deque[tuple[int, Future[None]]] = deque()
+        self._waiting = 0  # digests in _pending
 
     def update(self, vaddr: int, digests: Sequence[int] | np.ndarray) -> None:
         self.nr_pages += len(digests)
@@ -86,8 +91,10 @@ class TaskDigest:
             self._hash_run(vaddr, np.asarray(digests, dtype="<u8"))
             return
         d = np.array(digests, dtype="<u8")  # our own copy: the caller may reuse its array
-        self._wait()
-        self._pending = self._pool.submit(self._hash_run, vaddr, d)
+        while self._pending and self._waiting + len(d) > self.LAG:
+            self._wait_one()
+        self._pending.append((len(d), self._pool.submit(self._hash_run, vaddr, d)))
+        self._waiting += len(d)
 
     def _hash_run(self, vaddr: int, d: np.ndarray) -> None:
         pairs = np.empty((len(d), 2), dtype="<u8")
@@ -97,20 +104,22 @@ class TaskDigest:
         pairs[:, 1] = d
         self._h.update(pairs)  # the array's own bytes: no tobytes() copy
 
-    def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+    def _wait_one(self) -> None:
+        n, done = self._pending.popleft()
+        self._waiting -= n
+        done.result()
 
     def digest(self) -> bytes:
-        self._wait()
+        while self._pending:
+            self._wait_one()
         return self._h.copy().digest()
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-            self._pending = None
+            self._pending.clear()
+            self._waiting = 0
 
 
 def task_digest(runs: Iterable[tuple[int, Sequence[int]]], page_size: int = 4096) -> bytes:
