@@ -579,7 +579,7 @@ def _write_tasks(host: Host, writer: ImageSetWriter, tasks: list[TaskDump],
         if t.guards:
             writer.add_guards(pid, t.guards)
         if truth:  # the ground truth a model restore is verified against (truth-PID.img)
-            writer.add_truth(pid, host.truth(pid), algo=host.truth_algo)
+            writer.add_truth(pid, host.truth(pid), algo=host.truth_algo, wait=False)
     if states:
         criustate.write_pipes_data(writer, ns)
         criustate.write_sk_queues(writer, ns)

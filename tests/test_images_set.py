@@ -478,3 +478,24 @@ def test_task_digest_in_its_thread_is_the_same_digest(lag, monkeypatch):
     got = td.digest()
     td.close()
     assert got == task_digest(runs, P) and td.nr_pages == len(digests)
+
+
+def test_truth_finished_in_the_writers_thread(tmp_path):
+    digests = list(range(1, 9))
+    for name, wait in (("a", True), ("b", False)):
+        with ImageSetWriter(tmp_path / name) as w:
+            w.add_task(1, 0, "t", [Vma(0x10000, 0x10000 + 8 * P, 3, ANON)])
+            got = w.add_truth(1, [(0x10000, digests[:3]), (0x13000, digests[3:])], wait=wait)
+            assert (got is None) is not wait
+    assert (tmp_path / "a" / "truth-1.img").read_bytes() == (
+        tmp_path / "b" / "truth-1.img").read_bytes()
+    with ImageSet.open(tmp_path / "b") as s:
+        assert s.truths[1].task_digest == task_digest([(0x10000, digests)])
+    # Its error is commit's: nothing installed, the temporary directory gone.
+    w = ImageSetWriter(tmp_path / "c")
+    w.add_task(1, 0, "t", [Vma(0x10000, 0x10000 + 8 * P, 3, ANON)])
+    (w.tmp / "truth-1.img").write_bytes(b"")  # O_EXCL: the truth's own open fails
+    assert w.add_truth(1, [(0x10000, digests)], wait=False) is None
+    with pytest.raises(OSError, match="writing truth-1.img"):
+        w.commit()
+    assert not (tmp_path / "c").exists() and not w.tmp.exists()

@@ -30,6 +30,7 @@ import os
 import platform
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -253,6 +254,8 @@ class ImageSetWriter:
         self._object_file: dict[int, int] = {}
         self._memfds: list[criu.MemfdInodeEntry] = []
         self._truth: set[int] = set()
+        self._truth_pool: ThreadPoolExecutor | None = None  # add_truth(wait=False)'s thread
+        self._truth_jobs: list[Future[bytes]] = []
         self._cow: set[int] = set()
         self._guards: set[int] = set()
         # Pages the chunks said could not be read (Dropped with a reason): unreadable.img.
@@ -485,11 +488,16 @@ class ImageSetWriter:
         return pages_id
 
     def add_truth(
-        self, pid: int, runs: Iterable[tuple[int, Sequence[int]]], algo: str = PAGE_DIGEST_ALGO
-    ) -> bytes:
+        self, pid: int, runs: Iterable[tuple[int, Sequence[int]]], algo: str = PAGE_DIGEST_ALGO,
+        wait: bool = True,
+    ) -> bytes | None:
         """truth-PID.img: per-page u64 digests of every mapped page, runs in VMA order.
 
-        The task digest and page count are computed here; returns the task digest."""
+        The task digest and page count are computed here; returns the task digest. With
+        wait=False the digest is finished, and the image written, by a thread of the
+        writer's while the caller goes on (a dump writes the next task's pages meanwhile:
+        blake2b over 16 bytes a page is ~1 s a GiB); returns None, and commit() raises what
+        went wrong."""
         if pid in self._truth:
             raise ValueError(f"truth of task {pid} added twice")
         self._truth.add(pid)
@@ -510,6 +518,20 @@ class ImageSetWriter:
             finally:
                 with self._writing():
                     _named(spool.close, str(spool_path))
+        except BaseException:
+            td.close()
+            raise
+        if wait:
+            return self._finish_truth(pid, algo, td, spool_path)
+        if self._truth_pool is None:
+            self._truth_pool = ThreadPoolExecutor(1, "truth")
+        self._truth_jobs.append(
+            self._truth_pool.submit(self._finish_truth, pid, algo, td, spool_path))
+        return None
+
+    def _finish_truth(self, pid: int, algo: str, td: TaskDigest, spool_path: Path) -> bytes:
+        """The truth image: its head (the task digest, once hashed), then the spooled runs."""
+        try:
             task_digest = td.digest()
         finally:
             td.close()
@@ -526,6 +548,22 @@ class ImageSetWriter:
                 _named(self._close, name, f)
                 spool_path.unlink()
         return head.task_digest
+
+    def _truths_written(self, discard: bool = False) -> None:
+        """Wait for the truth images add_truth(wait=False) left to its thread; raise the
+        first one's error unless discard."""
+        jobs, self._truth_jobs = self._truth_jobs, []
+        error: BaseException | None = None
+        for job in jobs:
+            try:
+                job.result()
+            except BaseException as e:  # noqa: BLE001 - the first is raised, after all ended
+                error = error or e
+        if self._truth_pool is not None:
+            self._truth_pool.shutdown()
+            self._truth_pool = None
+        if error is not None and not discard:
+            raise error
 
     def add_cow(self, pid: int, records: Iterable[CowRun]) -> None:
         """cow-PID.img: runs of pid's private pages stored once, in another task's pagemap."""
@@ -727,6 +765,7 @@ class ImageSetWriter:
         return self.path
 
     def _commit(self) -> None:
+        self._truths_written()
         pstree = [self._write_task(t) for t in self._tasks.values()]
         self._write_image(M.PSTREE, codec.BY_NAME["PSTREE"], pstree)
         self._write_image(M.FILES, codec.BY_NAME["FILES"], self._files)
@@ -777,6 +816,7 @@ class ImageSetWriter:
     def abort(self) -> None:
         """Drop the temporary directory; nothing at path changes."""
         self._done = True
+        self._truths_written(discard=True)  # nothing may write into it while it goes
         if self.tmp != self.path:
             shutil.rmtree(self.tmp, ignore_errors=True)
             tempdirs.release(self.tmp)
