@@ -62,7 +62,7 @@ def pipeline(total_gib: int, compress: str | None, threads: int = 0) -> dict:
         "pages_written": rs.pages_written, "pages_shared": rs.pages_shared,
         "dump_max_rss_mib": round(dump_rss / 1024),
         **{f"{k}_cpu_s": round(b - a, 2) for k, a, b in zip(
-            ("build", "dump", "open", "restore", "verify"), cpu, cpu[1:], strict=True)},
+            ("build", "dump", "open", "restore", "verify"), cpu[:-1], cpu[1:], strict=True)},
         "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 
