@@ -119,3 +119,90 @@ def test_cow_records_stay_inside_their_vma(batch):
     assert find_cow(tasks, True, None, batch) == 8
     assert [(r.vaddr, r.nr_pages, r.src_vaddr) for r in tasks[1].cow] == [
         (0x10000000, 4, 0x10000000), (0x10000000 + 4 * PAGE_SIZE, 4, 0x10000000 + 4 * PAGE_SIZE)]
+
+
+class _WordsHost:
+    """A host whose pagemap is a fixed array of words (one VMA), counting the reads."""
+
+    def __init__(self, start: int, words: np.ndarray) -> None:
+        self.start, self.words, self.reads = start, words, []
+
+    def pagemap(self, pid: int, a: int, b: int) -> bytes:
+        self.reads.append((a, b))
+        lo, hi = (a - self.start) // PAGE_SIZE, (b - self.start) // PAGE_SIZE
+        return self.words[lo:hi].tobytes()
+
+
+@pytest.mark.parametrize("strategy", ["auto", "pagemap", "all"])
+@pytest.mark.parametrize("seed", range(4))
+def test_scan_vma_by_windows_is_the_whole_vma_judged_at_once(seed, strategy):
+    # A VMA of 2.5 windows; marker runs and a present run cross the window boundaries.
+    from dumper.dump import scan_vma
+    from dumper.select import PAGEMAP_WINDOW, private_selection
+
+    rng = np.random.default_rng(seed)
+    n = PAGEMAP_WINDOW * 5 // 2
+    words = np.zeros(n, dtype=U64)
+    kind = rng.choice(5, n, p=[0.6, 0.25, 0.05, 0.05, 0.05])
+    words[kind == 1] = U64(PM_PRESENT) | rng.integers(8, 1 << 20, (kind == 1).sum()).astype(U64)
+    words[kind == 2] = U64(PM_SWAP) | (rng.integers(1, 99, (kind == 2).sum()).astype(U64) << U64(5))
+    words[kind == 3] = U64(PM_SWAP | PM_GUARD_REGION)
+    words[kind == 4] = U64(PM_PRESENT) | U64(7)  # the zero page
+    w = PAGEMAP_WINDOW
+    words[w - 3 : w + 2] = U64(PM_SWAP | PM_GUARD_REGION)
+    words[2 * w - 1 : 2 * w + 1] = U64(PM_SWAP) | U64((PTE_MARKER_POISONED << 5) | SWP_PTE_MARKER)
+    vma = _vma(0x7F0000000000, n)
+    host = _WordsHost(vma.start, words)
+    got = scan_vma(host, 9, vma, strategy, True, 7, backed=False, keep_words=True)
+    assert len(host.reads) == 3 and all(b - a <= w * PAGE_SIZE for a, b in host.reads)
+    assert got.guards == marker_runs(9, vma, words, True)
+    assert any(g.kind == "guard" and g.nr_pages >= 5 for g in got.guards)
+    assert np.array_equal(got.keys, cow_keys(words, True, 7))
+    assert np.array_equal(got.selected, private_selection(strategy, words, True, 7, False))
+    assert np.array_equal(got.words, words)
+    shared = MapEntry(vma.start, vma.end, 3, True, 0, 0, 0, 0, "")
+    s = scan_vma(host, 9, shared, strategy, True, 7, backed=True, keep_words=False)
+    assert s.selected is None and s.keys is None and s.words is None
+    assert s.guards == got.guards
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_small_vmas_that_touch_are_judged_as_each_alone(seed):
+    """_scanned judges a span of small touching VMAs in one read: each VMA's selection,
+    keys, guards and words are what scan_vma finds for it alone; a VMA with a gap before
+    it, or alone, is left to scan_vma (None)."""
+    from dumper.dump import _scanned, scan_vma
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 9, 40)
+    gaps = rng.random(40) < 0.2
+    n = int(sizes.sum() + gaps.sum())
+    words = np.zeros(n, dtype=U64)
+    kind = rng.choice(4, n, p=[0.4, 0.4, 0.1, 0.1])
+    words[kind == 1] = U64(PM_PRESENT) | rng.integers(8, 30, (kind == 1).sum()).astype(U64)
+    words[kind == 2] = U64(PM_SWAP | PM_GUARD_REGION)
+    words[kind == 3] = U64(PM_SWAP) | U64((PTE_MARKER_POISONED << 5) | SWP_PTE_MARKER)
+    start = 0x7F0000000000
+    maps, pos = [], 0
+    for size, gap in zip(sizes.tolist(), gaps.tolist(), strict=True):
+        pos += int(gap)
+        shared = bool(rng.random() < 0.2)
+        a = start + pos * PAGE_SIZE
+        maps.append(MapEntry(a, a + size * PAGE_SIZE, 3, shared, 0, 0, 0, 0, ""))
+        pos += size
+    host = _WordsHost(start, words)
+    t = TaskDump(TaskInfo(9, 0, "t", 9, 9), maps)
+    got = list(_scanned(host, t, "auto", True, 7))
+    assert [e for e, _ in got] == maps
+    assert any(s is not None for _, s in got)
+    for e, s in got:
+        alone = scan_vma(host, 9, e, "auto", True, 7, backed=False, keep_words=True)
+        if s is None:
+            continue
+        assert s.guards == alone.guards
+        assert np.array_equal(s.words, alone.words)
+        if e.shared:
+            assert s.selected is None and s.keys is None
+        else:
+            assert np.array_equal(s.selected, alone.selected)
+            assert np.array_equal(s.keys, alone.keys)

@@ -398,3 +398,104 @@ def test_truth_runs_split_and_digest(tmp_path):
         assert s.truths[1].task_digest == td == task_digest([(0x10000, digests)])
     img = codec.load(tmp_path / "s" / "truth-1.img")
     assert img.head.nr_pages == n
+
+
+def _three_frames(tmp_path, bad: int | None = None):
+    """A zstd store of 3 frames of 2 pages; frame `bad` replaced by one without a declared
+    size."""
+    raw = pages(1, 6)
+    with open(tmp_path / "pages-1.img", "wb") as f:
+        pw = PagesWriter(f.fileno(), 1, P, "zstd", frame_size=2 * P)
+        pw.write(raw)
+        meta = pw.close()
+    if bad is not None:
+        frames, pos = [], 0
+        data = (tmp_path / "pages-1.img").read_bytes()
+        for size in meta.frame_sizes:
+            frames.append(data[pos : pos + size])
+            pos += size
+        frames[bad] = zstandard.ZstdCompressor(write_content_size=False).compress(pages(9, 3))
+        (tmp_path / "pages-1.img").write_bytes(b"".join(frames))
+        meta.frame_sizes[:] = [len(x) for x in frames]
+        meta.stored_size = sum(meta.frame_sizes)
+    return raw, PagesReader(str(tmp_path / "pages-1.img"), meta)
+
+
+def test_zstd_sequential_reads_decompress_ahead(tmp_path):
+    raw, r = _three_frames(tmp_path)
+    got = list(r.iter_range(P, 5 * P, 2 * P))  # pieces straddle every frame boundary
+    assert b"".join(got) == raw[P:] and [len(x) for x in got] == [2 * P, 2 * P, P]
+    whole = list(r.iter_range(2 * P, 2 * P, 4 * P))
+    assert whole == [raw[2 * P : 4 * P]] and whole[0] is r._frame(1)  # a whole frame: no copy
+    assert r.read(3 * P, 2 * P) == raw[3 * P : 5 * P]
+    r.close()
+    assert r._ahead is None and r._pool is None
+
+
+def test_zstd_bad_frame_read_ahead_is_reported_when_read(tmp_path):
+    raw, r = _three_frames(tmp_path, bad=1)
+    assert list(r.iter_range(0, 2 * P, 2 * P)) == [raw[: 2 * P]]  # frame 1 read ahead: bad
+    assert r._ahead is not None and r._ahead[0] == 1
+    with pytest.raises(ImageError, match="zstd frame 1 declares no size"):
+        list(r.iter_range(2 * P, 2 * P, P))
+    assert r.read(4 * P, P) == raw[4 * P : 5 * P]  # the frames after it still read
+    r.close()
+    (tmp_path / "b").mkdir()
+    raw, r = _three_frames(tmp_path / "b", bad=2)
+    assert list(r.iter_range(0, 4 * P, 4 * P)) == [raw[: 4 * P]]  # reads ahead into frame 2
+    assert r._ahead is not None and r._ahead[0] == 2
+    r.close()  # a bad frame nobody asked for is no error
+
+
+def test_truth_checked_two_tasks_at_a_time_reports_the_first_bad_task(tmp_path):
+    with ImageSetWriter(tmp_path / "s") as w:
+        for pid in (1, 2, 3):
+            w.add_task(pid, 0 if pid == 1 else 1, "t", [Vma(0x10000, 0x10000 + 4 * P, 3, ANON)])
+            w.add_truth(pid, [(0x10000, [pid, 2, 3, 4])])
+    with ImageSet.open(tmp_path / "s") as s:
+        assert sorted(s.truths) == [1, 2, 3]
+    for pid in (3, 2):
+        rewrite(tmp_path / "s" / f"truth-{pid}.img", lambda e: e[1].digests.__setitem__(0, 7))
+    with pytest.raises(ImageError) as ei:
+        ImageSet.open(tmp_path / "s")
+    assert "truth-2.img" in str(ei.value.path) and "task digest" in ei.value.message
+
+
+@pytest.mark.parametrize("lag", [1, 300, 1 << 22])
+def test_task_digest_in_its_thread_is_the_same_digest(lag, monkeypatch):
+    import numpy as np
+
+    from dumper.images.checksums import TaskDigest
+
+    digests = np.arange(10_000, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    runs = [(0x400000 + a * P, digests[a : a + 97]) for a in range(0, len(digests), 97)]
+    monkeypatch.setattr(TaskDigest, "LAG", lag)
+    td = TaskDigest(P, background=True)
+    buf = np.zeros(97, dtype=np.uint64)
+    for vaddr, d in runs:  # one array reused by the caller: the digest copies each run
+        buf[: len(d)] = d
+        td.update(vaddr, buf[: len(d)])
+    got = td.digest()
+    td.close()
+    assert got == task_digest(runs, P) and td.nr_pages == len(digests)
+
+
+def test_truth_finished_in_the_writers_thread(tmp_path):
+    digests = list(range(1, 9))
+    for name, wait in (("a", True), ("b", False)):
+        with ImageSetWriter(tmp_path / name) as w:
+            w.add_task(1, 0, "t", [Vma(0x10000, 0x10000 + 8 * P, 3, ANON)])
+            got = w.add_truth(1, [(0x10000, digests[:3]), (0x13000, digests[3:])], wait=wait)
+            assert (got is None) is not wait
+    assert (tmp_path / "a" / "truth-1.img").read_bytes() == (
+        tmp_path / "b" / "truth-1.img").read_bytes()
+    with ImageSet.open(tmp_path / "b") as s:
+        assert s.truths[1].task_digest == task_digest([(0x10000, digests)])
+    # Its error is commit's: nothing installed, the temporary directory gone.
+    w = ImageSetWriter(tmp_path / "c")
+    w.add_task(1, 0, "t", [Vma(0x10000, 0x10000 + 8 * P, 3, ANON)])
+    (w.tmp / "truth-1.img").write_bytes(b"")  # O_EXCL: the truth's own open fails
+    assert w.add_truth(1, [(0x10000, digests)], wait=False) is None
+    with pytest.raises(OSError, match="writing truth-1.img"):
+        w.commit()
+    assert not (tmp_path / "c").exists() and not w.tmp.exists()

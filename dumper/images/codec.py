@@ -111,11 +111,17 @@ def truth_run(vaddr: int, digests) -> bytes:
     """One framed TruthRun, encoded by hand: field 1 vaddr (varint), field 2 the packed
     fixed64 digests as one little-endian block — the wire form SerializeToString gives, at
     memcpy speed for millions of pages (a test checks the two agree)."""
+    return b"".join(truth_run_parts(vaddr, digests))
+
+
+def truth_run_parts(vaddr: int, digests) -> tuple[bytes, memoryview]:
+    """truth_run as (frame head, the digests' own bytes): written one after the other, the
+    block is not copied into a payload first."""
     block = memoryview(digests.astype("<u8", copy=False)).cast("B")
-    payload = b"\x08" + _varint(vaddr)
+    head = b"\x08" + _varint(vaddr)
     if len(block):
-        payload += b"\x12" + _varint(len(block)) + bytes(block)
-    return _U32.pack(len(payload)) + payload
+        head += b"\x12" + _varint(len(block))
+    return _U32.pack(len(head) + len(block)) + head, block
 
 
 def encode(kind: Kind, messages: Iterable[Message], extras: Iterable[bytes] = ()) -> bytes:

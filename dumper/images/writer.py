@@ -30,6 +30,7 @@ import os
 import platform
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -253,6 +254,8 @@ class ImageSetWriter:
         self._object_file: dict[int, int] = {}
         self._memfds: list[criu.MemfdInodeEntry] = []
         self._truth: set[int] = set()
+        self._truth_pool: ThreadPoolExecutor | None = None  # add_truth(wait=False)'s thread
+        self._truth_jobs: list[Future[bytes]] = []
         self._cow: set[int] = set()
         self._guards: set[int] = set()
         # Pages the chunks said could not be read (Dropped with a reason): unreadable.img.
@@ -488,31 +491,54 @@ class ImageSetWriter:
         return pages_id
 
     def add_truth(
-        self, pid: int, runs: Iterable[tuple[int, Sequence[int]]], algo: str = PAGE_DIGEST_ALGO
-    ) -> bytes:
+        self, pid: int, runs: Iterable[tuple[int, Sequence[int]]], algo: str = PAGE_DIGEST_ALGO,
+        wait: bool = True,
+    ) -> bytes | None:
         """truth-PID.img: per-page u64 digests of every mapped page, runs in VMA order.
 
-        The task digest and page count are computed here; returns the task digest."""
+        The task digest and page count are computed here; returns the task digest. With
+        wait=False the digest is finished, and the image written, by a thread of the
+        writer's while the caller goes on (a dump writes the next task's pages meanwhile:
+        blake2b over 16 bytes a page is ~1 s a GiB); returns None, and commit() raises what
+        went wrong."""
         if pid in self._truth:
             raise ValueError(f"truth of task {pid} added twice")
         self._truth.add(pid)
-        td = TaskDigest(self.page_size)
+        td = TaskDigest(self.page_size, background=True)  # hashed beside the runs' making
         spool_path = self.tmp / f".truth-{pid}.spool"
-        with self._writing():
-            spool = self._open(spool_path.name)
         try:
-            for vaddr, digests in runs:  # the source's errors are its own
-                ds = np.asarray(digests, dtype="<u8")
-                td.update(vaddr, ds)
-                with self._writing():
-                    for i in range(0, len(ds), TRUTH_RUN_MAX):
-                        _named(spool.write, str(spool_path),
-                               codec.truth_run(vaddr + i * self.page_size,
-                                               ds[i : i + TRUTH_RUN_MAX]))
-        finally:
             with self._writing():
-                _named(spool.close, str(spool_path))
-        head = own.TruthHead(pid=pid, algo=algo, task_digest=td.digest(), nr_pages=td.nr_pages)
+                spool = self._open(spool_path.name)
+            try:
+                for vaddr, digests in runs:  # the source's errors are its own
+                    ds = np.asarray(digests, dtype="<u8")
+                    td.update(vaddr, ds)
+                    with self._writing():
+                        for i in range(0, len(ds), TRUTH_RUN_MAX):
+                            for part in codec.truth_run_parts(vaddr + i * self.page_size,
+                                                              ds[i : i + TRUTH_RUN_MAX]):
+                                _named(spool.write, str(spool_path), part)
+            finally:
+                with self._writing():
+                    _named(spool.close, str(spool_path))
+        except BaseException:
+            td.close()
+            raise
+        if wait:
+            return self._finish_truth(pid, algo, td, spool_path)
+        if self._truth_pool is None:
+            self._truth_pool = ThreadPoolExecutor(1, "truth")
+        self._truth_jobs.append(
+            self._truth_pool.submit(self._finish_truth, pid, algo, td, spool_path))
+        return None
+
+    def _finish_truth(self, pid: int, algo: str, td: TaskDigest, spool_path: Path) -> bytes:
+        """The truth image: its head (the task digest, once hashed), then the spooled runs."""
+        try:
+            task_digest = td.digest()
+        finally:
+            td.close()
+        head = own.TruthHead(pid=pid, algo=algo, task_digest=task_digest, nr_pages=td.nr_pages)
         name = str(self.tmp / M.truth(pid))
         with self._writing():
             f = self._open(M.truth(pid))
@@ -525,6 +551,22 @@ class ImageSetWriter:
                 _named(self._close, name, f)
                 spool_path.unlink()
         return head.task_digest
+
+    def _truths_written(self, discard: bool = False) -> None:
+        """Wait for the truth images add_truth(wait=False) left to its thread; raise the
+        first one's error unless discard."""
+        jobs, self._truth_jobs = self._truth_jobs, []
+        error: BaseException | None = None
+        for job in jobs:
+            try:
+                job.result()
+            except BaseException as e:  # noqa: BLE001 - the first is raised, after all ended
+                error = error or e
+        if self._truth_pool is not None:
+            self._truth_pool.shutdown()
+            self._truth_pool = None
+        if error is not None and not discard:
+            raise error
 
     def add_cow(self, pid: int, records: Iterable[CowRun]) -> None:
         """cow-PID.img: runs of pid's private pages stored once, in another task's pagemap."""
@@ -726,6 +768,7 @@ class ImageSetWriter:
         return self.path
 
     def _commit(self) -> None:
+        self._truths_written()
         pstree = [self._write_task(t) for t in self._tasks.values()]
         self._write_image(M.PSTREE, codec.BY_NAME["PSTREE"], pstree)
         self._write_image(M.FILES, codec.BY_NAME["FILES"], self._files)
@@ -776,6 +819,7 @@ class ImageSetWriter:
     def abort(self) -> None:
         """Drop the temporary directory; nothing at path changes."""
         self._done = True
+        self._truths_written(discard=True)  # nothing may write into it while it goes
         if self.tmp != self.path:
             shutil.rmtree(self.tmp, ignore_errors=True)
             tempdirs.release(self.tmp)
