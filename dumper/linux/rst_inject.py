@@ -1,7 +1,15 @@
 """Syscalls a restore injects into its stopped stubs: dumper.linux.inject's Injector, by
-number, with the ptrace event stops a clone3 makes (PTRACE_EVENT_FORK/CLONE before the
-step's trap: the new task's pid in PTRACE_GETEVENTMSG), and a scratch page of our own at a
-fixed address (after the address space is torn down there is no gap search to make).
+number, with the ptrace event stops a clone3 makes (PTRACE_EVENT_FORK/CLONE between the
+call's entry and exit stops: the new task's pid in PTRACE_GETEVENTMSG), and a scratch page
+of our own at a fixed address (after the address space is torn down there is no gap search
+to make).
+
+Each call runs from its entry stop to its exit stop by PTRACE_SYSCALL, as the dump's
+injector does, never by a single step: a step ends in a SIGTRAP forced on the task, and
+force_sig_info_to_task resets an ignored SIGTRAP to SIG_DFL, so every call after the
+signal actions were restored would undo a dumped SIG_IGN of SIGTRAP (seen: SigIgn lost bit
+5 after a restore). The exit stop also comes before the task would return to a gate the
+call moved (mremap of the vdso): nothing is fetched there.
 """
 
 from __future__ import annotations
@@ -18,9 +26,7 @@ PTRACE_TRACEME, PTRACE_SETOPTIONS, PTRACE_GETEVENTMSG = 0, 0x4200, 0x4201
 PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, PTRACE_O_EXITKILL = 0x2, 0x8, 1 << 20
 PTRACE_O_SUSPEND_SECCOMP = 1 << 21
 PTRACE_EVENT_FORK, PTRACE_EVENT_CLONE = 1, 3
-PTRACE_SINGLESTEP = 9
-# Every signal blocked but SIGTRAP, the step's own trap (SIGKILL and SIGSTOP stay deliverable).
-ALL_BUT_SIGTRAP = inject.ALL_SIGNALS & ~(1 << (signal.SIGTRAP - 1))
+PTRACE_SYSCALL = 24
 
 # arch/x86/entry/syscalls/syscall_64.tbl: the calls a restore makes.
 NR = {"read": 0, "close": 3, "lseek": 8, "mmap": 9, "mprotect": 10, "munmap": 11, "brk": 12,
@@ -59,20 +65,23 @@ class RestoreInjector(inject.Injector):
         for reg, val in zip(("di", "si", "dx", "r10", "r8", "r9"), padded, strict=True):
             r[reg] = val & ((1 << 64) - 1)
         self.event_pid = 0
-        self._setsigmask(ALL_BUT_SIGTRAP)
+        self._setsigmask(inject.ALL_SIGNALS)  # SIGKILL and SIGSTOP stay deliverable
         try:
             self._setregs(r)
-            self._step_events()
+            self._run_events()
             ret = regs.get_gpregs(self.tid)["ax"]
         finally:
             self._setregs(saved)
             self._setsigmask(mask)
         return ret - (1 << 64) if ret >= (1 << 64) - inject.MAX_ERRNO else ret
 
-    def _step_events(self) -> None:
-        """PTRACE_SINGLESTEP until the step's own trap; a fork/clone event stop on the way
-        records the new task (ptrace_event: status>>8 == SIGTRAP | event << 8)."""
-        libc.ptrace(PTRACE_SINGLESTEP, self.tid, 0, 0)
+    def _run_events(self) -> None:
+        """PTRACE_SYSCALL to the call's entry stop, then to its exit stop (syscall-stops:
+        SIGTRAP with no event, ptrace_report_syscall_entry/exit; no signal is sent); a
+        fork/clone event stop between them records the new task (ptrace_event: status>>8
+        == SIGTRAP | event << 8). A fault stop means the gate is no syscall instruction."""
+        stops = 0
+        libc.ptrace(PTRACE_SYSCALL, self.tid, 0, 0)
         while True:
             _, status = os.waitpid(self.tid, libc.WALL)
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
@@ -84,18 +93,15 @@ class RestoreInjector(inject.Injector):
                 libc.ptrace(PTRACE_GETEVENTMSG, self.tid, 0, ctypes.addressof(msg))
                 self.event_pid = msg.value
             elif os.WSTOPSIG(status) == signal.SIGTRAP and not event:
-                return
+                stops += 1
+                if stops == 2:
+                    return
             elif os.WSTOPSIG(status) in FAULTS:
                 ip = regs.get_gpregs(self.tid)["ip"]
-                if ip == self.gate + 2 and os.WSTOPSIG(status) == signal.SIGSEGV:
-                    # The call moved or unmapped the gate's own page (mremap of the vdso):
-                    # it returned, and fetching the next instruction faulted (§1.7). The
-                    # signal is dropped by our next resume (data 0).
-                    return
                 raise inject.InjectError(errno.EFAULT, f"task {self.pid} thread {self.tid}: "
                                          f"signal {os.WSTOPSIG(status)} at {ip:#x} in an "
                                          "injected syscall")
-            libc.ptrace(PTRACE_SINGLESTEP, self.tid, 0, 0)
+            libc.ptrace(PTRACE_SYSCALL, self.tid, 0, 0)
 
     def check(self, name: str, *args: int) -> int:  # type: ignore[override]
         ret = self.call(name, *args)

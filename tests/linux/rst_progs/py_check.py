@@ -1,5 +1,6 @@
 """A self-checking Python program for restore tests: a bytearray with a known pattern, a
-dict, a generator half consumed and a SIGUSR1 handler; it sleeps in time.sleep (a
+dict, a generator half consumed, a SIGUSR1 handler and SIGTRAP ignored (the kernel's
+ignored set must come back whole: SigIgn); it sleeps in time.sleep (a
 clock_nanosleep a dump interrupts) until SIGUSR1, then checks everything and prints PASS."""
 
 import hashlib
@@ -8,8 +9,16 @@ import signal
 import sys
 import time
 
+
+def ignored() -> str:
+    with open("/proc/self/status") as f:
+        return next(line.split()[1] for line in f if line.startswith("SigIgn:"))
+
+
 got = []
 signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+signal.signal(signal.SIGTRAP, signal.SIG_IGN)  # a restore's injected calls must not reset it
+sig_ign = ignored()
 data = bytearray(os.urandom(1 << 20)) * 4
 digest = hashlib.sha256(data).hexdigest()
 table = {i: str(i * i) for i in range(50000)}
@@ -28,6 +37,8 @@ if any(table[i] != str(i * i) for i in range(50000)):
     fails.append("dict changed")
 if next(gen) != 30:
     fails.append("generator lost its place")
+if ignored() != sig_ign:
+    fails.append(f"ignored signals {ignored()}, were {sig_ign}")
 if os.getpid() != pid:
     fails.append(f"pid {os.getpid()}, was {pid}")
 for f in fails:
