@@ -30,6 +30,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from dumper import interrupts
 from dumper.host import parse_maps, parse_maps_line
 from dumper.kabi import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE
 from dumper.linux import libc, procfs, regs
@@ -128,15 +129,19 @@ class Injector:
         r.update(ax=SYS[name], orig_ax=(1 << 64) - 1, ip=self.gate)
         for reg, val in zip(("di", "si", "dx", "r10", "r8", "r9"), args, strict=False):
             r[reg] = val & ((1 << 64) - 1)
-        self._setsigmask(ALL_SIGNALS)
-        try:
-            self._setregs(r)
-            self._to_syscall_stop()  # entry
-            self._to_syscall_stop()  # exit
-            ret = regs.get_gpregs(self.tid)["ax"]
-        finally:
-            self._setregs(saved)
-            self._setsigmask(mask)
+        # A SIGINT/SIGTERM waits for the call's exit stop (interrupts.held): raised between
+        # PTRACE_SYSCALL and the stop, the thread runs, and every ptrace request of the
+        # unwinding (registers back, the scratch page's munmap) fails ESRCH on it.
+        with interrupts.held():
+            self._setsigmask(ALL_SIGNALS)
+            try:
+                self._setregs(r)
+                self._to_syscall_stop()  # entry
+                self._to_syscall_stop()  # exit
+                ret = regs.get_gpregs(self.tid)["ax"]
+            finally:
+                self._setregs(saved)
+                self._setsigmask(mask)
         return ret - (1 << 64) if ret >= (1 << 64) - MAX_ERRNO else ret
 
     def check(self, name: str, *args: int) -> int:

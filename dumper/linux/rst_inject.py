@@ -20,6 +20,7 @@ import os
 import signal
 import struct
 
+from dumper import interrupts
 from dumper.linux import inject, libc, regs
 
 PTRACE_TRACEME, PTRACE_SETOPTIONS, PTRACE_GETEVENTMSG = 0, 0x4200, 0x4201
@@ -65,14 +66,15 @@ class RestoreInjector(inject.Injector):
         for reg, val in zip(("di", "si", "dx", "r10", "r8", "r9"), padded, strict=True):
             r[reg] = val & ((1 << 64) - 1)
         self.event_pid = 0
-        self._setsigmask(inject.ALL_SIGNALS)  # SIGKILL and SIGSTOP stay deliverable
-        try:
-            self._setregs(r)
-            self._run_events()
-            ret = regs.get_gpregs(self.tid)["ax"]
-        finally:
-            self._setregs(saved)
-            self._setsigmask(mask)
+        with interrupts.held():  # as inject.Injector.syscall: no signal mid-call
+            self._setsigmask(inject.ALL_SIGNALS)  # SIGKILL and SIGSTOP stay deliverable
+            try:
+                self._setregs(r)
+                self._run_events()
+                ret = regs.get_gpregs(self.tid)["ax"]
+            finally:
+                self._setregs(saved)
+                self._setsigmask(mask)
         return ret - (1 << 64) if ret >= (1 << 64) - inject.MAX_ERRNO else ret
 
     def _run_events(self) -> None:
