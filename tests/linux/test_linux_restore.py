@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from .rst_build import build
+
 HERE = Path(__file__).parent
 CPROGS = HERE / "cprogs"
 CYCLE = HERE / "rst_cycle.py"
@@ -41,13 +43,7 @@ PROGRAMS = {
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc to build the test programs")
-    out = tmp_path_factory.mktemp("cprogs")
-    for name in PROGRAMS:
-        subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-pthread", "-o", str(out / name),
-                        str(CPROGS / f"{name}.c")], check=True, capture_output=True)
-    return out
+    return build(tmp_path_factory.mktemp("cprogs"), {name: (name,) for name in PROGRAMS})
 
 
 def cycle(program: Path, work: Path, how: str, *args: str) -> dict:
@@ -195,11 +191,9 @@ def _new_build_id(exe: Path) -> None:
     exe.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("change", ["grown", "build-id"])
-def test_a_changed_file_fails_atomically_naming_it(tmp_path, change):
-    """A mapped file that changed since the dump stops the restore: one line naming it,
-    exit 2, and the stub that was created is killed (its pid is free again). Changed: 4 KiB
-    longer, or the same size with another ELF build-id (CRIU's build-id validation)."""
+def sleeper_dumped(tmp_path: Path) -> tuple[Path, Path, subprocess.Popen]:
+    """A copy of /bin/sleep running in a session of its own, dumped: (its file, the
+    images, the process, still running: the caller ends it)."""
     exe = tmp_path / "sleeper"
     shutil.copy("/bin/sleep", exe)
     p = subprocess.Popen([str(exe), "60"], stdin=subprocess.DEVNULL,
@@ -212,9 +206,21 @@ def test_a_changed_file_fails_atomically_naming_it(tmp_path, change):
                             "--tree", "--leave-out", "any", "-o", str(images)],
                            capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 0, r.stderr
-    finally:
-        p.send_signal(signal.SIGKILL)
+    except BaseException:
+        p.kill()
         p.wait()
+        raise
+    return exe, images, p
+
+
+@pytest.mark.parametrize("change", ["grown", "build-id"])
+def test_a_changed_file_fails_atomically_naming_it(tmp_path, change):
+    """A mapped file that changed since the dump stops the restore: one line naming it,
+    exit 2, and the stub that was created is killed (its pid is free again). Changed: 4 KiB
+    longer, or the same size with another ELF build-id (CRIU's build-id validation)."""
+    exe, images, p = sleeper_dumped(tmp_path)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
     if change == "grown":
         with open(exe, "ab") as f:
             f.write(b"\0" * 4096)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from .rst_build import build
 from .test_linux_restore import CPROGS, CRIU, HERE, ROOT, cycle
 
 PROGRAMS = {
@@ -54,13 +54,7 @@ PROGRAMS = {
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("needs gcc to build the test programs")
-    out = tmp_path_factory.mktemp("fdprogs")
-    for name in PROGRAMS:
-        subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-pthread", "-o", str(out / name),
-                        str(CPROGS / f"{name}.c")], check=True, capture_output=True)
-    return out
+    return build(tmp_path_factory.mktemp("fdprogs"), {name: (name,) for name in PROGRAMS})
 
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))

@@ -12,14 +12,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from .rst_build import build
-from .test_linux_restore import CRIU, ROOT, _passed, _restore, cycle
+from .test_linux_restore import CRIU, _passed, _restore, cycle, sleeper_dumped
 
 PROGRAMS = {name: (name,) for name in ("tree_zombie", "threads_fp", "pipe_read", "shared_mem",
                                        "sleep_sig", "rst_status")}
@@ -114,18 +111,8 @@ def test_pidns_failure_is_atomic(tmp_path):
     """A mapped file changed since the dump: one line naming it, exit 2, and neither the
     namespace's init nor the root stub is left (the dumped task still runs: its host pid
     is no conflict)."""
-    exe = tmp_path / "sleeper"
-    shutil.copy("/bin/sleep", exe)
-    p = subprocess.Popen([str(exe), "60"], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
+    exe, images, p = sleeper_dumped(tmp_path)
     try:
-        time.sleep(0.2)
-        images = tmp_path / "images"
-        r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(p.pid),
-                            "--tree", "--leave-out", "any", "-o", str(images)],
-                           capture_output=True, text=True, cwd=ROOT)
-        assert r.returncode == 0, r.stderr
         bigger = tmp_path / "bigger"  # the running copy's file cannot be written: replaced
         shutil.copy(exe, bigger)
         with open(bigger, "ab") as f:
