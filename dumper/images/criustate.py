@@ -222,11 +222,18 @@ def tty_info(fd: FdState) -> criu.TtyInfoEntry:
         gid=t["gid"])
 
 
+def append_only(flags: int) -> bool:
+    """O_WRONLY|O_APPEND, a log file: its size is not a check of the file (CRIU's
+    files-reg.c should_check_size records none for it)."""
+    return flags & os.O_ACCMODE == os.O_WRONLY and bool(flags & os.O_APPEND)
+
+
 def file_entry(fid: int, fd: FdState, memfd_inode: int | None = None,
                ns: NsIds | None = None, regf_id: int = 0) -> criu.FileEntry:
     """The files.img entry of one open file (its description, shared by dup'ed fds)."""
     if fd.kind == "reg":
-        return reg_file(fid, fd.path, fd.flags, fd.pos, fd.size, fd.mode, fd.build_id)
+        size = None if append_only(fd.flags) else fd.size  # a log grows: no size to check
+        return reg_file(fid, fd.path, fd.flags, fd.pos, size, fd.mode, fd.build_id)
     if fd.kind == "pipe":
         return criu.FileEntry(type=criu.PIPE, id=fid, pipe=criu.PipeEntry(
             id=fid, pipe_id=fd.ino & 0xFFFFFFFF, flags=fd.flags, fown=_fown()))

@@ -233,21 +233,21 @@ def install_poison(inj: RestoreInjector, vma: Vma | None, start: int, end: int) 
 
 
 def check_file(path: str, files: dict[str, tuple[int | None, int, list[int] | None]],
-               where: str) -> None:
+               where: str, verb: str = "maps") -> None:
     """The file a VMA maps must be the one dumped: there, of the size recorded, and for an
     ELF file with the build-id recorded (CRIU's --file-validation=build-id, files-reg.c)."""
     try:
         st = os.stat(path)
     except OSError as e:
-        raise MmError(e.errno, f"{where} maps {path}: {e.strerror}") from None
+        raise MmError(e.errno, f"{where} {verb} {path}: {e.strerror}") from None
     size, _, want = files.get(path, (None, 0, None))
     if size is not None and st.st_size != size:
-        raise MmError(errno.ESTALE, f"{where} maps {path}: changed since the dump "
+        raise MmError(errno.ESTALE, f"{where} {verb} {path}: changed since the dump "
                       f"({st.st_size} bytes, {size} when dumped)")
     if want:
         got = buildid.build_id(path) or []
         if _trimmed(got) != _trimmed(want):
-            raise MmError(errno.ESTALE, f"{where} maps {path}: changed since the dump "
+            raise MmError(errno.ESTALE, f"{where} {verb} {path}: changed since the dump "
                           "(its ELF build-id differs)")
 
 

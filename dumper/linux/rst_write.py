@@ -121,9 +121,21 @@ def _write_span(pid: int, addr: int, view: memoryview, mem_fd: Callable[[], int]
     def piece(off: int, length: int) -> None:
         done = 0
         while ufd >= 0 and done < length:
-            n = uffdio_copy(ufd, addr + off + done, base + off + done, length - done)
-            if n <= 0:
-                break  # a page already there (inherited copy-on-write): the rest below
+            at = addr + off + done
+            n = uffdio_copy(ufd, at, base + off + done, length - done)
+            if n == -errno.EEXIST:
+                # A page there already (inherited copy-on-write): written alone by
+                # process_vm_writev, which cannot fault into the registered range on a
+                # present page; the copies go on after it. A write there that found a
+                # missing page would wait in handle_userfault for ever (nobody reads the
+                # userfaultfd): measured, a restore hung in D state.
+                n = process_vm_writev(pid, at, base + off + done, min(PAGE_SIZE,
+                                                                      length - done))
+                if n <= 0:
+                    raise OSError(errno.EIO, f"task {pid}: write at {at:#x} (a page there "
+                                  f"already) failed: {os.strerror(-n) if n < 0 else 'none'}")
+            elif n <= 0:
+                raise OSError(-n, f"task {pid}: UFFDIO_COPY at {at:#x}: {os.strerror(-n)}")
             done += n
         if writable:
             while done < length:

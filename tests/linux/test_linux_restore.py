@@ -9,6 +9,7 @@ kills and reaps it, runs `dumper restore DIR -d`, signals the restored root and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -232,3 +233,51 @@ def test_a_changed_file_fails_atomically_naming_it(tmp_path, change):
     assert str(exe) in r.stderr and "changed since the dump" in r.stderr, r.stderr
     assert ("build-id" in r.stderr) == (change == "build-id"), r.stderr
     assert not os.path.exists(f"/proc/{p.pid}"), "the failed restore left its stub behind"
+
+
+LOGGER = """
+import signal, sys, time
+log = open(sys.argv[1], "a")
+got = []
+signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+log.write("start\\n"); log.flush()
+while not got:
+    time.sleep(0.05)
+log.write("after the restore\\n"); log.flush()
+"""
+
+
+def test_an_append_only_log_that_grew_since_the_dump_is_no_change(tmp_path):
+    """A log open O_WRONLY|O_APPEND grows while the dumped service runs on: its size is not
+    recorded nor checked (CRIU's should_check_size), and the restored task appends on."""
+    log = tmp_path / "log"
+    p = subprocess.Popen([sys.executable, "-c", LOGGER, str(log)], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (log.exists() and log.read_text() == "start\n"):
+            assert time.monotonic() < deadline, "the logger never started"
+            time.sleep(0.02)
+        images = tmp_path / "images"
+        r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(p.pid),
+                            "--tree", "--leave-out", "any", "-o", str(images)],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        with open(log, "a") as f:
+            f.write("written by another process after the dump\n")
+    finally:
+        p.kill()
+        p.wait()
+    r = _restore(images, "-d")
+    assert r.returncode == 0, r.stderr
+    try:
+        os.kill(p.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while "after the restore" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.02)
+        assert log.read_text().splitlines()[-1] == "after the restore"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGKILL)
