@@ -15,6 +15,7 @@ import ctypes
 import errno
 import os
 import signal
+import time
 
 from dumper.linux import libc
 from dumper.linux.rst_inject import CLONE_ARGS, PTRACE_TRACEME, set_options, wait_stopped
@@ -75,14 +76,30 @@ def spawn_root(pid: int, flags: int = 0, then: list[str] | None = None) -> int:
     return ret
 
 
+PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
+
+
 def kill_all(pids: list[int]) -> None:
-    """SIGKILL every task made (children first) and reap those that are ours."""
-    for pid in reversed(pids):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for pid in reversed(pids):
-        with contextlib.suppress(ChildProcessError, OSError):
-            while True:
-                got, status = os.waitpid(pid, libc.WALL)
-                if got == pid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
-                    break
+    """SIGKILL every task made (children first) and reap them all. The restorer is a child
+    subreaper meanwhile: a stub whose parent stub dies is reparented to us (find_new_reaper)
+    rather than to init, which may reap it late and leave its pid taken (seen: a retry at
+    once found "pid N is taken (by dumper)")."""
+    was = ctypes.c_int(0)
+    _held.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
+    _held.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        for pid in reversed(pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        left = list(reversed(pids))
+        while left and time.monotonic() < deadline:
+            for pid in list(left):
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, libc.WALL | os.WNOHANG)
+                if not os.path.exists(f"/proc/{pid}"):
+                    left.remove(pid)
+            if left:
+                time.sleep(0.005)
+    finally:
+        _held.prctl(PR_SET_CHILD_SUBREAPER, was.value, 0, 0, 0)

@@ -281,3 +281,44 @@ def test_an_append_only_log_that_grew_since_the_dump_is_no_change(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p.pid, signal.SIGKILL)
+
+
+def test_a_failed_restore_leaves_no_task_of_the_tree(tmp_path):
+    """A shell job whose exec'd child maps a file changed since the dump: the restore fails
+    at the child, after the parent was made; both are killed and reaped (the restorer is
+    their subreaper meanwhile), so no pid of the tree is left taken, not even by a zombie."""
+    exe = tmp_path / "sleeper"
+    shutil.copy("/bin/sleep", exe)
+    p = subprocess.Popen(["/bin/sh", "-c", f"{exe} 60 & wait"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    child = 0
+    try:
+        deadline = time.monotonic() + 30
+        while not child:
+            assert time.monotonic() < deadline, "the shell never started its child"
+            with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+                kids = f.read().split()
+            child = int(kids[0]) if kids else 0
+            time.sleep(0.02)
+        time.sleep(0.2)  # the child has exec'd
+        images = tmp_path / "images"
+        r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(p.pid),
+                            "--tree", "--leave-out", "any", "-o", str(images)],
+                           capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+    finally:
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        p.kill()
+        p.wait()
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{child}"):  # the orphaned child: init reaps it
+        assert time.monotonic() < deadline, f"pid {child} was never reaped"
+        time.sleep(0.05)
+    _new_build_id(exe)
+    r = _restore(images, "-d")
+    assert r.returncode == 2 and "changed since the dump" in r.stderr, r.stderr
+    assert [pid for pid in (p.pid, child) if os.path.exists(f"/proc/{pid}")] == [], \
+        "the failed restore left a task of the tree behind"
