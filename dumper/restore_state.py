@@ -180,17 +180,17 @@ def read_state(images: ImageSet) -> SetState:
         st.exe = t.exe
         if mm.HasField("dumpable"):
             st.dumpable = mm.dumpable
-        fs = _load(images, M.fs(t.pid), "FS", need=False)
-        if fs is not None:
-            e = _single(images, fs)
-            st.cwd = _reg_name(files, e.cwd_id) or "/"
-            st.root = _reg_name(files, e.root_id) or "/"
-            st.umask = e.umask if e.HasField("umask") else 0o022
+        # fs and fdinfo: CRIU and dumper write both for every live task (an empty fd
+        # table is an empty fdinfo); one missing is a damaged set, not "no fds, cwd /"
+        e = _single(images, _load(images, M.fs(t.pid), "FS"))
+        st.cwd = _reg_name(files, e.cwd_id) or "/"
+        st.root = _reg_name(files, e.root_id) or "/"
+        st.umask = e.umask if e.HasField("umask") else 0o022
         ids = _single(images, _load(images, M.ids(t.pid), "IDS"))
         st.kobj = {"vm": ids.vm_id, "files": ids.files_id, "fs": ids.fs_id,
                    "sighand": ids.sighand_id}
-        fdinfo = _load(images, M.fdinfo(ids.files_id), "FDINFO", need=False)
-        for off, e in zip(fdinfo.offsets, fdinfo.entries, strict=True) if fdinfo else ():
+        fdinfo = _load(images, M.fdinfo(ids.files_id), "FDINFO")
+        for off, e in zip(fdinfo.offsets, fdinfo.entries, strict=True):
             st.fds.append(fd_state(fdinfo.path, off, t.pid, e, files, shared))
     return out
 

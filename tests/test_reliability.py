@@ -484,3 +484,17 @@ def test_read_only_directory_names_out(tmp_path, small_tmpfs):
     line = one_error(cli("dump", "--scenario", "14-private-cow-baseline", "-o", str(out)),
                      f"{out}: Read-only file system")
     assert "dumper-tmp" not in line
+
+
+def test_a_set_that_lost_dumper_img_is_not_taken_for_a_criu_set(tmp_path):
+    """Without dumper.img a set reads as CRIU's, and nothing would notice a missing
+    cow-PID.img (a restore came back with the child's pages missing, 'nothing lost'): a set
+    holding dumper's own images without dumper.img is one error naming it."""
+    d = build(tmp_path)
+    own = sorted(n for n in os.listdir(d) if n.startswith(("truth-", "cow-", "objects")))
+    assert own, os.listdir(d)
+    (d / M.DUMPER).unlink()
+    for n in own[1:]:
+        (d / n).unlink()
+    one_error(cli("inspect", "info", str(d)), "dumper.img", "missing", own[0])
+    one_error(cli("restore", str(d), "--verify"), "dumper.img", "missing")

@@ -204,6 +204,13 @@ class ImageSet:
     def _load_meta(self) -> None:
         img = self._load_opt(M.DUMPER, codec.BY_NAME["DUMPER"])
         if img is None:
+            # Without dumper.img a set is read as CRIU's; one holding dumper's own images
+            # lost it, and with it the record that would notice a missing cow-PID.img.
+            own = sorted(n for n in os.listdir(self.path) if n in (M.OBJECTS, M.UNREADABLE)
+                         or n.startswith(("truth-", "cow-", "guards-")) and n.endswith(".img"))
+            if own:
+                raise ImageError(self._f(M.DUMPER), f"missing, while the set holds dumper's "
+                                 f"own {', '.join(own[:3])}{' ...' if len(own) > 3 else ''}")
             return
         d = self._single(img)
         manifest.check(d, self.path)
