@@ -386,12 +386,14 @@ def _restore_model(path: str, quiet: bool = True):
 
 @main.command(short_help="Restore an image set: a model set into a fresh model, a live set "
               "as the process tree itself.")
-@click.argument("directory", metavar="DIR")
+@click.argument("directory", metavar="DIR", required=False)
+@click.option("-D", "--images-dir", "images_dir", metavar="DIR",
+              help="criu's spelling of the DIR argument.")
 @click.option("--verify", "do_verify", is_flag=True,
               help="Verify that no byte was lost (exit 1 if any was; a live set: restored "
                    "stopped, checked, and let run only if nothing is lost, else killed).")
-@click.option("-d", "--detach", is_flag=True,
-              help="Linux: return once the whole tree runs (exit 0).")
+@click.option("-d", "--detach", "--restore-detached", "detach", is_flag=True,
+              help="Linux: return once the whole tree runs (exit 0; criu's -d).")
 @click.option("--pidfile", metavar="FILE", help="Linux: write the restored root's pid here "
               "(with --pidns: its pid on the host, not inside).")
 @click.option("--pidns", is_flag=True,
@@ -400,14 +402,17 @@ def _restore_model(path: str, quiet: bool = True):
 @click.option("--leave-stopped", is_flag=True, help="Linux: leave the tree stopped (SIGSTOP).")
 @click.option("--shell-job", is_flag=True,
               help="Linux: the tree's session/group outside it becomes ours (as criu's).")
-@click.option("--show", type=int, default=20, show_default=True,
+@click.option("--show", type=click.IntRange(min=0), default=20, show_default=True,
               help="With --verify: how many lost pages to list (--json lists all).")
+@click.option("-v", "verbose", count=True, help="More messages on stderr (criu's -v).")
+@click.option("--log-file", metavar="FILE",
+              help="Also append every message to FILE (criu's -o LOGFILE).")
 @json_option
 @quiet_option
 @user_errors
-def restore(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
-            pidns: bool, leave_stopped: bool, shell_job: bool, show: int, as_json: bool,
-            quiet: bool) -> None:
+def restore(directory: str | None, images_dir: str | None, do_verify: bool, detach: bool,
+            pidfile: str | None, pidns: bool, leave_stopped: bool, shell_job: bool, show: int,
+            verbose: int, log_file: str | None, as_json: bool, quiet: bool) -> None:
     """Restore an image set: a model set into a fresh model of the kernel it was dumped
     from; a live set (dumper's or CRIU 4.2's) as the process tree itself, with its pids.
 
@@ -418,13 +423,28 @@ def restore(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
 
     from dumper.images.reader import ImageSet
 
+    if directory is not None and images_dir is not None and directory != images_dir:
+        fail("DIR and -D/--images-dir name different directories")
+    directory = directory or images_dir
+    if directory is None:
+        fail("restore needs DIR (or criu's -D/--images-dir DIR)")
+    assert directory is not None
     with ImageSet.open(directory, verify=False) as probe:  # the set is verified once, below
         live = probe.meta is None or probe.meta.host_kind != "model"
     if live:
-        _restore_live(directory, do_verify, detach, pidfile, leave_stopped, shell_job, pidns)
+        log = Log(verbose, log_file)
+        try:
+            _restore_live(directory, do_verify, detach, pidfile, leave_stopped, shell_job,
+                          pidns, log)
+        finally:
+            log.close()
         return
-    if pidns:
-        fail(f"{directory}: --pidns restores a live set; a model set has no pid namespace")
+    bad = [o for o, v in (("--pidns", pidns), ("-d/--detach", detach),
+                          ("--pidfile", pidfile), ("--leave-stopped", leave_stopped),
+                          ("--shell-job", shell_job)) if v]
+    if bad:
+        fail(f"{directory}: {', '.join(bad)}: only for a live set; a model set is restored "
+             "into a fresh model, not as processes")
     images, target, summary = _restore_model(directory, quiet)
     with images:
         doc = {"restore": {"summary": summary.line(), **dataclasses.asdict(summary)}}
@@ -437,8 +457,15 @@ def restore(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
 
 
 def _restore_live(directory: str, do_verify: bool, detach: bool, pidfile: str | None,
-                  leave_stopped: bool, shell_job: bool, pidns: bool = False) -> None:
+                  leave_stopped: bool, shell_job: bool, pidns: bool = False,
+                  log: Log | None = None) -> None:
     """restore() into LinuxTarget; --verify checks the stopped tree before it runs."""
+    def tell(msg: str) -> None:  # stderr, and the --log-file
+        progress(msg)
+        if log is not None and log.file is not None:
+            log.file.write(f"{msg}\n")
+            log.file.flush()
+
     from dumper.images.reader import ImageSet
     from dumper.linux.rst_target import LinuxTarget
     from dumper.restore import restore as do_restore
@@ -449,7 +476,7 @@ def _restore_live(directory: str, do_verify: bool, detach: bool, pidfile: str | 
         target = LinuxTarget(images, states, shell_job, pidns)
         summary = do_restore(images, target, states)
         for note in target.notes:
-            progress(f"dumper: warning: {note}")
+            tell(f"dumper: warning: {note}")
         if do_verify:
             from dumper.linux.host import LinuxHost
             from dumper.verify import verify_live
@@ -465,16 +492,16 @@ def _restore_live(directory: str, do_verify: bool, detach: bool, pidfile: str | 
                     click.echo(f"  lost: {lost.describe()}")
                 click.echo(f"{report.line()}; the restored tree was killed")
                 sys.exit(1)
-            progress(report.line())
+            tell(report.line())
         if pidfile:
             try:
                 with open(pidfile, "w") as f:
                     f.write(f"{target.host[images.root]}\n")
-            except OSError:
+            except OSError as e:
                 target.abort()
-                raise
+                fail(f"--pidfile {pidfile}: {e.strerror}; the restored tree was killed")
         target.finish(stopped=leave_stopped)
-        progress(summary.line())
+        tell(summary.line())
         root = target.waited()
     if detach:
         return

@@ -246,3 +246,29 @@ def test_criu_numeric_verbosity(tmp_path):
 
     assert criu_verbosity(["dump", "-v4", "-o", "x", "--", "-v2"]) == [
         "dump", "-vvvv", "-o", "x", "--", "-v2"]
+
+
+def test_restore_takes_criu_spellings_and_refuses_live_options_on_a_model_set(tmp_path):
+    """`restore -D DIR`, --restore-detached, -v4 and --log-file as criu has them; the
+    Linux-only options are one error for a model set, a negative --show a usage error."""
+    from click.testing import CliRunner
+
+    from dumper.cli import main
+
+    out = tmp_path / "set"
+    r = CliRunner().invoke(main, ["dump", "--scenario", "1", "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["restore", "-D", str(out), "--verify", "-v4",
+                                  "--log-file", str(tmp_path / "log")])
+    assert r.exit_code == 0 and "nothing lost" in r.output, r.output
+    for opt in (["-d"], ["--restore-detached"], ["--pidfile", str(tmp_path / "p")],
+                ["--leave-stopped"], ["--shell-job"], ["--pidns"]):
+        r = CliRunner().invoke(main, ["restore", str(out), *opt])
+        assert r.exit_code == 2 and "only for a live set" in r.output, (opt, r.output)
+    assert not (tmp_path / "p").exists()
+    r = CliRunner().invoke(main, ["restore", str(out), "--show", "-1"])
+    assert r.exit_code == 2, r.output
+    r = CliRunner().invoke(main, ["restore"])
+    assert r.exit_code == 2 and "-D/--images-dir" in r.output, r.output
+    r = CliRunner().invoke(main, ["restore", str(out), "-D", str(tmp_path)])
+    assert r.exit_code == 2 and "different directories" in r.output, r.output

@@ -85,11 +85,16 @@ def collect_fds(pid: int, leave_out: Collection[str] = ()) -> list[FdState]:
         if kind in leave_out or (collector is None and ANY in leave_out):
             continue
         if collector is None:
-            raise Unsupported(f"pid {pid}: fd {fd} is a {kind} ({link}): dumper cannot dump "
-                              f"that kind of file yet (leave it out with --leave-out {kind})")
+            raise Unsupported(f"pid {pid}: fd {fd} is {_article(kind)} {kind} ({link}): dumper "
+                              "cannot dump that kind of file yet (leave it out with "
+                              f"--leave-out {kind})")
         try:
             out.append(collector(pid, fd, link, st, info))
         except Unsupported:  # a kind with a module, but not this variant (a connected socket)
             if ANY not in leave_out:
                 raise
     return out
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
