@@ -530,11 +530,14 @@ def verify(directory: str, pid: int | None, show: int, as_json: bool, quiet: boo
 
         with ImageSet.open(directory) as images:
             host = LinuxHost()
-            if pid not in images.tasks:
+            pid_map = _ns_pids(pid, images.root) if pid not in images.tasks else None
+            if pid not in images.tasks and pid_map is None:
                 fail(f"{directory}: holds no task {pid} (tasks: "
                      f"{', '.join(map(str, images.tasks))})")
-            with host.freeze(list(images.tasks)):
-                _verify_report(images, host, show, live=True, as_json=as_json, quiet=quiet)
+            pids = list(pid_map.values()) if pid_map else list(images.tasks)
+            with host.freeze(pids):
+                _verify_report(images, host, show, live=True, as_json=as_json, quiet=quiet,
+                               pid_map=pid_map)
         return
     with ImageSet.open(directory, verify=False) as probe:
         meta = probe.meta
@@ -552,14 +555,44 @@ def _lost_json(p: Any) -> dict[str, Any]:
             "found": None if p.found is None else f"{p.found:016x}"}
 
 
+def _ns_pids(pid: int, root: int) -> dict[int, int] | None:
+    """A tree restored with --pidns: pid (as we see it) is the set's root inside a child pid
+    namespace (the last NSpid is root); its tree's pids there -> ours, or None."""
+    def nspid(p: int) -> int | None:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                line = next((x for x in f if x.startswith("NSpid:")), "")
+        except OSError:
+            return None
+        ids = line.split()[1:]
+        return int(ids[-1]) if len(ids) > 1 else None
+
+    if nspid(pid) != root:
+        return None
+    out, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        inner = nspid(p)
+        if inner is None:
+            continue
+        out[inner] = p
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
 def _verify_report(images, host, show: int = 20, live: bool = False, as_json: bool = False,
-                   quiet: bool = False, doc: dict[str, Any] | None = None) -> None:
+                   quiet: bool = False, doc: dict[str, Any] | None = None,
+                   pid_map: dict[int, int] | None = None) -> None:
     from dumper.progress import for_stderr
     from dumper.verify import verify as do_verify
     from dumper.verify import verify_live
 
     tell = for_stderr(quiet)
-    report = verify_live(images, host, progress=tell) if live else \
+    report = verify_live(images, host, pid_map=pid_map, progress=tell) if live else \
         do_verify(images, host, progress=tell)
     if as_json:
         _emit_json({**(doc or {}), "verify": {

@@ -137,6 +137,10 @@ def main() -> None:
             result["init_comm"] = Path(f"/proc/{init}/comm").read_text().strip()
             if "--leave-stopped" in restore_args:
                 result["stopped"] = {pid: _state(pid) for pid in _tree(host_root)}
+                v = subprocess.run([sys.executable, "-m", "dumper.cli", "verify", str(images),
+                                    "--pid", str(host_root)], capture_output=True, text=True,
+                                   timeout=TIMEOUT)  # the root's host pid: mapped by NSpid
+                result["verify"] = (v.returncode, v.stdout[-2000:] + v.stderr[-1000:])
                 for pid in _tree(host_root):
                     os.kill(pid, signal.SIGCONT)
             os.kill(init if "--signal-init" in restore_args else host_root, signal.SIGUSR1)

@@ -81,9 +81,12 @@ def test_pidns_init_forwards_signals_to_the_root(built, tmp_path):
 
 
 def test_pidns_leave_stopped(built, tmp_path):
+    """--leave-stopped in a namespace: every task stopped, and `dumper verify DIR --pid
+    HOSTPID` maps the tree's pids through NSpid and finds nothing lost."""
     res = cycle(built / "pipe_read", tmp_path, "dumper", "--pidns", "--leave-stopped")
     _passed(res)
     assert set(res["stopped"].values()) == {"T"}, res["stopped"]
+    assert res["verify"][0] == 0 and "nothing lost" in res["verify"][1], res["verify"]
 
 
 def test_pidns_verify_in_one_command(built, tmp_path):
