@@ -304,7 +304,7 @@ class LinuxObject:
             else:
                 raise MmError(errno.ENOTSUP, f"{what}: not restored on Linux yet")
         except OSError as e:
-            self.release()
+            self.discard()
             if not self.huge or e.errno not in (errno.ENOMEM, errno.ENOSPC):
                 raise
             raise MmError(e.errno, f"{what}: {self.length >> 20} MiB in "
@@ -348,6 +348,14 @@ class LinuxObject:
         if self.shmid >= 0 and self.addr:
             _libc.shmdt(ctypes.c_void_p(self.addr))
         self.addr = 0
+
+    def discard(self) -> None:
+        """A failed restore's: released, and a SysV segment removed (IPC_RMID), which would
+        outlive every process (the others go with their last fd or mapping)."""
+        self.release()
+        if self.shmid >= 0:
+            _libc.shmctl(self.shmid, 0, None)  # IPC_RMID
+            self.shmid = -1
 
 
 def check_huge_size(page_size: int, what: str) -> None:

@@ -51,6 +51,7 @@ class LinuxTarget:
         self.fdset = FdSet([fd for t in states.tasks.values() for fd in t.fds], shell_job)
         self.parked: dict[int, dict[str, tuple[int, int]]] = {}  # an exec'd child's vdso
         self.objects: dict[int, rst_mm.LinuxObject] = {}  # shmid -> object (set_objects)
+        self.made: list[rst_mm.LinuxObject] = []  # every object created
         self.mem: dict[int, int] = {}  # pid -> /proc/PID/mem, open while pages go in
         self.uffd: dict[int, int] = {}  # pid -> its userfaultfd, held by us (-1: none)
         self.notes: list[str] = []
@@ -111,7 +112,9 @@ class LinuxTarget:
     # -- memory -----------------------------------------------------------------------------
     def create_object(self, kind: str, size: int, name: str = "", key: int = 0,
                       seals: int = 0, page_size: int = PAGE_SIZE) -> rst_mm.LinuxObject:
-        return rst_mm.LinuxObject(kind, size, name, key, seals, page_size)
+        obj = rst_mm.LinuxObject(kind, size, name, key, seals, page_size)
+        self.made.append(obj)  # an abort removes what outlives us (a SysV segment)
+        return obj
 
     def set_objects(self, objects: dict[int, rst_mm.LinuxObject]) -> None:
         self.objects = dict(objects)
@@ -261,6 +264,8 @@ class LinuxTarget:
         self._close_mem()
         self.fdset.close()
         rst_tree.kill_all(self.created)
+        for obj in self.made:
+            obj.discard()
         self.created.clear()
         if self.ns:
             self.ns.kill()
