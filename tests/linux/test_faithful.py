@@ -24,6 +24,7 @@ from dumper.images.reader import ImageSet
 from dumper.kabi import PM_PFRAME_MASK, PROT_NONE
 from dumper.linux import LinuxHost, libc
 
+from .conftest import set_kernel_settings
 from .procs import PAGE, page_pattern
 from .test_live_dump import _COW, cli, info, pattern, set_bytes, settle, verify
 from .test_shared import words
@@ -256,16 +257,11 @@ def hugepages():
     path = "/proc/sys/vm/nr_hugepages"
     with open(path) as f:
         before = int(f.read())
-    with open(path, "w") as f:
-        f.write(str(before + 16))
-    try:
+    with set_kernel_settings({path: str(before + 16)}):
         with open(path) as f:
             if int(f.read()) < before + 16:
                 pytest.skip("the kernel could not reserve 16 huge pages")
         yield
-    finally:
-        with open(path, "w") as f:
-            f.write(str(before))
 
 
 HUGE = 512  # 4 KiB pages in a 2 MiB huge page
