@@ -145,15 +145,13 @@ def test_restore_verify_of_a_criu_set(built, tmp_path):
     assert "nothing lost" in res["log"], res["log"]
 
 
-def _dumped_sleeper(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
-    p = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
-    images = tmp_path / "images"
-    r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(p.pid),
+def _dump(pid: int, images: Path) -> None:
+    """`dumper dump --pid PID --tree` of a test's own tree (pytest's capture files are
+    deleted files: left out), which must succeed."""
+    r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(pid),
                         "--tree", "--leave-out", "any", "-o", str(images)],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    return p, images
 
 
 def _restore(images: Path, *args: str) -> subprocess.CompletedProcess:
@@ -162,11 +160,11 @@ def _restore(images: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_taken_pid_is_one_line_before_anything_is_created(tmp_path):
-    p, images = _dumped_sleeper(tmp_path)
+    _, images, p = sleeper_dumped(tmp_path)
     try:
         r = _restore(images, "-d")  # the dumped task still runs: its pid is taken
         assert r.returncode == 2
-        assert r.stderr.strip() == (f"dumper: error: pid {p.pid} is taken (by sleep): the "
+        assert r.stderr.strip() == (f"dumper: error: pid {p.pid} is taken (by sleeper): the "
                                     "restored task needs it; nothing was created"), r.stderr
     finally:
         p.kill()
@@ -200,10 +198,7 @@ def sleeper_dumped(tmp_path: Path) -> tuple[Path, Path, subprocess.Popen]:
     try:
         time.sleep(0.2)
         images = tmp_path / "images"
-        r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(p.pid),
-                            "--tree", "--leave-out", "any", "-o", str(images)],
-                           capture_output=True, text=True, cwd=ROOT)
-        assert r.returncode == 0, r.stderr
+        _dump(p.pid, images)
     except BaseException:
         p.kill()
         p.wait()
@@ -257,10 +252,7 @@ def test_an_append_only_log_that_grew_since_the_dump_is_no_change(tmp_path):
             assert time.monotonic() < deadline, "the logger never started"
             time.sleep(0.02)
         images = tmp_path / "images"
-        r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(p.pid),
-                            "--tree", "--leave-out", "any", "-o", str(images)],
-                           capture_output=True, text=True, cwd=ROOT)
-        assert r.returncode == 0, r.stderr
+        _dump(p.pid, images)
         with open(log, "a") as f:
             f.write("written by another process after the dump\n")
     finally:
@@ -300,10 +292,7 @@ def test_a_failed_restore_leaves_no_task_of_the_tree(tmp_path):
             time.sleep(0.02)
         time.sleep(0.2)  # the child has exec'd
         images = tmp_path / "images"
-        r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(p.pid),
-                            "--tree", "--leave-out", "any", "-o", str(images)],
-                           capture_output=True, text=True, cwd=ROOT)
-        assert r.returncode == 0, r.stderr
+        _dump(p.pid, images)
     finally:
         if child:  # the shell waits for it, reaps it and exits: no orphan for an init
             with contextlib.suppress(ProcessLookupError):
@@ -344,10 +333,7 @@ def test_a_failed_restore_removes_the_sysv_segment_it_made(tmp_path):
         with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
             kids = [int(c) for c in f.read().split()]
         images = tmp_path / "images"
-        r = subprocess.run([sys.executable, "-m", "dumper.cli", "dump", "--pid", str(p.pid),
-                            "--tree", "--leave-out", "any", "-o", str(images)],
-                           capture_output=True, text=True, cwd=ROOT)
-        assert r.returncode == 0, r.stderr
+        _dump(p.pid, images)
     finally:
         for pid in kids:
             with contextlib.suppress(ProcessLookupError):
